@@ -1,0 +1,1 @@
+"""headstart classifiers: heads trained on cached features, metrics and plots, safe persistence."""

@@ -1,0 +1,1 @@
+"""headstart extractor: backbones, weights, datasets, safe decoding, feature store, extraction pipeline."""

@@ -1,0 +1,178 @@
+"""Backbone registry: frozen CNN trunks, their cut points, input sizes, preprocessing and fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import TYPE_CHECKING
+
+from extractor.errors import HeadstartError, NotFound
+
+if TYPE_CHECKING:  # torch is imported lazily so catalog-only commands start fast
+    from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Decode (JPEG draft scaling allowed), EXIF transpose, any mode -> RGB, squash-resize bilinear.
+PREPROCESS_METHOD = "pil-draft-squash-bilinear/1"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become the model's input; it travels with the backbone, never with callers."""
+
+    size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    method: str = PREPROCESS_METHOD
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "method": self.method}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry: how to build a trunk and what comes out of it."""
+
+    name: str
+    build: Callable[[], "nn.Module"]  # builds the cut trunk, parameters uninitialised
+    cut: str
+    default_size: int
+    min_size: int
+    dim: Callable[[int], int]
+    imagenet: str | None  # torchvision weights enum, e.g. "VGG16_Weights.IMAGENET1K_V1"
+    description: str
+    resizable: bool = True
+
+    def output_dim(self, size: int) -> int:
+        return self.dim(size)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Names everything computed with one backbone configuration; features never mix across ids."""
+
+    id: str
+    backbone: str
+    dim: int
+    spec: dict = field(hash=False, compare=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.spec, sort_keys=True)
+
+
+def _vgg16() -> "nn.Module":
+    import torchvision
+    from torch import nn
+
+    model = torchvision.models.vgg16(weights=None)
+    model.avgpool = nn.Identity()  # keep block5_pool's spatial map; flatten happens in forward
+    model.classifier = nn.Identity()
+    return model
+
+
+def _resnet50() -> "nn.Module":
+    import torchvision
+    from torch import nn
+
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+def _inception_v3() -> "nn.Module":
+    import torchvision
+    from torch import nn
+
+    # transform_input matches torchvision's ImageNet weights (ported from TF, expecting [-1, 1]).
+    model = torchvision.models.inception_v3(
+        weights=None, aux_logits=False, init_weights=False, transform_input=True
+    )
+    model.fc = nn.Identity()
+    return model
+
+
+def _tiny() -> "nn.Module":
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+    )
+
+
+def _vgg_dim(size: int) -> int:
+    side = size
+    for _ in range(5):  # five 2x2 max-pools, floor division like the layers
+        side //= 2
+    return 512 * side * side
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec("vgg16", _vgg16, "block5_pool", 150, 32, _vgg_dim,
+                     "VGG16_Weights.IMAGENET1K_V1", "VGG16 conv trunk, block5_pool flattened"),
+        BackboneSpec("inception_v3", _inception_v3, "avgpool (penultimate)", 299, 75, lambda s: 2048,
+                     "Inception_V3_Weights.IMAGENET1K_V1", "InceptionV3 penultimate, 2048-d"),
+        BackboneSpec("resnet50", _resnet50, "avgpool (penultimate)", 224, 32, lambda s: 2048,
+                     "ResNet50_Weights.IMAGENET1K_V2", "ResNet-50 penultimate, 2048-d"),
+        BackboneSpec("tiny", _tiny, "adaptive avgpool 2x2", 32, 8, lambda s: 64,
+                     None, "tiny random CNN for tests and smoke runs (no pretrained weights)"),
+    )
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise NotFound(
+            f"unknown backbone {name!r}; expected one of: {', '.join(sorted(REGISTRY))}"
+        ) from None
+
+
+def resolve_size(spec: BackboneSpec, size: int | None) -> int:
+    if size is None:
+        return spec.default_size
+    if not spec.resizable or size < spec.min_size:
+        raise HeadstartError(
+            f"input size {size} is not valid for {spec.name}: expected an integer >= {spec.min_size} "
+            f"(default {spec.default_size})"
+        )
+    return size
+
+
+def _torchvision_version() -> str:
+    return version("torchvision").split("+")[0]  # CPU and CUDA builds of one release compute the same
+
+
+def make_fingerprint(spec: BackboneSpec, size: int, weights_identity: str) -> Fingerprint:
+    pre = Preprocess(size)
+    body = {
+        "backbone": spec.name,
+        "cut": spec.cut,
+        "input_size": size,
+        "weights": weights_identity,
+        "preprocess": pre.to_dict(),
+        "torchvision": _torchvision_version(),
+        "dim": spec.output_dim(size),
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+    return Fingerprint(f"{spec.name}-{digest}", spec.name, body["dim"], body)
+
+
+def describe() -> list[dict]:
+    """Registry listing for the CLI and the API."""
+    return [
+        {"name": s.name, "cut": s.cut, "input_size": s.default_size, "dim": s.output_dim(s.default_size),
+         "imagenet_weights": s.imagenet, "description": s.description}
+        for s in REGISTRY.values()
+    ]

@@ -1,0 +1,185 @@
+"""SQLite catalog: file hashes, datasets and members with splits, shards, vectors, failures, jobs."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY, root TEXT NOT NULL, kind TEXT NOT NULL, split TEXT NOT NULL,
+    seed INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    dataset TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, label TEXT, split TEXT NOT NULL,
+    PRIMARY KEY (dataset, path)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_sha ON members (sha256);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    id TEXT PRIMARY KEY, backbone TEXT NOT NULL, dim INTEGER NOT NULL, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL, file TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL,
+    dtype TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS vectors (
+    fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, shard INTEGER NOT NULL, row INTEGER NOT NULL,
+    PRIMARY KEY (fingerprint, sha256)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failures (
+    dataset TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT, reason TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (dataset, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bad_content (
+    sha256 TEXT PRIMARY KEY, limits TEXT NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, key TEXT, state TEXT NOT NULL, request TEXT NOT NULL,
+    progress TEXT, result TEXT, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+"""
+
+
+class Catalog:
+    """One SQLite file in WAL mode; short connections, so readers never block the writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection whose `with con:` blocks are transactions (commit, or rollback on error)."""
+        con = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute("PRAGMA busy_timeout=30000")
+            yield con
+        finally:
+            con.close()
+
+    # --- file hash cache -------------------------------------------------------------------
+    def cached_hashes(self) -> dict[str, tuple[int, int, str]]:
+        with self.connect() as con:
+            return {p: (s, m, h) for p, s, m, h in con.execute("SELECT path, size, mtime_ns, sha256 FROM files")}
+
+    def remember_hashes(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
+        with self.connect() as con, con:
+            con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
+
+    # --- datasets ----------------------------------------------------------------------------
+    def dataset(self, name: str) -> dict | None:
+        with self.connect() as con:
+            row = con.execute("SELECT name, root, kind, split, seed, created, updated FROM datasets "
+                              "WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        keys = ("name", "root", "kind", "split", "seed", "created", "updated")
+        return dict(zip(keys, row, strict=True))
+
+    def dataset_names(self) -> list[str]:
+        with self.connect() as con:
+            return [r[0] for r in con.execute("SELECT name FROM datasets ORDER BY name")]
+
+    def members(self, dataset: str) -> list[tuple[str, str, str | None, str]]:
+        """(path, sha256, label, split) sorted by path."""
+        with self.connect() as con:
+            return list(con.execute("SELECT path, sha256, label, split FROM members WHERE dataset = ? "
+                                    "ORDER BY path", (dataset,)))
+
+    def save_dataset(self, info: dict, members: list[tuple[str, str, str | None, str]]) -> None:
+        """Replace a dataset's definition and members in one transaction."""
+        now = time.time()
+        with self.connect() as con, con:
+            con.execute(
+                "INSERT INTO datasets VALUES (:name, :root, :kind, :split, :seed, :now, :now) "
+                "ON CONFLICT(name) DO UPDATE SET root=:root, kind=:kind, split=:split, seed=:seed, updated=:now",
+                {**info, "now": now})
+            con.execute("DELETE FROM members WHERE dataset = ?", (info["name"],))
+            con.executemany("INSERT INTO members VALUES (?, ?, ?, ?, ?)",
+                            [(info["name"], *m) for m in members])
+
+    def set_failures(self, dataset: str, failures: list[tuple[str, str | None, str]]) -> None:
+        """Replace a dataset's recorded failures: (path, sha256 or None, reason)."""
+        now = time.time()
+        with self.connect() as con, con:
+            con.execute("DELETE FROM failures WHERE dataset = ?", (dataset,))
+            con.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
+                            [(dataset, p, s, r, now) for p, s, r in failures])
+
+    def failures(self, dataset: str) -> list[tuple[str, str]]:
+        with self.connect() as con:
+            return list(con.execute("SELECT path, reason FROM failures WHERE dataset = ? ORDER BY path",
+                                    (dataset,)))
+
+    def bad_content(self, limits: str) -> dict[str, str]:
+        with self.connect() as con:
+            return dict(con.execute("SELECT sha256, reason FROM bad_content WHERE limits = ?", (limits,)))
+
+    def remember_bad_content(self, limits: str, rows: list[tuple[str, str]]) -> None:
+        with self.connect() as con, con:
+            con.executemany("INSERT OR REPLACE INTO bad_content VALUES (?, ?, ?)",
+                            [(sha, limits, reason) for sha, reason in rows])
+
+    # --- fingerprints, shards, vectors -----------------------------------------------------------
+    def register_fingerprint(self, fp_id: str, backbone: str, dim: int, spec: str) -> None:
+        with self.connect() as con, con:
+            con.execute("INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?, ?)", (fp_id, backbone, dim, spec))
+
+    def fingerprint(self, fp_id: str) -> dict | None:
+        with self.connect() as con:
+            row = con.execute("SELECT id, backbone, dim, spec FROM fingerprints WHERE id = ?", (fp_id,)).fetchone()
+        return None if row is None else dict(zip(("id", "backbone", "dim", "spec"), row, strict=True))
+
+    def commit_shard(self, fp_id: str, file: str, dtype: str, shas: list[str]) -> None:
+        """Make a renamed shard file visible: its row and all its vectors in one transaction."""
+        with self.connect() as con, con:
+            cur = con.execute("INSERT INTO shards (fingerprint, file, rows, dtype, created) VALUES (?, ?, ?, ?, ?)",
+                              (fp_id, file, len(shas), dtype, time.time()))
+            shard = cur.lastrowid
+            con.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
+                            [(fp_id, sha, shard, row) for row, sha in enumerate(shas)])
+
+    def shard_files(self, fp_id: str) -> set[str]:
+        with self.connect() as con:
+            return {r[0] for r in con.execute("SELECT file FROM shards WHERE fingerprint = ?", (fp_id,))}
+
+    def missing_vectors(self, dataset: str, fp_id: str) -> list[str]:
+        """Distinct sha256 of the dataset's members that have no vector under this fingerprint."""
+        with self.connect() as con:
+            return [r[0] for r in con.execute(
+                "SELECT DISTINCT m.sha256 FROM members m LEFT JOIN vectors v "
+                "ON v.fingerprint = ? AND v.sha256 = m.sha256 WHERE m.dataset = ? AND v.sha256 IS NULL "
+                "ORDER BY m.path", (fp_id, dataset))]
+
+    def dataset_rows(self, dataset: str, fp_id: str) -> list[tuple]:
+        """(path, sha256, label, split, shard file, row, dtype) for members that have vectors."""
+        with self.connect() as con:
+            return list(con.execute(
+                "SELECT m.path, m.sha256, m.label, m.split, s.file, v.row, s.dtype FROM members m "
+                "JOIN vectors v ON v.fingerprint = ? AND v.sha256 = m.sha256 JOIN shards s ON s.id = v.shard "
+                "WHERE m.dataset = ? ORDER BY m.path", (fp_id, dataset)))
+
+    def vector_locations(self, fp_id: str, shas: list[str]) -> dict[str, tuple[str, int]]:
+        out: dict[str, tuple[str, int]] = {}
+        with self.connect() as con:
+            for start in range(0, len(shas), 500):
+                chunk = shas[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for sha, file, row in con.execute(
+                        f"SELECT v.sha256, s.file, v.row FROM vectors v JOIN shards s ON s.id = v.shard "
+                        f"WHERE v.fingerprint = ? AND v.sha256 IN ({marks})", (fp_id, *chunk)):
+                    out[sha] = (file, row)
+        return out
+
+    def dataset_summary(self, dataset: str) -> dict:
+        """Counts per split and, per fingerprint, how many members have vectors."""
+        with self.connect() as con:
+            splits = dict(con.execute("SELECT split, COUNT(*) FROM members WHERE dataset = ? GROUP BY split",
+                                      (dataset,)))
+            per_fp = con.execute(
+                "SELECT f.id, f.backbone, f.spec, COUNT(*) FROM members m JOIN vectors v ON v.sha256 = m.sha256 "
+                "JOIN fingerprints f ON f.id = v.fingerprint WHERE m.dataset = ? GROUP BY f.id ORDER BY f.id",
+                (dataset,)).fetchall()
+            failed = con.execute("SELECT COUNT(*) FROM failures WHERE dataset = ?", (dataset,)).fetchone()[0]
+        return {"splits": splits, "fingerprints": per_fp, "failed": failed}

@@ -1,0 +1,1 @@
+"""headstart front doors: the command line and the FastAPI service."""

@@ -1,0 +1,143 @@
+"""CLI commands for features: extract, datasets, export, backbones, weights fetch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from extractor.errors import HeadstartError
+from extractor.store import FeatureStore
+from service.cli import emit
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("extract", parents=[common], help="extract bottleneck features of a folder of images")
+    p.add_argument("data_dir", type=Path, help="folder of class subfolders, or of images")
+    p.add_argument("--dataset", required=True, help="name to record the dataset under")
+    p.add_argument("--labels", type=Path, help="CSV of path (or id) and label columns")
+    p.add_argument("--path-column", help="CSV column with the file path or id")
+    p.add_argument("--label-column", help="CSV column with the label")
+    p.add_argument("--unlabeled", action="store_true", help="treat every image below DATA_DIR as unlabeled")
+    _backbone_args(p)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, max 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="auto", help="mixed precision on CUDA: auto, off, bf16, fp16")
+    p.add_argument("--dtype", default="float32", help="storage: float32 or float16")
+    p.add_argument("--split", help="train,val,test fractions (default 0.6,0.2,0.2), recorded once")
+    p.add_argument("--seed", type=int, help="split seed (default 42)")
+    p.add_argument("--resplit", action="store_true", help="discard the recorded split and split again")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="refuse larger images")
+    p.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="refuse larger files")
+    p.add_argument("--shard-rows", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--flush-seconds", type=float, default=60.0, help="save finished vectors at least this often")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("datasets", parents=[common], help="list datasets with counts per split and backbone")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("export", parents=[common], help="write a dataset's features to one plain HDF5 file")
+    p.add_argument("--dataset", required=True)
+    _backbone_args(p, weights_default=None)
+    p.add_argument("--out", type=Path, required=True, help="output .h5 file")
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("weights", parents=[common], help="manage pretrained weights")
+    wsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = wsub.add_parser("fetch", parents=[common], help="download ImageNet weights into the torchvision cache")
+    f.add_argument("names", nargs="+", metavar="BACKBONE")
+    f.set_defaults(func=cmd_weights_fetch)
+
+
+def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "imagenet") -> None:
+    p.add_argument("--backbone", default="vgg16", help="registry name (see `headstart backbones`)")
+    p.add_argument("--weights", default=weights_default, help="imagenet, random[:SEED] or a weights file")
+    p.add_argument("--size", type=int, help="input size override (e.g. 224 for vgg16)")
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from extractor.decode import Limits
+    from extractor.pipeline import ExtractOptions, extract
+    from service.progress import ProgressBar
+
+    opts = ExtractOptions(
+        data_dir=args.data_dir, dataset=args.dataset, labels_csv=args.labels, path_column=args.path_column,
+        label_column=args.label_column, unlabeled=args.unlabeled, backbone=args.backbone, weights=args.weights,
+        size=args.size, batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
+        dtype=args.dtype, split=args.split, seed=args.seed, resplit=args.resplit,
+        limits=Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels), shard_rows=args.shard_rows,
+        flush_seconds=args.flush_seconds)
+    bar = ProgressBar(f"{args.dataset}/{args.backbone}")
+    try:
+        summary = extract(opts, FeatureStore(args.home), progress=bar)
+    finally:
+        bar.close()
+    if summary.files == 0:
+        raise HeadstartError(f"no images found in {args.data_dir}; expected class subfolders of images, "
+                             f"images directly in the folder, or --labels CSV")
+    lines = [f"{summary.dataset} / {summary.fingerprint}: {summary.extracted} extracted, {summary.cached} cached, "
+             f"{summary.failed} failed, {summary.duplicates} duplicate files, in {summary.seconds:.1f} s "
+             f"({summary.images_per_second:.1f} img/s on {summary.device})"]
+    lines += [f"  failed: {path}: {reason}" for path, reason in summary.failures[:20]]
+    if len(summary.failures) > 20:
+        lines.append(f"  ... and {len(summary.failures) - 20} more (see `headstart datasets --json`)")
+    emit(args, summary.to_dict(), "\n".join(lines))
+    return 1 if summary.failed and summary.extracted + summary.cached == 0 else 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    import json
+
+    store = FeatureStore(args.home)
+    rows = []
+    for name in store.catalog.dataset_names():
+        info = store.catalog.dataset(name)
+        summary = store.catalog.dataset_summary(name)
+        rows.append({
+            "name": name, "kind": info["kind"], "root": info["root"], "split": info["split"], "seed": info["seed"],
+            "splits": summary["splits"], "failed": summary["failed"],
+            "features": [{"fingerprint": fp, "backbone": b, "weights": json.loads(spec)["weights"], "vectors": n}
+                         for fp, b, spec, n in summary["fingerprints"]],
+            "failures": [{"path": p, "reason": r} for p, r in store.catalog.failures(name)] if args.json else [],
+        })
+    human = ["NAME  KIND  TRAIN/VAL/TEST  FAILED  FEATURES"] if rows else ["no datasets yet; run `headstart extract`"]
+    for r in rows:
+        s = r["splits"]
+        feats = ", ".join(f"{f['backbone']}[{f['weights'].split(':')[0]}]={f['vectors']}" for f in r["features"])
+        human.append(f"{r['name']}  {r['kind']}  {s.get('train', 0)}/{s.get('val', 0)}/{s.get('test', 0)}  "
+                     f"{r['failed']}  {feats or '-'}")
+    emit(args, rows, "\n".join(human))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from extractor.export import export
+
+    store = FeatureStore(args.home)
+    fp_id = store.resolve(args.dataset, args.backbone, args.weights, args.size)
+    result = export(store, args.dataset, fp_id, args.out, args.dtype)
+    emit(args, result, f"wrote {result['rows']} x {result['dim']} features ({result['classes']} classes) "
+                       f"to {result['out']}")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from extractor.backbones import describe
+
+    rows = describe()
+    emit(args, rows, "\n".join(f"{r['name']:<13} {r['input_size']:>3}px -> {r['dim']:>5}-d  {r['description']}"
+                               for r in rows))
+    return 0
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from extractor.backbones import get_spec
+    from extractor.weights import fetch
+
+    done = [{"backbone": name, "file": str(fetch(get_spec(name)))} for name in args.names]
+    emit(args, done, "\n".join(f"{d['backbone']}: {d['file']}" for d in done))
+    return 0

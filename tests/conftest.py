@@ -1,0 +1,59 @@
+"""Shared fixtures: offline environment, generated image folders, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+COLORS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30), (160, 40, 200), (30, 200, 200)]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path_factory):
+    """No test touches the network or the user's caches."""
+    monkeypatch.setenv("HEADSTART_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.delenv("HEADSTART_HOME", raising=False)
+
+
+def class_image(label_index: int, rng: np.random.Generator, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A noisy image whose dominant colour and stripe direction depend on the class: learnable."""
+    w, h = size
+    base = np.array(COLORS[label_index % len(COLORS)], dtype=np.float64)
+    noise = rng.normal(0, 25, (h, w, 3))
+    stripes = np.zeros((h, w, 1))
+    if label_index % 2:
+        stripes[:, ::8] = 60
+    else:
+        stripes[::8, :] = 60
+    arr = np.clip(base + noise + stripes, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def make_folder(root: Path, counts: dict[str, int], seed: int = 0, fmt: str = "JPEG",
+                size: tuple[int, int] = (64, 48), start: int = 0) -> list[Path]:
+    """Class subfolders of generated images; returns the written paths."""
+    rng = np.random.default_rng(seed)
+    suffix = {"JPEG": ".jpg", "PNG": ".png"}[fmt]
+    written = []
+    for index, (label, n) in enumerate(sorted(counts.items())):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + n):
+            path = root / label / f"{label}_{i:04d}{suffix}"
+            class_image(index, rng, size).save(path, fmt)
+            written.append(path)
+    return written
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m service ...` as a user would, offline."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "service", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,109 @@
+"""Datasets: folders, CSV (dog-breed shape), unlabeled; hashing; stratified, seeded, stable splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from extractor.catalog import Catalog
+from extractor.datasets import assign_splits, hash_items, parse_split, register, scan_csv, scan_folder
+from extractor.errors import HeadstartError
+from tests.conftest import make_folder
+
+
+def test_class_folders_and_unlabeled(tmp_path):
+    make_folder(tmp_path / "data", {"cat": 3, "dog": 2})
+    (tmp_path / "data" / "cat" / "notes.txt").write_text("not listed")
+    (tmp_path / "data" / "cat" / ".DS_Store").write_text("hidden")
+    listing = scan_folder(tmp_path / "data")
+    assert listing.kind == "folders"
+    assert Counter(i.label for i in listing.items) == {"cat": 3, "dog": 2}
+    assert listing.skipped == 1
+    flat = scan_folder(tmp_path / "data" / "cat")
+    assert flat.kind == "unlabeled" and len(flat.items) == 3 and flat.items[0].label is None
+    forced = scan_folder(tmp_path / "data", unlabeled=True)
+    assert forced.kind == "unlabeled" and len(forced.items) == 5
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(HeadstartError, match="does not exist"):
+        scan_folder(tmp_path / "nope")
+
+
+def test_dog_breed_csv_maps_ids_to_jpg(tmp_path):
+    data = tmp_path / "train"
+    written = make_folder(tmp_path / "tmp", {"a": 2, "b": 2})
+    data.mkdir()
+    rows = ["id,breed"]
+    for i, path in enumerate(written):
+        (data / f"img{i}.jpg").write_bytes(path.read_bytes())
+        rows.append(f"img{i},{'beagle' if i < 2 else 'pug'}")
+    rows.append("ghost,pug")
+    rows.append("img0,pug")  # duplicate row: the first label wins
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    listing = scan_csv(data, tmp_path / "labels.csv")
+    assert {i.rel: i.label for i in listing.items} == {
+        "img0.jpg": "beagle", "img1.jpg": "beagle", "img2.jpg": "pug", "img3.jpg": "pug"}
+    assert listing.failures == [("ghost", "listed in the CSV but no such file in the data folder")]
+
+
+def test_csv_columns_must_be_identifiable(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(HeadstartError, match="--path-column"):
+        scan_csv(tmp_path, tmp_path / "x.csv")
+    with pytest.raises(HeadstartError, match="no column 'zzz'"):
+        scan_csv(tmp_path, tmp_path / "x.csv", path_column="zzz")
+
+
+def test_hashing_reuses_unchanged_files_and_keys_by_content(tmp_path):
+    written = make_folder(tmp_path / "data", {"a": 2})
+    (tmp_path / "data" / "a" / "copy.jpg").write_bytes(written[0].read_bytes())
+    catalog = Catalog(tmp_path / "c.sqlite")
+    listing = scan_folder(tmp_path / "data")
+    hash_items(listing, catalog)
+    shas = {i.rel: i.sha256 for i in listing.items}
+    assert shas["a/copy.jpg"] == shas["a/a_0000.jpg"] != shas["a/a_0001.jpg"]
+    assert len(catalog.cached_hashes()) == 3
+    again = scan_folder(tmp_path / "data")
+    hash_items(again, catalog)
+    assert {i.rel: i.sha256 for i in again.items} == shas
+
+
+def test_split_is_stratified_exact_and_seeded():
+    units = {f"{c}{i:03d}": c for c in "ab" for i in range(50)}
+    splits = assign_splits(units, {}, (0.6, 0.2, 0.2), seed=42)
+    for c in "ab":
+        assert Counter(s for u, s in splits.items() if units[u] == c) == {"train": 30, "val": 10, "test": 10}
+    assert splits == assign_splits(units, {}, (0.6, 0.2, 0.2), seed=42)
+    assert splits != assign_splits(units, {}, (0.6, 0.2, 0.2), seed=7)
+
+
+def test_split_is_stable_when_images_are_added():
+    units = {f"a{i:03d}": "a" for i in range(40)}
+    first = assign_splits(units, {}, (0.5, 0.25, 0.25), seed=1)
+    more = {**units, **{f"a{i:03d}": "a" for i in range(40, 60)}}
+    second = assign_splits(more, first, (0.5, 0.25, 0.25), seed=1)
+    assert all(second[u] == first[u] for u in first)
+    assert Counter(second.values()) == {"train": 30, "val": 15, "test": 15}
+
+
+def test_parse_split():
+    assert parse_split("60,20,20") == pytest.approx((0.6, 0.2, 0.2))
+    for bad in ("0.5,0.5", "a,b,c", "0.5,0.3,0.3", "-1,1,1"):
+        with pytest.raises(HeadstartError, match="--split"):
+            parse_split(bad)
+
+
+def test_register_records_split_once(tmp_path):
+    make_folder(tmp_path / "data", {"a": 5, "b": 5})
+    catalog = Catalog(tmp_path / "c.sqlite")
+    listing = scan_folder(tmp_path / "data")
+    hash_items(listing, catalog)
+    register(catalog, "d", listing, "0.6,0.2,0.2", 42)
+    with pytest.raises(HeadstartError, match="--resplit"):
+        register(catalog, "d", listing, "0.8,0.1,0.1", 42)
+    kept = register(catalog, "d", listing)  # no split given: the recorded one is used
+    assert Counter(m[3] for m in kept) == {"train": 6, "val": 2, "test": 2}
+    redone = register(catalog, "d", listing, "0.8,0.1,0.1", 42, resplit=True)
+    assert Counter(m[3] for m in redone) == {"train": 8, "val": 1, "test": 1}

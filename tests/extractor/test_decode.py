@@ -1,0 +1,129 @@
+"""Safe decoding: allowlist by content, modes to RGB, EXIF orientation, and every kind of bad file."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from extractor.decode import DecodeError, Limits, decode, preprocess, read_file
+
+LIMITS = Limits()
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def solid(color=(200, 30, 30), size=(40, 30), mode="RGB") -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_allowlisted_formats_decode_to_rgb(fmt):
+    img = decode(encode(solid(), fmt), LIMITS)
+    assert img.mode == "RGB" and img.size == (40, 30)
+    r, g, b = np.asarray(img).reshape(-1, 3).mean(axis=0)
+    assert r > 150 and g < 80 and b < 80
+
+
+def test_format_is_sniffed_from_content_not_extension(tmp_path):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(encode(solid(), "PNG"))  # a PNG named .jpg
+    assert decode(read_file(path, LIMITS), LIMITS).size == (40, 30)
+    ppm = encode(solid(), "PPM")  # PIL could decode it, but it is not on the allowlist
+    with pytest.raises(DecodeError, match="not a supported image"):
+        decode(ppm, LIMITS)
+
+
+def test_gif_first_frame():
+    frames = [solid((250, 0, 0)), solid((0, 0, 250))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    r, _, b = np.asarray(decode(buf.getvalue(), LIMITS)).reshape(-1, 3).mean(axis=0)
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize("mode,color,fmt,expected", [
+    ("L", 128, "PNG", (128, 128, 128)),
+    ("LA", (128, 0), "PNG", (255, 255, 255)),  # fully transparent -> white background
+    ("RGBA", (10, 20, 30, 255), "PNG", (10, 20, 30)),
+    ("RGBA", (10, 20, 30, 0), "PNG", (255, 255, 255)),
+    ("CMYK", (0, 255, 255, 0), "JPEG", (255, 0, 0)),
+    ("1", 1, "PNG", (255, 255, 255)),
+])
+def test_modes_become_rgb(mode, color, fmt, expected):
+    img = decode(encode(solid(color, mode=mode), fmt), LIMITS)
+    assert img.mode == "RGB"
+    np.testing.assert_allclose(np.asarray(img).reshape(-1, 3).mean(axis=0), expected, atol=12)
+
+
+def test_palette_with_transparency_and_16_bit():
+    pal = solid((0, 200, 0)).convert("P")
+    index = pal.getpixel((0, 0))  # the palette entry of the green pixels becomes transparent
+    assert decode(encode(pal, "PNG", transparency=index), LIMITS).getpixel((0, 0)) == (255, 255, 255)
+    wide = Image.fromarray(np.full((20, 20), 65535, dtype=np.uint16))
+    assert decode(encode(wide, "PNG"), LIMITS).getpixel((0, 0)) == (255, 255, 255)
+    half = Image.fromarray(np.full((20, 20), 32768, dtype=np.uint16))
+    assert abs(decode(encode(half, "PNG"), LIMITS).getpixel((0, 0))[0] - 128) <= 1
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20))
+    img.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 clockwise to display
+    upright = decode(encode(img, "JPEG", exif=exif, quality=95), LIMITS)
+    assert upright.size == (20, 40)
+    top = np.asarray(upright)[:10].reshape(-1, 3).mean(axis=0)
+    assert top[0] > 200  # the red half ends up on top
+
+
+def test_truncated_zero_byte_and_garbage_are_refused_with_reasons(tmp_path):
+    data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)), "JPEG")
+    with pytest.raises(DecodeError, match="corrupt or truncated JPEG"):
+        decode(data[: len(data) // 2], LIMITS)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(DecodeError, match="empty file"):
+        read_file(empty, LIMITS)
+    with pytest.raises(DecodeError, match="not a supported image"):
+        decode(b"<html>not an image</html>", LIMITS)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels in a few dozen bytes (a decompression bomb's header)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_an_error_within_a_second():
+    start = time.monotonic()
+    with pytest.raises(DecodeError, match="decompression bomb"):
+        decode(png_header_only(60000, 60000), LIMITS)
+    with pytest.raises(DecodeError, match="decompression bomb"):
+        decode(png_header_only(9000, 9000), Limits(max_pixels=1_000_000))
+    assert time.monotonic() - start < 1.0
+
+
+def test_byte_limit(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(encode(solid(), "PNG"))
+    with pytest.raises(DecodeError, match="above the 50-byte limit"):
+        read_file(path, Limits(max_bytes=50))
+
+
+def test_preprocess_shape_and_jpeg_draft():
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 255, (768, 1024, 3), dtype=np.uint8))
+    for fmt in ("JPEG", "PNG"):
+        arr = preprocess(encode(big, fmt), 150, LIMITS)
+        assert arr.shape == (150, 150, 3) and arr.dtype == np.uint8

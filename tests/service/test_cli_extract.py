@@ -1,0 +1,54 @@
+"""The CLI as a user runs it: extract --json keys, datasets, export, backbones, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+
+from tests.conftest import make_folder, run_cli
+
+
+def test_extract_datasets_export_through_the_cli(tmp_path):
+    make_folder(tmp_path / "data", {"cat": 3, "dog": 3})
+    home = str(tmp_path / "home")
+    result = run_cli("extract", str(tmp_path / "data"), "--dataset", "pets", "--backbone", "tiny",
+                     "--weights", "random", "--split", "0.5,0.25,0.25", "--seed", "1", "--json", "--home", home)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    for key in ("extracted", "cached", "failed", "seconds", "images_per_second"):
+        assert key in summary
+    assert summary["extracted"] == 6 and summary["failed"] == 0
+    listing = json.loads(run_cli("datasets", "--json", "--home", home).stdout)
+    assert listing[0]["name"] == "pets" and sum(listing[0]["splits"].values()) == 6
+    assert listing[0]["features"][0]["backbone"] == "tiny" and listing[0]["features"][0]["vectors"] == 6
+    out = tmp_path / "pets.h5"
+    exported = run_cli("export", "--dataset", "pets", "--backbone", "tiny", "--out", str(out), "--home", home)
+    assert exported.returncode == 0, exported.stderr
+    with h5py.File(out) as fh:
+        assert fh["features"].shape == (6, 64)
+    text = run_cli("datasets", "--home", home).stdout
+    assert "pets" in text and "tiny[random]=6" in text
+
+
+def test_errors_are_one_line_with_non_zero_exit(tmp_path):
+    home = str(tmp_path / "home")
+    make_folder(tmp_path / "data", {"a": 1})
+    cases = [
+        (["extract", str(tmp_path / "missing"), "--dataset", "x", "--weights", "random", "--backbone", "tiny"],
+         "does not exist"),
+        (["extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "resnet50"], "headstart weights fetch"),
+        (["extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "vgg99"], "expected one of"),
+        (["export", "--dataset", "nope", "--backbone", "vgg16", "--out", str(tmp_path / "o.h5")], "no dataset"),
+        (["weights", "fetch", "tiny"], "no ImageNet weights"),
+    ]
+    for args, expected in cases:
+        result = run_cli(*args, "--home", home)
+        assert result.returncode == 1, (args, result.stderr)
+        assert expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_backbones_listing():
+    rows = json.loads(run_cli("backbones", "--json").stdout)
+    assert {r["name"]: r["dim"] for r in rows}["vgg16"] == 8192

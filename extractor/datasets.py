@@ -202,6 +202,13 @@ def _order_key(seed: int, sha: str) -> str:
     return hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest()
 
 
+def _need(name: str, fractions: tuple[float, float, float], counts: Counter, overall: Counter) -> tuple:
+    """How far a split is below its share: within the class first, then over all classes."""
+    i = SPLITS.index(name)
+    return (round(fractions[i] * (sum(counts.values()) + 1) - counts[name], 9),
+            round(fractions[i] * (sum(overall.values()) + 1) - overall[name], 9), -i)
+
+
 def assign_splits(units: dict[str, str | None], existing: dict[str, str],
                   fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
     """Split per image content (sha256 -> label), stratified by label, seeded, stable under additions.
@@ -218,14 +225,7 @@ def assign_splits(units: dict[str, str | None], existing: dict[str, str],
         counts = Counter(result[sha] for sha in by_class[label] if sha in result)
         new = sorted((s for s in by_class[label] if s not in result), key=lambda s: _order_key(seed, s))
         for sha in new:
-            size, grand = sum(counts.values()) + 1, sum(overall.values()) + 1
-
-            def need(i: int) -> tuple[float, float, int]:
-                name = SPLITS[i]
-                return (round(fractions[i] * size - counts[name], 9),
-                        round(fractions[i] * grand - overall[name], 9), -i)
-
-            choice = SPLITS[max(range(3), key=need)]
+            choice = max(SPLITS, key=lambda name, c=counts: _need(name, fractions, c, overall))
             result[sha] = choice
             counts[choice] += 1
             overall[choice] += 1

@@ -59,6 +59,7 @@ class Fingerprint:
     backbone: str
     dim: int
     spec: dict = field(hash=False, compare=False)
+    source: str = field(default="", compare=False)  # how the weights were given: imagenet, random:S, a path
 
     def to_json(self) -> str:
         return json.dumps(self.spec, sort_keys=True)

@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (dataset, path)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_sha ON members (sha256);
 CREATE TABLE IF NOT EXISTS fingerprints (
-    id TEXT PRIMARY KEY, backbone TEXT NOT NULL, dim INTEGER NOT NULL, spec TEXT NOT NULL);
+    id TEXT PRIMARY KEY, backbone TEXT NOT NULL, dim INTEGER NOT NULL, spec TEXT NOT NULL, source TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS shards (
     id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL, file TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL,
     dtype TEXT NOT NULL, created REAL NOT NULL);
@@ -122,14 +122,17 @@ class Catalog:
                             [(sha, limits, reason) for sha, reason in rows])
 
     # --- fingerprints, shards, vectors -----------------------------------------------------------
-    def register_fingerprint(self, fp_id: str, backbone: str, dim: int, spec: str) -> None:
+    def register_fingerprint(self, fp_id: str, backbone: str, dim: int, spec: str, source: str) -> None:
+        """Record a fingerprint; `source` (how the weights were given) is updated to the latest."""
         with self.connect() as con, con:
-            con.execute("INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?, ?)", (fp_id, backbone, dim, spec))
+            con.execute("INSERT INTO fingerprints VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET source = ?",
+                        (fp_id, backbone, dim, spec, source, source))
 
     def fingerprint(self, fp_id: str) -> dict | None:
         with self.connect() as con:
-            row = con.execute("SELECT id, backbone, dim, spec FROM fingerprints WHERE id = ?", (fp_id,)).fetchone()
-        return None if row is None else dict(zip(("id", "backbone", "dim", "spec"), row, strict=True))
+            row = con.execute("SELECT id, backbone, dim, spec, source FROM fingerprints WHERE id = ?",
+                              (fp_id,)).fetchone()
+        return None if row is None else dict(zip(("id", "backbone", "dim", "spec", "source"), row, strict=True))
 
     def commit_shard(self, fp_id: str, file: str, dtype: str, shas: list[str]) -> None:
         """Make a renamed shard file visible: its row and all its vectors in one transaction."""

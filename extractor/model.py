@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ def resolve(backbone: str, weights: str = "imagenet", size: int | None = None) -
     spec = get_spec(backbone)
     size = resolve_size(spec, size)
     choice = parse_weights(weights)
-    return Resolved(spec, size, choice, make_fingerprint(spec, size, identity(choice, spec)))
+    fingerprint = replace(make_fingerprint(spec, size, identity(choice, spec)), source=choice.label)
+    return Resolved(spec, size, choice, fingerprint)
 
 
 def resolve_device(device: str) -> torch.device:

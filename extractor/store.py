@@ -43,6 +43,8 @@ class FeatureTable:
     labels: list[str | None]
     splits: list[str]
     fingerprint: dict
+    fingerprint_id: str = ""
+    source: str = ""  # how the weights were given when these features were computed
 
     @property
     def label_names(self) -> list[str]:
@@ -97,7 +99,7 @@ class FeatureStore:
         rows = self.catalog.dataset_rows(dataset, fp_id)
         features = self.read_rows([(r[4], r[5]) for r in rows], info["dim"], dtype)
         return FeatureTable(features, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                            [r[3] for r in rows], json.loads(info["spec"]))
+                            [r[3] for r in rows], json.loads(info["spec"]), fp_id, info["source"])
 
     def resolve(self, dataset: str, backbone: str, weights: str | None = None, size: int | None = None) -> str:
         """The fingerprint id of `dataset`'s features for `backbone` (and weights, when several exist)."""
@@ -151,7 +153,8 @@ class ShardWriter:
         fh.flush()
         self._lock_fh = fh
         self._clean()
-        self.store.catalog.register_fingerprint(self.fp.id, self.fp.backbone, self.fp.dim, self.fp.to_json())
+        self.store.catalog.register_fingerprint(self.fp.id, self.fp.backbone, self.fp.dim, self.fp.to_json(),
+                                                self.fp.source)
         return self
 
     def _clean(self) -> None:

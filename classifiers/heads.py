@@ -1,0 +1,180 @@
+"""Head registry and the scikit-learn style protocol; logistic regression and nearest-centroid heads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+
+from extractor.errors import HeadstartError, NotFound
+
+
+class Head:
+    """fit(X, y) -> self with classes_; predict_proba; predict; state()/set_state() for safe persistence."""
+
+    kind: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]]
+    description: ClassVar[str]
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise HeadstartError(f"head {self.kind} has no parameter {unknown[0]!r}; "
+                                 f"expected some of: {', '.join(sorted(self.defaults))}")
+        self.params = {**self.defaults, **params}
+        self.classes_: np.ndarray | None = None
+        self.history: list[dict] = []
+
+    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None,
+            y_val: np.ndarray | None = None) -> "Head":
+        raise NotImplementedError
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def state(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def set_state(self, tensors: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _set_classes(self, y: np.ndarray) -> np.ndarray:
+        self.classes_ = np.unique(np.asarray(y).astype(str))
+        if len(self.classes_) < 2:
+            raise HeadstartError(f"training needs at least 2 classes; received {len(self.classes_)} "
+                                 f"({', '.join(self.classes_) or 'none'})")
+        return np.searchsorted(self.classes_, np.asarray(y).astype(str))
+
+
+def encode(classes: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels -> class indices, with a mask of the labels that are among `classes` at all."""
+    labels = np.asarray(y).astype(str)
+    known = np.isin(labels, classes)
+    return np.searchsorted(classes, labels[known]), known
+
+
+def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale (1 where a feature is constant), as StandardScaler computes them."""
+    mean = X.mean(axis=0, dtype=np.float64)
+    scale = X.std(axis=0, dtype=np.float64)
+    scale[scale < 1e-12] = 1.0
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class LogRegHead(Head):
+    kind = "logreg"
+    defaults = {"C": 1.0, "max_iter": 1000, "tol": 1e-4, "class_weight": None}
+    description = "standardised multinomial logistic regression (scikit-learn, lbfgs)"
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        from sklearn.linear_model import LogisticRegression
+
+        codes = self._set_classes(y)
+        self.mean_, self.scale_ = standardiser(X)
+        model = LogisticRegression(C=float(self.params["C"]), max_iter=int(self.params["max_iter"]),
+                                   tol=float(self.params["tol"]), class_weight=self.params["class_weight"])
+        model.fit((X - self.mean_) / self.scale_, codes)
+        self.coef_ = model.coef_.astype(np.float32)
+        self.intercept_ = model.intercept_.astype(np.float32)
+        return self
+
+    def predict_proba(self, X):
+        z = ((np.asarray(X, np.float32) - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
+        if self.coef_.shape[0] == 1:  # binary: scikit-learn keeps one row for the positive class
+            p = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            return np.stack([1 - p, p], axis=1)
+        return softmax(z)
+
+    def state(self):
+        return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_}
+
+    def set_state(self, tensors):
+        self.mean_, self.scale_ = tensors["mean"], tensors["scale"]
+        self.coef_, self.intercept_ = tensors["coef"], tensors["intercept"]
+        expected_rows = 1 if len(self.classes_) == 2 else len(self.classes_)
+        if self.coef_.shape != (expected_rows, self.mean_.shape[0]) or self.intercept_.shape != (expected_rows,):
+            raise HeadstartError(f"logreg tensors have shape {self.coef_.shape}; expected "
+                                 f"({expected_rows}, {self.mean_.shape[0]}) for {len(self.classes_)} classes")
+
+
+class CentroidHead(Head):
+    kind = "centroid"
+    defaults = {"temperature": None}
+    description = "cosine nearest class mean, temperature fitted on val (strong with very few labels)"
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        codes = self._set_classes(y)
+        self.mean_ = X.mean(axis=0).astype(np.float32)
+        Z = self._unit(X)
+        cents = np.stack([Z[codes == k].mean(axis=0) for k in range(len(self.classes_))])
+        self.centroids_ = (cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        self.temperature_ = np.array([self._fit_temperature(X_val, y_val) if X_val is not None and len(X_val)
+                                      else self._fit_temperature(X, y)], dtype=np.float32)
+        return self
+
+    def _unit(self, X: np.ndarray) -> np.ndarray:
+        Z = np.asarray(X, np.float32) - self.mean_
+        return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+
+    def _fit_temperature(self, X: np.ndarray, y: np.ndarray) -> float:
+        if self.params["temperature"] is not None:
+            return float(self.params["temperature"])
+        codes, known = encode(self.classes_, y)
+        scores = self._unit(X[known]) @ self.centroids_.T
+        losses = {}
+        for t in (1, 2, 5, 10, 20, 50, 100, 200):
+            p = softmax(scores * t)[np.arange(len(codes)), codes]
+            losses[t] = -np.log(np.maximum(p, 1e-12)).mean()
+        return float(min(losses, key=losses.get))
+
+    def predict_proba(self, X):
+        return softmax((self._unit(X) @ self.centroids_.T) * float(self.temperature_[0]))
+
+    def state(self):
+        return {"mean": self.mean_, "centroids": self.centroids_, "temperature": self.temperature_}
+
+    def set_state(self, tensors):
+        self.mean_, self.centroids_, self.temperature_ = tensors["mean"], tensors["centroids"], tensors["temperature"]
+        if self.centroids_.shape != (len(self.classes_), self.mean_.shape[0]):
+            raise HeadstartError(f"centroid tensors have shape {self.centroids_.shape}; expected "
+                                 f"({len(self.classes_)}, {self.mean_.shape[0]})")
+
+
+def registry() -> dict[str, type[Head]]:
+    from classifiers.mlp import MLPHead
+
+    return {cls.kind: cls for cls in (LogRegHead, MLPHead, CentroidHead)}
+
+
+def get_head_class(kind: str) -> type[Head]:
+    heads = registry()
+    if kind not in heads:
+        raise NotFound(f"unknown head {kind!r}; expected one of: {', '.join(sorted(heads))}")
+    return heads[kind]
+
+
+def parse_params(items: list[str], kind: str) -> dict[str, Any]:
+    """`key=value` strings -> typed params (numbers, lists, null as JSON; anything else a string)."""
+    defaults = get_head_class(kind).defaults
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in defaults:
+            raise HeadstartError(f"--param {item!r}: expected key=value with key one of {', '.join(sorted(defaults))}")
+        if isinstance(defaults[key], list):
+            text = "[" + text + "]" if not text.startswith("[") else text
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = text
+    return params

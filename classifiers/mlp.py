@@ -1,0 +1,133 @@
+"""The classic dense head in PyTorch: (Dense relu, Dropout) x N, softmax; Adam, early stopping on val, seeded."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from classifiers.heads import Head, encode, standardiser
+from extractor.errors import HeadstartError
+
+
+def build_net(dim: int, hidden: list[int], dropout: float, n_classes: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = dim
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+        width = size
+    layers.append(nn.Linear(width, n_classes))
+    return nn.Sequential(*layers)
+
+
+class MLPHead(Head):
+    kind = "mlp"
+    defaults = {"hidden": [512, 512], "dropout": 0.3, "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
+                "epochs": 30, "patience": 5, "class_weight": None, "seed": 0, "device": "auto"}
+    description = "dense head (512 relu, dropout 0.3, 512 relu, dropout 0.3, softmax) in PyTorch, early stopping"
+
+    def _device(self) -> torch.device:
+        wanted = self.params["device"]
+        if wanted == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(wanted)
+
+    def _loss_weights(self, codes: np.ndarray, device: torch.device) -> torch.Tensor | None:
+        mode = self.params["class_weight"]
+        if mode is None:
+            return None
+        if mode != "balanced":
+            raise HeadstartError(f"class_weight {mode!r}: expected balanced or null")
+        counts = np.bincount(codes, minlength=len(self.classes_)).astype(np.float64)
+        weights = len(codes) / (len(self.classes_) * np.maximum(counts, 1))
+        return torch.tensor(weights, dtype=torch.float32, device=device)
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        codes = self._set_classes(y)
+        self.mean_, self.scale_ = standardiser(X)
+        device = self._device()
+        p = self.params
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(p["seed"]))
+            self.net = build_net(X.shape[1], list(p["hidden"]), float(p["dropout"]), len(self.classes_)).to(device)
+            self._train(self._tensor(X, device), torch.as_tensor(codes, device=device), X_val, y_val, device, codes)
+        return self
+
+    def _tensor(self, X: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.as_tensor((np.asarray(X, np.float32) - self.mean_) / self.scale_, device=device)
+
+    def _train(self, X, y, X_val, y_val, device, codes) -> None:
+        p = self.params
+        fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+        opt = torch.optim.Adam(self.net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
+                               **fused)
+        loss_fn = nn.CrossEntropyLoss(weight=self._loss_weights(codes, device))
+        val = None
+        if X_val is not None and len(X_val):
+            val_codes, known = encode(self.classes_, y_val)
+            val = (self._tensor(X_val[known], device), torch.as_tensor(val_codes, device=device))
+        gen = torch.Generator(device="cpu").manual_seed(int(p["seed"]))
+        best, best_loss, waited, bs = None, float("inf"), 0, int(p["batch_size"])
+        for epoch in range(int(p["epochs"])):
+            start = time.perf_counter()
+            self.net.train()
+            order = torch.randperm(len(X), generator=gen).to(device)
+            Xs, ys = X[order], y[order]  # one gather per epoch, then contiguous slices
+            total, correct, seen = 0.0, 0, 0
+            for i in range(0, len(Xs), bs):
+                xb, yb = Xs[i:i + bs], ys[i:i + bs]
+                opt.zero_grad(set_to_none=True)
+                out = self.net(xb)
+                loss = loss_fn(out, yb)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(yb)
+                correct += int((out.argmax(1) == yb).sum())
+                seen += len(yb)
+            row = {"epoch": epoch + 1, "train_loss": total / seen, "train_acc": correct / seen}
+            if val is not None:
+                row.update(self._score(*val, loss_fn))
+            row["seconds"] = time.perf_counter() - start
+            self.history.append(row)
+            watched = row.get("val_loss", row["train_loss"])
+            if watched < best_loss - 1e-6:
+                best_loss, waited = watched, 0
+                best = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            else:
+                waited += 1
+                if val is not None and waited >= int(p["patience"]):
+                    break
+        if best is not None:
+            self.net.load_state_dict(best)
+        self.net.eval()
+
+    def _score(self, X, y, loss_fn) -> dict:
+        self.net.eval()
+        with torch.inference_mode():
+            out = self.net(X)
+            return {"val_loss": float(loss_fn(out, y)), "val_acc": float((out.argmax(1) == y).float().mean())}
+
+    def predict_proba(self, X):
+        device = next(self.net.parameters()).device
+        with torch.inference_mode():
+            out = self.net(self._tensor(X, device))
+            return torch.softmax(out, dim=1).float().cpu().numpy()
+
+    def state(self):
+        tensors = {f"net.{k}": v.detach().cpu().contiguous().numpy() for k, v in self.net.state_dict().items()}
+        return {"mean": self.mean_, "scale": self.scale_, **tensors}
+
+    def set_state(self, tensors):
+        self.mean_, self.scale_ = tensors["mean"], tensors["scale"]
+        net = build_net(self.mean_.shape[0], list(self.params["hidden"]), float(self.params["dropout"]),
+                        len(self.classes_))
+        own = net.state_dict()
+        given = {k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")}
+        if set(given) != set(own) or any(tuple(given[k].shape) != tuple(own[k].shape) for k in own):
+            raise HeadstartError(f"mlp tensors do not match hidden={self.params['hidden']} with "
+                                 f"{len(self.classes_)} classes and {self.mean_.shape[0]} inputs")
+        net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in given.items()})
+        self.net = net.to(self._device()).eval()

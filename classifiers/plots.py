@@ -1,0 +1,75 @@
+"""PNG plots a person can open: confusion matrix, ROC curves, training curves (mlp)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def confusion(metrics: dict, path: Path, title: str) -> Path:
+    matrix = np.array(metrics["confusion_matrix"])
+    labels = metrics["labels"]
+    n = len(labels)
+    side = min(4 + 0.35 * n, 30)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(matrix, cmap="Blues")
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=8 if n > 20 else 10)
+    ax.set_yticks(ticks, labels, fontsize=8 if n > 20 else 10)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, matrix[i, j], ha="center", va="center",
+                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def roc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 6))
+    columns = [1] if len(classes) == 2 else range(len(classes))
+    drawn = 0
+    for k in columns:
+        positive = np.asarray(y_true).astype(str) == classes[k]
+        if positive.any() and (~positive).any() and drawn < 10:
+            fpr, tpr, _ = roc_curve(positive, proba[:, k])
+            ax.plot(fpr, tpr, label=str(classes[k]))
+            drawn += 1
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title + ("" if len(columns) <= 10 else " (first 10 classes)"))
+    if drawn:
+        ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def training(history: list[dict], path: Path, title: str) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [h["epoch"] for h in history]
+    for key, ax in (("loss", left), ("acc", right)):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
+        if history and f"val_{key}" in history[0]:
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], label="val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,78 @@
+"""Train and evaluate heads on cached features by dataset and backbone, using the dataset's recorded split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from classifiers import plots
+from classifiers.heads import get_head_class
+from classifiers.metrics import evaluate
+from classifiers.persist import check_name, load, save
+from extractor.errors import HeadstartError
+from extractor.store import FeatureStore, FeatureTable
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def heads_dir(store: FeatureStore) -> Path:
+    return store.home / "heads"
+
+
+def split_arrays(table: FeatureTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Labeled rows per split: (features, label strings)."""
+    labels = np.array([lab if lab is not None else "" for lab in table.labels], dtype=object)
+    splits = np.array(table.splits)
+    labeled = labels != ""
+    if not labeled.any():
+        raise HeadstartError("this dataset has no labels; heads need labeled images "
+                             "(class subfolders or --labels CSV when extracting)")
+    return {name: (table.features[(splits == name) & labeled], labels[(splits == name) & labeled].astype(str))
+            for name in SPLIT_NAMES}
+
+
+def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name: str,
+               params: dict | None = None, weights: str | None = None) -> dict:
+    """Fit on train (val for early stopping / temperature), score val and test, save; returns the manifest."""
+    check_name(name)
+    head = get_head_class(kind)(**(params or {}))
+    fp_id = store.resolve(dataset, backbone, weights)
+    table = store.table(dataset, fp_id)
+    data = split_arrays(table)
+    X, y = data["train"]
+    if len(X) == 0:
+        raise HeadstartError(f"dataset {dataset!r} has no labeled training images with {backbone} features")
+    start = time.perf_counter()
+    head.fit(X, y, *data["val"])
+    fit_seconds = time.perf_counter() - start
+    metrics = {split: evaluate(data[split][1], head.predict_proba(data[split][0]), head.classes_)
+               for split in ("val", "test") if len(data[split][0])}
+    metrics["fit_seconds"] = fit_seconds
+    info = {"fingerprint": {"id": fp_id, "spec": table.fingerprint}, "weights": table.source,
+            "backbone": table.fingerprint["backbone"], "dataset": dataset, "dim": int(X.shape[1]),
+            "metrics": metrics, "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}}
+    return save(head, info, heads_dir(store), name)
+
+
+def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir: Path | None = None) -> dict:
+    """Score a saved head on one split of its dataset's cached features; optionally write PNG plots."""
+    if split not in SPLIT_NAMES:
+        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    head, manifest = load(heads_dir(store), name)
+    table = store.table(manifest["dataset"], manifest["fingerprint"]["id"])
+    X, y = split_arrays(table)[split]
+    if len(X) == 0:
+        raise HeadstartError(f"the {split} split of {manifest['dataset']!r} is empty; choose another --split")
+    proba = head.predict_proba(X)
+    result = {"head": name, "dataset": manifest["dataset"], "split": split,
+              "metrics": evaluate(y, proba, head.classes_), "plots": []}
+    if plots_dir is not None:
+        title = f"{name} on {manifest['dataset']} ({split})"
+        written = [plots.confusion(result["metrics"], Path(plots_dir) / f"{name}-confusion.png", title),
+                   plots.roc(y, proba, head.classes_, Path(plots_dir) / f"{name}-roc.png", title)]
+        if head.history:
+            written.append(plots.training(head.history, Path(plots_dir) / f"{name}-training.png", name))
+        result["plots"] = [str(p) for p in written]
+    return result

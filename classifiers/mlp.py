@@ -24,7 +24,7 @@ def build_net(dim: int, hidden: list[int], dropout: float, n_classes: int) -> nn
 
 class MLPHead(Head):
     kind = "mlp"
-    defaults = {"hidden": [512, 512], "dropout": 0.3, "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128,
+    defaults = {"hidden": [512, 512], "dropout": 0.3, "lr": 1e-3, "weight_decay": 0.0, "batch_size": "auto",
                 "epochs": 30, "patience": 5, "class_weight": None, "seed": 0, "device": "auto"}
     description = "dense head (512 relu, dropout 0.3, 512 relu, dropout 0.3, softmax) in PyTorch, early stopping"
 
@@ -70,7 +70,7 @@ class MLPHead(Head):
             val_codes, known = encode(self.classes_, y_val)
             val = (self._tensor(X_val[known], device), torch.as_tensor(val_codes, device=device))
         gen = torch.Generator(device="cpu").manual_seed(int(p["seed"]))
-        best, best_loss, waited, bs = None, float("inf"), 0, int(p["batch_size"])
+        best, best_loss, waited, bs = None, float("inf"), 0, self._batch_size(len(X))
         for epoch in range(int(p["epochs"])):
             start = time.perf_counter()
             self.net.train()
@@ -103,6 +103,15 @@ class MLPHead(Head):
         if best is not None:
             self.net.load_state_dict(best)
         self.net.eval()
+
+    def _batch_size(self, n: int) -> int:
+        """`auto`: about 12 steps an epoch, between 32 and 256 rows (big batches are what makes CPU fast)."""
+        size = self.params["batch_size"]
+        if size == "auto":
+            return int(min(256, max(32, n // 12)))
+        if not isinstance(size, int) or size < 1:
+            raise HeadstartError(f"batch_size {size!r}: expected auto or an integer >= 1")
+        return size
 
     def _score(self, X, y, loss_fn) -> dict:
         self.net.eval()

@@ -72,6 +72,14 @@ def main() -> None:
     step("what is cached", "datasets", *common)
     step("one plain HDF5 file", "export", "--dataset", "digits", "--backbone", "vgg16",
          "--out", str(OUT / "digits-vgg16.h5"), *common)
+    for head in ("logreg", "mlp"):
+        step(f"train a {head} head on the cached features", "train", "--dataset", "digits", "--backbone", "vgg16",
+             "--head", head, "--name", f"digits-{head}", *common)
+        step("test metrics and plots", "evaluate", f"digits-{head}", "--split", "test",
+             "--plots", str(OUT / "plots"), *common)
+    step("saved heads", "heads", *common)
+    sample = sorted((data / "digit_7").iterdir())[-1]
+    step("predict one image", "predict", "digits-mlp", str(sample), "--top-k", "3", *common)
     print("\ndemo done: outputs under demo-output/")
 
 

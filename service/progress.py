@@ -20,9 +20,9 @@ def _clock(seconds: float | None) -> str:
 class ProgressBar:
     """Callable for `extract(progress=...)`; redraws at most 10 times a second."""
 
-    def __init__(self, label: str, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.label, self.stream, self.width = label, stream, width
-        self.enabled = stream.isatty()
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.label, self.stream, self.width = label, stream or sys.stderr, width
+        self.enabled = self.stream.isatty()
         self._last = 0.0
         self._drawn = False
 

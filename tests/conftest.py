@@ -52,6 +52,20 @@ def make_folder(root: Path, counts: dict[str, int], seed: int = 0, fmt: str = "J
     return written
 
 
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI's `main` in-process (same code path as the console script): (exit code, stdout, stderr)."""
+    from service.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, expected: str) -> None:
+    assert code == 1, err
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m service ...` as a user would, offline."""
     full_env = {**os.environ, **(env or {})}

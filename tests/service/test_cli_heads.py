@@ -1,0 +1,57 @@
+"""The heads CLI end to end on a small extracted folder (tiny backbone, float16 storage)."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from tests.conftest import assert_one_line_error, make_folder, run_cli, run_main
+
+
+def test_train_evaluate_predict_heads_end_to_end(tmp_path):
+    make_folder(tmp_path / "data", {"red": 20, "green": 20, "blue": 20})
+    home = ["--home", str(tmp_path / "home")]
+    extracted = run_cli("extract", str(tmp_path / "data"), "--dataset", "colors", "--backbone", "tiny",
+                        "--weights", "random", "--dtype", "float16", *home)
+    assert extracted.returncode == 0, extracted.stderr
+    for kind in ("logreg", "mlp"):
+        trained = run_cli("train", "--dataset", "colors", "--backbone", "tiny", "--head", kind, "--name", kind,
+                          "--param", "class_weight=balanced", "--json", *home)
+        assert trained.returncode == 0, trained.stderr
+        metrics = json.loads(trained.stdout)["metrics"]
+        assert metrics["test"]["accuracy"] >= 0.9 and metrics["val"]["n"] == 12
+    evaluated = run_cli("evaluate", "mlp", "--split", "test", "--plots", str(tmp_path / "plots"), "--json", *home)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["metrics"]["confusion_matrix"] and len(result["plots"]) == 3
+    for plot in result["plots"]:
+        with Image.open(plot) as img:
+            assert img.format == "PNG" and img.size[0] > 300
+    make_folder(tmp_path / "new", {"blue": 0, "green": 1, "red": 0}, seed=99)  # same class index as training
+    image = next((tmp_path / "new" / "green").iterdir())
+    (tmp_path / "junk.jpg").write_text("not an image")
+    predicted = run_cli("predict", "logreg", str(image), str(tmp_path / "junk.jpg"), "--top-k", "2", "--json", *home)
+    assert predicted.returncode == 0, predicted.stderr
+    rows = json.loads(predicted.stdout)
+    assert rows[0]["top"][0]["label"] == "green" and len(rows[0]["top"]) == 2
+    assert "not a supported image" in rows[1]["error"]
+    listing = json.loads(run_cli("heads", "--json", *home).stdout)
+    assert {r["name"]: r["classes"] for r in listing} == {"logreg": 3, "mlp": 3}
+
+
+def test_head_errors_are_one_line(tmp_path, capsys):
+    home = ["--home", str(tmp_path / "home")]
+    make_folder(tmp_path / "data", {"a": 3, "b": 3})
+    run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny", "--weights", "random",
+             *home)
+    cases = [
+        (["train", "--dataset", "d", "--backbone", "tiny", "--head", "svm", "--name", "x"], "unknown head"),
+        (["train", "--dataset", "d", "--backbone", "vgg16", "--name", "x"], "has no vgg16 features"),
+        (["train", "--dataset", "d", "--backbone", "tiny", "--name", "x", "--param", "C"], "key=value"),
+        (["evaluate", "missing"], "no head 'missing'"),
+        (["predict", "missing", "x.jpg"], "no head 'missing'"),
+    ]
+    for args, expected in cases:
+        code, _, err = run_main(capsys, *args, *home)
+        assert_one_line_error(code, err, expected)

@@ -160,13 +160,19 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hash_items(listing: Listing, catalog: Catalog, threads: int = 4) -> None:
-    """Set each item's sha256, reusing hashes of files whose size and mtime did not change."""
+def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bool = False) -> None:
+    """Set each item's sha256, reusing hashes of files whose size and mtime did not change.
+
+    With `confine`, files whose real path (symlinks followed) leaves the root are failures, never read.
+    """
     cache = catalog.cached_hashes()
     todo: list[tuple[Item, Path, int, int]] = []
     fresh, keep = [], []
     for item in listing.items:
         path = listing.root / item.rel
+        if confine and not path.resolve().is_relative_to(listing.root):
+            listing.failures.append((item.rel, "path leaves the data folder (symlink); not read"))
+            continue
         try:
             st = path.stat()
         except OSError as exc:

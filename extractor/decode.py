@@ -23,14 +23,12 @@ class DecodeError(HeadstartError):
     `content` is False when the bytes themselves may be fine (unreadable file, file changed meanwhile).
     """
 
-    status = 422
-
-    def __init__(self, reason: str, content: bool = True) -> None:
+    def __init__(self, reason: str, content: bool = True, status: int = 422) -> None:
         super().__init__(reason)
-        self.content = content
+        self.content, self.status = content, status
 
-    def __reduce__(self):  # keep `content` when crossing from a DataLoader worker process
-        return DecodeError, (str(self), self.content)
+    def __reduce__(self):  # keep the attributes when crossing from a DataLoader worker process
+        return DecodeError, (str(self), self.content, self.status)
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def read_file(path: Path, limits: Limits) -> bytes:
         if size == 0:
             raise DecodeError("empty file (0 bytes)")
         if size > limits.max_bytes:
-            raise DecodeError(f"file is {size} bytes, above the {limits.max_bytes}-byte limit")
+            raise DecodeError(f"file is {size} bytes, above the {limits.max_bytes}-byte limit", status=413)
         return path.read_bytes()
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}", content=False) from None
@@ -62,7 +60,7 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
     if not data:
         raise DecodeError("empty file (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise DecodeError(f"file is {len(data)} bytes, above the {limits.max_bytes}-byte limit")
+        raise DecodeError(f"file is {len(data)} bytes, above the {limits.max_bytes}-byte limit", status=413)
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -70,8 +68,8 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
     except Exception:
         head = data[:8].hex(" ")
         raise DecodeError(
-            f"not a supported image (expected {', '.join(ALLOWED_FORMATS)} by content; first bytes {head})"
-        ) from None
+            f"not a supported image (expected {', '.join(ALLOWED_FORMATS)} by content; first bytes {head})",
+            status=415) from None
     width, height = img.size
     if width * height > limits.max_pixels:
         raise DecodeError(

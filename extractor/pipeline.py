@@ -44,6 +44,7 @@ class ExtractOptions:
     limits: Limits = field(default_factory=Limits)
     shard_rows: int | None = None
     flush_seconds: float = 60.0
+    confine: bool = False  # refuse files whose real path leaves data_dir (the service sets this)
 
 
 @dataclass
@@ -151,7 +152,7 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     store = store or FeatureStore()
     resolved = resolve(opts.backbone, opts.weights, opts.size)
     listing = list_dataset(opts)
-    hash_items(listing, store.catalog)
+    hash_items(listing, store.catalog, confine=opts.confine)
     members = register(store.catalog, opts.dataset, listing, opts.split, opts.seed, opts.resplit)
     fp_id = resolved.fingerprint.id
     limits_sig = opts.limits.signature()

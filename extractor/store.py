@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from extractor.weights import identity, parse_weights
 DTYPES = {"float32": np.float32, "float16": np.float16}
 SHARD_BYTES = 64 * 1024 * 1024
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+_HELD: set[str] = set()  # fingerprints this process is writing (POSIX locks do not conflict within a process)
+_HELD_GUARD = threading.Lock()
 
 
 def check_dtype(dtype: str) -> np.dtype:
@@ -101,6 +104,21 @@ class FeatureStore:
         return FeatureTable(features, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
                             [r[3] for r in rows], json.loads(info["spec"]), fp_id, info["source"])
 
+    def overview(self, with_failures: bool = False) -> list[dict]:
+        """One row per dataset: kind, root, split, counts per split, vectors per fingerprint, failures."""
+        rows = []
+        for name in self.catalog.dataset_names():
+            info = self.catalog.dataset(name)
+            summary = self.catalog.dataset_summary(name)
+            rows.append({
+                "name": name, "kind": info["kind"], "root": info["root"], "split": info["split"],
+                "seed": info["seed"], "splits": summary["splits"], "failed": summary["failed"],
+                "features": [{"fingerprint": fp, "backbone": b, "weights": json.loads(spec)["weights"], "vectors": n}
+                             for fp, b, spec, n in summary["fingerprints"]],
+                "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures(name)] if with_failures else [],
+            })
+        return rows
+
     def resolve(self, dataset: str, backbone: str, weights: str | None = None, size: int | None = None) -> str:
         """The fingerprint id of `dataset`'s features for `backbone` (and weights, when several exist)."""
         if self.catalog.dataset(dataset) is None:
@@ -137,16 +155,22 @@ class ShardWriter:
         self.written = 0
 
     def __enter__(self) -> "ShardWriter":
+        """Take the writer lock: a POSIX record lock (the kernel drops it the instant this process dies, even
+        while forked DataLoader workers still hold the file open) plus a registry for writers in this process."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        fh = open(self.dir / "writer.lock", "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise Conflict(f"another extraction is already writing {self.fp.id} features ({holder}); "
-                           f"wait for it to finish, or stop it, then run again") from None
+        lock_path = self.dir / "writer.lock"
+        with _HELD_GUARD:
+            if self.fp.id in _HELD:
+                raise self._busy(lock_path.read_text().strip())
+            fh = open(lock_path, "a+")
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip()
+                fh.close()
+                raise self._busy(holder) from None
+            _HELD.add(self.fp.id)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -156,6 +180,10 @@ class ShardWriter:
         self.store.catalog.register_fingerprint(self.fp.id, self.fp.backbone, self.fp.dim, self.fp.to_json(),
                                                 self.fp.source)
         return self
+
+    def _busy(self, holder: str) -> Conflict:
+        return Conflict(f"another extraction is already writing {self.fp.id} features ({holder or 'another process'});"
+                        f" wait for it to finish, or stop it, then run again")
 
     def _clean(self) -> None:
         """Remove leftovers of a crash: temp files, and renamed shards the catalog never committed."""
@@ -201,9 +229,11 @@ class ShardWriter:
             self.flush()  # keep finished work, also when interrupted
         finally:
             if self._lock_fh is not None:
-                fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-                self._lock_fh.close()
-                self._lock_fh = None
+                with _HELD_GUARD:
+                    fcntl.lockf(self._lock_fh, fcntl.LOCK_UN)
+                    self._lock_fh.close()
+                    self._lock_fh = None
+                    _HELD.discard(self.fp.id)
 
 
 def _fsync(path: Path) -> None:

@@ -15,7 +15,7 @@ def emit(args: argparse.Namespace, data: dict | list, human: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service import cli_extract, cli_heads
+    from service import cli_extract, cli_heads, cli_serve
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="store and catalog folder (default: $HEADSTART_HOME or ~/.headstart)")
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli_extract.add_commands(sub, common)
     cli_heads.add_commands(sub, common)
+    cli_serve.add_commands(sub, common)
     return parser
 
 

@@ -90,20 +90,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    import json
-
-    store = FeatureStore(args.home)
-    rows = []
-    for name in store.catalog.dataset_names():
-        info = store.catalog.dataset(name)
-        summary = store.catalog.dataset_summary(name)
-        rows.append({
-            "name": name, "kind": info["kind"], "root": info["root"], "split": info["split"], "seed": info["seed"],
-            "splits": summary["splits"], "failed": summary["failed"],
-            "features": [{"fingerprint": fp, "backbone": b, "weights": json.loads(spec)["weights"], "vectors": n}
-                         for fp, b, spec, n in summary["fingerprints"]],
-            "failures": [{"path": p, "reason": r} for p, r in store.catalog.failures(name)] if args.json else [],
-        })
+    rows = FeatureStore(args.home).overview(with_failures=args.json)
     human = ["NAME  KIND  TRAIN/VAL/TEST  FAILED  FEATURES"] if rows else ["no datasets yet; run `headstart extract`"]
     for r in rows:
         s = r["splits"]

@@ -1,0 +1,169 @@
+"""HTTP routes: thin handlers that validate, call the packages off the event loop, and shape JSON."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from classifiers.persist import delete, head_dir, list_names, read_manifest
+from classifiers.predict import top_k
+from classifiers.training import heads_dir, train_head
+from extractor.backbones import describe
+from extractor.decode import DecodeError, Limits, preprocess
+from service.batcher import ModelFailure
+from service.schemas import NAME, ExtractRequest, HeadRequest, JobAccepted
+
+router = APIRouter()
+JOB_ID = PathParam(pattern=r"^[0-9a-f]{1,32}$")
+HEAD_NAME = PathParam(pattern=NAME)
+
+
+def state(request: Request):
+    return request.app.state
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(request: Request) -> JSONResponse:
+    def probe() -> None:
+        s = state(request)
+        s.store.catalog.dataset_names()
+        marker = s.store.home / ".ready-probe"
+        marker.write_text("ok")
+        marker.unlink()
+
+    try:
+        await run_in_threadpool(probe)
+    except Exception:
+        return JSONResponse({"detail": "store or catalog is not usable (read-only or missing home?)"}, 503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/backbones", tags=["catalog"])
+async def backbones() -> list[dict]:
+    return describe()
+
+
+@router.get("/datasets", tags=["catalog"])
+async def datasets(request: Request) -> list[dict]:
+    rows = await run_in_threadpool(state(request).store.overview, True)
+    root = state(request).settings.data_root.resolve()
+    for row in rows:
+        path = Path(row.pop("root"))
+        row["path"] = path.relative_to(root).as_posix() if path.is_relative_to(root) else None
+    return rows
+
+
+@router.post("/extract", status_code=202, response_model=JobAccepted, tags=["jobs"])
+async def extract(body: ExtractRequest, request: Request) -> JobAccepted:
+    job_id, created = await run_in_threadpool(state(request).runner.submit_extract, body.model_dump())
+    return JobAccepted(job_id=job_id, status_url=f"/jobs/{job_id}", created=created)
+
+
+@router.get("/jobs", tags=["jobs"])
+async def jobs(request: Request) -> list[dict]:
+    return await run_in_threadpool(state(request).runner.list)
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+async def job(request: Request, job_id: str = JOB_ID) -> dict:
+    return await run_in_threadpool(state(request).runner.get, job_id)
+
+
+@router.delete("/jobs/{job_id}", tags=["jobs"])
+async def cancel_job(request: Request, job_id: str = JOB_ID) -> dict:
+    return await run_in_threadpool(state(request).runner.cancel, job_id)
+
+
+@router.post("/jobs/{job_id}/resume", tags=["jobs"])
+async def resume_job(request: Request, job_id: str = JOB_ID) -> dict:
+    return await run_in_threadpool(state(request).runner.resume, job_id)
+
+
+@router.post("/heads", status_code=201, tags=["heads"])
+async def create_head(body: HeadRequest, request: Request):
+    s = state(request)
+    if body.background:
+        job_id, created = await run_in_threadpool(s.runner.submit, "train", f"train:{body.name}", body.model_dump())
+        return JSONResponse(JobAccepted(job_id=job_id, status_url=f"/jobs/{job_id}", created=created).model_dump(),
+                            202)
+    try:
+        manifest = await run_in_threadpool(train_head, s.store, body.dataset, body.backbone, body.head, body.name,
+                                           body.params, body.weights)
+    except (RuntimeError, MemoryError) as exc:  # CUDA out of memory and friends
+        raise ModelFailure(f"training failed in the model ({type(exc).__name__}); retry later") from None
+    s.models.forget(body.name)
+    return _public(manifest)
+
+
+def _public(manifest: dict) -> dict:
+    keep = ("name", "kind", "params", "classes", "backbone", "dataset", "dim", "metrics", "created", "split_sizes")
+    out = {k: manifest.get(k) for k in keep}
+    out["fingerprint"] = manifest["fingerprint"]["id"]
+    out["weights"] = manifest["weights"] if not manifest["weights"].startswith("/") else "file"
+    return out
+
+
+@router.get("/heads", tags=["heads"])
+async def heads(request: Request) -> list[dict]:
+    root = heads_dir(state(request).store)
+
+    def read() -> list[dict]:
+        return [_public(read_manifest(head_dir(root, n))) for n in list_names(root)]
+
+    return await run_in_threadpool(read)
+
+
+@router.get("/heads/{name}", tags=["heads"])
+async def get_head(request: Request, name: str = HEAD_NAME) -> dict:
+    root = heads_dir(state(request).store)
+    manifest = await run_in_threadpool(lambda: read_manifest(head_dir(root, name)))
+    return {**_public(manifest), "history": manifest.get("history", [])}
+
+
+@router.delete("/heads/{name}", tags=["heads"])
+async def delete_head(request: Request, name: str = HEAD_NAME) -> dict:
+    await run_in_threadpool(delete, heads_dir(state(request).store), name)
+    state(request).models.forget(name)
+    return {"deleted": name}
+
+
+@router.post("/predict", tags=["predict"])
+async def predict(request: Request, files: list[UploadFile] = File(...), head: str = Form(..., pattern=NAME),
+                  top_k_: int = Form(3, alias="top_k", ge=1, le=100)) -> dict:
+    s = state(request)
+    if len(files) > s.settings.max_files:
+        raise HTTPException(413, f"{len(files)} files in one request; at most {s.settings.max_files}")
+    model, _, batcher = await run_in_threadpool(s.models.head, head)
+    limits = Limits(max_bytes=s.settings.max_upload_bytes, max_pixels=s.settings.max_pixels)
+    size = batcher.backbone.resolved.size
+    batcher.announce(len(files))
+
+    async def one(upload: UploadFile) -> dict:
+        name = Path(upload.filename or "upload").name[:200]
+        try:
+            array = await run_in_threadpool(preprocess, await upload.read(), size, limits)
+        except DecodeError as exc:
+            batcher.announce(-1)
+            return {"file": name, "error": str(exc), "status": exc.status}
+        vector = await batcher.submit(array)
+        return {"file": name, "top": top_k(model.predict_proba(vector[None])[0], model.classes_, top_k_)}
+
+    results = await asyncio.gather(*(one(f) for f in files))
+    if all("error" in r for r in results):
+        raise HTTPException(results[0]["status"], "; ".join(f"{r['file']}: {r['error']}" for r in results))
+    return {"head": head, "results": results}

@@ -1,0 +1,58 @@
+"""Request bodies of the API: plain JSON fields only (never a URL, a pickle or a model file)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ParamValue = float | int | str | bool | None | list[int] | list[float]
+
+
+class ExtractRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(pattern=NAME, description="name to record the dataset under")
+    path: str = Field(min_length=1, max_length=1024, description="folder relative to the data root")
+    labels_csv: str | None = Field(default=None, max_length=1024, description="CSV relative to the data root")
+    unlabeled: bool = False
+    backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
+    weights: str = Field(default="imagenet", description="imagenet, random or random:SEED (no files over the API)")
+    size: int | None = Field(default=None, ge=8, le=1024)
+    dtype: Literal["float32", "float16"] = "float32"
+    split: str | None = Field(default=None, max_length=64, description="train,val,test fractions, e.g. 0.6,0.2,0.2")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        if not re.fullmatch(r"imagenet|random(:\d{1,9})?", value):
+            raise ValueError("weights must be imagenet, random or random:SEED")
+        return value
+
+
+class HeadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME)
+    dataset: str = Field(pattern=NAME)
+    backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
+    head: str = Field(default="logreg", pattern=r"^[a-z0-9_]{1,32}$")
+    weights: str | None = Field(default=None, pattern=r"^(imagenet|random(:\d{1,9})?)$")
+    params: dict[str, ParamValue] = Field(default_factory=dict, max_length=32)
+    background: bool = Field(default=False, description="run as a job and answer 202 with its id")
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict) -> dict:
+        if "device" in value:
+            raise ValueError("device is set by the service, not per request")
+        return value
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status_url: str
+    created: bool

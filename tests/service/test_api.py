@@ -1,0 +1,136 @@
+"""The API through a real uvicorn process: the full loop, every endpoint, jobs, restart and shutdown."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from tests.conftest import make_folder
+from tests.service.server import Server
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    make_folder(root / "data" / "colors", {"blue": 15, "green": 15, "red": 15})
+    make_folder(root / "data" / "slow", {"a": 20, "b": 20}, size=(160, 120))
+    server = Server(root / "home", root / "data").start()
+    yield server
+    assert server.stop()
+
+
+def sample(served: Server, label: str) -> bytes:
+    """A fresh image of `label` drawn the way the training images were (same class index)."""
+    out = served.home.parent / "fresh"
+    make_folder(out, {"blue": 0, "green": 0, "red": 0, label: 1}, seed=123)
+    return next((out / label).iterdir()).read_bytes()
+
+
+def test_extract_train_predict_loop(served):
+    c = served.client
+    accepted = c.post("/extract", json={"dataset": "colors", "path": "colors", "backbone": "tiny",
+                                        "weights": "random", "split": "0.6,0.2,0.2", "seed": 1})
+    assert accepted.status_code == 202 and accepted.json()["status_url"].startswith("/jobs/")
+    job = served.wait_job(accepted.json()["job_id"])
+    assert job["state"] == "succeeded" and job["done"] == job["total"] == 45
+    assert job["result"]["extracted"] == 45 and job["images_per_second"] > 0
+    trained = c.post("/heads", json={"name": "colors-lr", "dataset": "colors", "backbone": "tiny", "head": "logreg"})
+    assert trained.status_code == 201, trained.text
+    assert trained.json()["metrics"]["test"]["accuracy"] >= 0.9
+    files = [("files", ("g.jpg", sample(served, "green"), "image/jpeg")),
+             ("files", ("r.jpg", sample(served, "red"), "image/jpeg"))]
+    predicted = c.post("/predict", data={"head": "colors-lr", "top_k": "2"}, files=files)
+    assert predicted.status_code == 200, predicted.text
+    results = predicted.json()["results"]
+    assert [r["top"][0]["label"] for r in results] == ["green", "red"] and len(results[0]["top"]) == 2
+    assert sum(t["probability"] for t in results[0]["top"]) <= 1.0 + 1e-6
+
+
+def test_catalog_endpoints(served):
+    c = served.client
+    served.wait_job(c.post("/extract", json={"dataset": "colors", "path": "colors", "backbone": "tiny",
+                                             "weights": "random"}).json()["job_id"])
+    assert {b["name"] for b in c.get("/backbones").json()} >= {"vgg16", "inception_v3", "resnet50"}
+    datasets = {d["name"]: d for d in c.get("/datasets").json()}
+    assert datasets["colors"]["path"] == "colors" and sum(datasets["colors"]["splits"].values()) == 45
+    assert str(served.data) not in c.get("/datasets").text
+    assert c.get("/jobs").status_code == 200 and len(c.get("/jobs").json()) >= 1
+    assert c.get("/readyz").json() == {"status": "ready"}
+    job = c.post("/heads", json={"name": "colors-bg", "dataset": "colors", "backbone": "tiny", "head": "centroid",
+                                 "background": True})
+    assert job.status_code == 202
+    assert served.wait_job(job.json()["job_id"])["state"] == "succeeded"
+    assert {h["name"] for h in c.get("/heads").json()} >= {"colors-bg"}
+    assert c.get("/heads/colors-bg").json()["kind"] == "centroid"
+    assert c.delete("/heads/colors-bg").json() == {"deleted": "colors-bg"}
+    assert c.get("/heads/colors-bg").status_code == 404
+    metrics = c.get("/metrics").text
+    assert 'headstart_requests_total{method="GET",route="/backbones",status="200"}' in metrics
+    assert "headstart_images_extracted_total" in metrics and "headstart_jobs_total" in metrics
+    docs = c.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_same_work_gives_the_running_job_and_cancel_stops_it(served):
+    c = served.client
+    body = {"dataset": "slow", "path": "slow", "backbone": "vgg16", "weights": "random"}
+    first = c.post("/extract", json=body).json()
+    second = c.post("/extract", json=body).json()
+    assert second["job_id"] == first["job_id"] and first["created"] and not second["created"]
+    served.wait_job(first["job_id"], states=("running",))
+    cancelled = c.delete(f"/jobs/{first['job_id']}")
+    assert cancelled.status_code == 200
+    job = served.wait_job(first["job_id"])
+    assert job["state"] == "cancelled"
+    assert c.delete(f"/jobs/{first['job_id']}").status_code == 409
+    assert c.get("/jobs/ffffffff").status_code == 404
+
+
+def vectors(home) -> int:
+    with sqlite3.connect(home / "catalog.sqlite") as con:
+        return con.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+
+
+def shard_rows(home) -> int:
+    with sqlite3.connect(home / "catalog.sqlite") as con:
+        return con.execute("SELECT COALESCE(SUM(rows), 0) FROM shards").fetchone()[0]
+
+
+def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path):
+    make_folder(tmp_path / "data" / "big", {"a": 30, "b": 30}, size=(160, 120))
+    env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_EXTRACT_WORKERS": "1"}
+    first = Server(tmp_path / "home", tmp_path / "data", env=env).start()
+    job_id = first.client.post("/extract", json={"dataset": "big", "path": "big", "backbone": "vgg16",
+                                                 "weights": "random"}).json()["job_id"]
+    while vectors(tmp_path / "home") < 12:  # some batches committed, most of the job still to do
+        assert first.proc.poll() is None
+    first.kill()
+    saved = vectors(tmp_path / "home")
+    assert saved < 60
+    second = Server(tmp_path / "home", tmp_path / "data", env=env).start()
+    job = second.wait_job(job_id, states=("succeeded", "failed", "cancelled"))
+    assert job["state"] == "succeeded", job
+    assert job["result"]["cached"] == saved and job["result"]["extracted"] == 60 - saved
+    assert vectors(tmp_path / "home") == shard_rows(tmp_path / "home") == 60  # no vector stored twice
+    assert second.stop()
+
+
+def test_sigterm_checkpoints_the_running_job(tmp_path):
+    make_folder(tmp_path / "data" / "big", {"a": 30, "b": 30}, size=(160, 120))
+    env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_FLUSH_SECONDS": "1000",
+           "HEADSTART_RESUME_INTERRUPTED": "false"}
+    server = Server(tmp_path / "home", tmp_path / "data", env=env).start()
+    job_id = server.client.post("/extract", json={"dataset": "big", "path": "big", "backbone": "vgg16",
+                                                  "weights": "random"}).json()["job_id"]
+    while server.client.get(f"/jobs/{job_id}").json()["done"] < 8:
+        pass
+    assert server.stop(timeout=60)  # graceful: finished batches flushed although flush_seconds is huge
+    saved = vectors(tmp_path / "home")
+    assert 8 <= saved < 60
+    again = Server(tmp_path / "home", tmp_path / "data", env=env).start()
+    assert again.client.get(f"/jobs/{job_id}").json()["state"] == "interrupted"
+    assert again.client.post(f"/jobs/{job_id}/resume").json()["state"] in ("queued", "running")
+    done = again.wait_job(job_id, states=("succeeded", "failed"))
+    assert done["state"] == "succeeded" and done["result"]["extracted"] == 60 - saved
+    assert again.stop()

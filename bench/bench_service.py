@@ -1,0 +1,135 @@
+"""Service benchmark: a real uvicorn server on 127.0.0.1, vgg16 (random weights) + logreg head.
+
+Single-client predict latency (p50, p99) against the bare single-image forward measured in the same run,
+and 8 concurrent clients' throughput against the single client's, with the micro-batch sizes seen.
+
+    python bench/bench_service.py [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_extract import make_jpegs  # noqa: E402
+from classifiers.training import train_head  # noqa: E402
+from extractor.model import LoadedBackbone, resolve  # noqa: E402
+from extractor.pipeline import ExtractOptions, extract  # noqa: E402
+from extractor.store import FeatureStore  # noqa: E402
+
+
+def bare_single_image_ms(repeats: int = 15) -> float:
+    model = LoadedBackbone(resolve("vgg16", "random"), "cpu").setup()
+    image = [np.random.default_rng(0).integers(0, 256, (150, 150, 3), dtype=np.uint8)]
+    model.embed_arrays(image)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.embed_arrays(image)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def start_server(home: Path, data: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HEADSTART_OFFLINE": "1"}
+    env.pop("HEADSTART_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port), "--home", str(home),
+                             "--data-root", str(data)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def batch_histogram(url: str) -> dict[str, int]:
+    text = httpx.get(f"{url}/metrics").text
+    pattern = r'headstart_predict_batch_size_bucket\{le="([^"]+)"\} (\d+)'
+    return {m.group(1): int(m.group(2)) for m in re.finditer(pattern, text)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--single", type=int, default=40)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data, home = Path(tmp) / "data", Path(tmp) / "home"
+        make_jpegs(data / "set", 40)
+        store = FeatureStore(home)
+        extract(ExtractOptions(data_dir=data / "set", dataset="set", backbone="vgg16", weights="random"), store)
+        train_head(store, "set", "vgg16", "logreg", "bench")
+        image = sorted((data / "set").rglob("*.jpg"))[0].read_bytes()  # a 500x375 JPEG
+        bare_before = bare_single_image_ms()
+        proc, url = start_server(home, data)
+        try:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                def call(c: httpx.Client = client) -> float:
+                    start = time.perf_counter()
+                    r = c.post("/predict", data={"head": "bench"}, files={"files": ("a.jpg", image, "image/jpeg")})
+                    r.raise_for_status()
+                    return time.perf_counter() - start
+
+                for _ in range(3):
+                    call()
+                single = [call() for _ in range(args.single)]
+            before = batch_histogram(url)
+            errors = [0]
+
+            def worker(_: int) -> None:
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    r = c.post("/predict", data={"head": "bench"}, files={"files": ("a.jpg", image, "image/jpeg")})
+                    errors[0] += r.status_code != 200
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(worker, range(args.requests)))
+            concurrent_s = time.perf_counter() - start
+            after = batch_histogram(url)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        bare_after = bare_single_image_ms()
+    bare = (bare_before + bare_after) / 2
+    p50, p99 = np.percentile(single, 50) * 1000, np.percentile(single, 99) * 1000
+    single_tput = len(single) / sum(single)
+    conc_tput = args.requests / concurrent_s
+    batches = {le: after[le] - before.get(le, 0) for le in after}
+    print(json.dumps({
+        "bare_single_image_forward_ms": round(bare, 2), "bare_before_after_ms": [round(bare_before, 2),
+                                                                                 round(bare_after, 2)],
+        "single_client_p50_ms": round(p50, 2), "single_client_p99_ms": round(p99, 2),
+        "ratio_p50_over_bare": round(p50 / bare, 3),
+        "single_client_rps": round(single_tput, 2), "concurrent8_rps": round(conc_tput, 2),
+        "ratio_concurrent_over_single": round(conc_tput / single_tput, 3),
+        "concurrent_requests": args.requests, "concurrent_errors": errors[0],
+        "batch_size_cumulative_buckets": batches,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -73,21 +73,8 @@ class MLPHead(Head):
         best, best_loss, waited, bs = None, float("inf"), 0, self._batch_size(len(X))
         for epoch in range(int(p["epochs"])):
             start = time.perf_counter()
-            self.net.train()
-            order = torch.randperm(len(X), generator=gen).to(device)
-            Xs, ys = X[order], y[order]  # one gather per epoch, then contiguous slices
-            total, correct, seen = 0.0, 0, 0
-            for i in range(0, len(Xs), bs):
-                xb, yb = Xs[i:i + bs], ys[i:i + bs]
-                opt.zero_grad(set_to_none=True)
-                out = self.net(xb)
-                loss = loss_fn(out, yb)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(yb)
-                correct += int((out.argmax(1) == yb).sum())
-                seen += len(yb)
-            row = {"epoch": epoch + 1, "train_loss": total / seen, "train_acc": correct / seen}
+            row = {"epoch": epoch + 1, **self._epoch(X, y, torch.randperm(len(X), generator=gen).to(device), bs,
+                                                     opt, loss_fn)}
             if val is not None:
                 row.update(self._score(*val, loss_fn))
             row["seconds"] = time.perf_counter() - start
@@ -103,6 +90,22 @@ class MLPHead(Head):
         if best is not None:
             self.net.load_state_dict(best)
         self.net.eval()
+
+    def _epoch(self, X, y, order, bs: int, opt, loss_fn) -> dict:
+        """One pass over the shuffled rows: one gather per epoch, then contiguous batch slices."""
+        self.net.train()
+        Xs, ys = X[order], y[order]
+        total, correct = 0.0, 0
+        for i in range(0, len(Xs), bs):
+            xb, yb = Xs[i:i + bs], ys[i:i + bs]
+            opt.zero_grad(set_to_none=True)
+            out = self.net(xb)
+            loss = loss_fn(out, yb)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(yb)
+            correct += int((out.argmax(1) == yb).sum())
+        return {"train_loss": total / len(Xs), "train_acc": correct / len(Xs)}
 
     def _batch_size(self, n: int) -> int:
         """`auto`: about 12 steps an epoch, between 32 and 256 rows (big batches are what makes CPU fast)."""

@@ -14,6 +14,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from classifiers.heads import Head, get_head_class
+from extractor.durable import fsync_path
 from extractor.errors import HeadstartError, NotFound
 
 FORMAT = "headstart-head/1"
@@ -48,14 +49,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(head: Head, info: dict, heads_dir: Path, name: str, keep: int = 2) -> dict:
     """Write a new version of head `name`; the old one stays loadable until CURRENT switches."""
     folder = Path(heads_dir) / check_name(name)
@@ -72,12 +65,12 @@ def save(head: Head, info: dict, heads_dir: Path, name: str, keep: int = 2) -> d
     manifest["checksum"] = _checksum(manifest)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=float))
     for path in (tmp / WEIGHTS, tmp / MANIFEST, tmp):
-        _fsync(path)
+        fsync_path(path)
     os.replace(tmp, folder / version)
     link = folder / f".{CURRENT}.{version}.tmp"
     link.symlink_to(version)
     os.replace(link, folder / CURRENT)  # the atomic switch
-    _fsync(folder)
+    fsync_path(folder)
     _prune(folder, keep)
     return manifest
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from extractor.durable import fsync_path
 from extractor.errors import HeadstartError
 from extractor.store import FeatureStore, check_dtype
 
@@ -35,8 +36,7 @@ def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str 
             "backbone": table.fingerprint["backbone"], "dataset": dataset, "created": time.time(),
             "failed": len(store.catalog.failures(dataset)),
         })
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_path(tmp)
     os.replace(tmp, out)
     return {"out": str(out), "rows": len(table.paths), "dim": int(table.features.shape[1]),
             "fingerprint": fp_id, "classes": len(table.label_names)}

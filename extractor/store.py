@@ -16,6 +16,7 @@ import numpy as np
 
 from extractor.backbones import Fingerprint, get_spec, make_fingerprint, resolve_size
 from extractor.catalog import Catalog
+from extractor.durable import fsync_path
 from extractor.errors import Conflict, HeadstartError, NotFound
 from extractor.weights import identity, parse_weights
 
@@ -217,9 +218,9 @@ class ShardWriter:
             fh.create_dataset("features", data=data)
             fh.create_dataset("sha256", data=np.array(shas, dtype="S64"))
             fh.attrs["fingerprint"] = self.fp.id
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync(self.dir)
+        fsync_path(self.dir)
         self.store.catalog.commit_shard(self.fp.id, final.relative_to(self.store.home).as_posix(),
                                         self.dtype.name, shas)
         self.written += len(shas)
@@ -235,10 +236,3 @@ class ShardWriter:
                     self._lock_fh = None
                     _HELD.discard(self.fp.id)
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

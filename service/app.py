@@ -23,6 +23,23 @@ from service.settings import Settings
 log = logging.getLogger("headstart.api")
 
 
+def _error_handlers(app: FastAPI, scrub: security.Scrubber) -> None:
+    """Every error is `{"detail": ...}` with its status: no stack trace, no server path."""
+
+    @app.exception_handler(HeadstartError)
+    async def headstart_error(request: Request, exc: HeadstartError) -> JSONResponse:
+        return JSONResponse({"detail": scrub(str(exc))}, exc.status)
+
+    @app.exception_handler(security.PathRefused)
+    async def path_refused(request: Request, exc: security.PathRefused) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, exc.status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, 500)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = FeatureStore(settings.home)
@@ -44,20 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
     app.state.runner, app.state.models = runner, models
     app.include_router(router)
-
-    @app.exception_handler(HeadstartError)
-    async def headstart_error(request: Request, exc: HeadstartError) -> JSONResponse:
-        return JSONResponse({"detail": scrub(str(exc))}, exc.status)
-
-    @app.exception_handler(security.PathRefused)
-    async def path_refused(request: Request, exc: security.PathRefused) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, exc.status)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error; the server log has the details"}, 500)
-
+    _error_handlers(app, scrub)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(security.BodyLimitMiddleware, upload_limit=settings.max_upload_bytes,
                        json_limit=settings.max_json_bytes, upload_paths={"/predict"})

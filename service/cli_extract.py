@@ -11,6 +11,29 @@ from service.cli import emit
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    _extract_parser(sub, common)
+
+    p = sub.add_parser("datasets", parents=[common], help="list datasets with counts per split and backbone")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("export", parents=[common], help="write a dataset's features to one plain HDF5 file")
+    p.add_argument("--dataset", required=True)
+    _backbone_args(p, weights_default=None)
+    p.add_argument("--out", type=Path, required=True, help="output .h5 file")
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("weights", parents=[common], help="manage pretrained weights")
+    wsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = wsub.add_parser("fetch", parents=[common], help="download ImageNet weights into the torchvision cache")
+    f.add_argument("names", nargs="+", metavar="BACKBONE")
+    f.set_defaults(func=cmd_weights_fetch)
+
+
+def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("extract", parents=[common], help="extract bottleneck features of a folder of images")
     p.add_argument("data_dir", type=Path, help="folder of class subfolders, or of images")
     p.add_argument("--dataset", required=True, help="name to record the dataset under")
@@ -32,25 +55,6 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--shard-rows", type=int, help=argparse.SUPPRESS)
     p.add_argument("--flush-seconds", type=float, default=60.0, help="save finished vectors at least this often")
     p.set_defaults(func=cmd_extract)
-
-    p = sub.add_parser("datasets", parents=[common], help="list datasets with counts per split and backbone")
-    p.set_defaults(func=cmd_datasets)
-
-    p = sub.add_parser("export", parents=[common], help="write a dataset's features to one plain HDF5 file")
-    p.add_argument("--dataset", required=True)
-    _backbone_args(p, weights_default=None)
-    p.add_argument("--out", type=Path, required=True, help="output .h5 file")
-    p.add_argument("--dtype", default="float32")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
-    p.set_defaults(func=cmd_backbones)
-
-    p = sub.add_parser("weights", parents=[common], help="manage pretrained weights")
-    wsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    f = wsub.add_parser("fetch", parents=[common], help="download ImageNet weights into the torchvision cache")
-    f.add_argument("names", nargs="+", metavar="BACKBONE")
-    f.set_defaults(func=cmd_weights_fetch)
 
 
 def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "imagenet") -> None:

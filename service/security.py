@@ -102,4 +102,4 @@ class Scrubber:
     def __call__(self, text: str) -> str:
         for prefix, name in self.pairs:
             text = text.replace(prefix + "/", name + "/").replace(prefix, name)
-        return re.sub(r"(?<![\w<])/(?:[\w.+-]+/)+[\w.+-]*", "<server path>", text)
+        return re.sub(r"(?<![\w<>])/(?:[\w.+-]+/)+[\w.+-]*", "<server path>", text)

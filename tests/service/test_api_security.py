@@ -192,3 +192,14 @@ def test_confine_rejects_sibling_prefix_directly(tmp_path):
         confine(tmp_path / "data", "link")
     assert err.value.status == 403
     assert confine(tmp_path / "data", ".") == (tmp_path / "data").resolve()
+
+
+def test_scrubber_hides_server_paths_and_keeps_ordinary_text():
+    from pathlib import Path
+
+    from service.security import Scrubber
+
+    scrub = Scrubber({Path("/srv/data"): "<data>", Path("/srv/home"): "<home>"})
+    assert scrub("cannot read /srv/data/pets/a.jpg") == "cannot read <data>/pets/a.jpg"
+    assert scrub("expected the file /root/.cache/torch/hub/x.pth") == "expected the file <server path>"
+    assert scrub("split 0.6,0.2,0.2 into train/val/test") == "split 0.6,0.2,0.2 into train/val/test"

@@ -113,7 +113,7 @@ def decode(data: bytes, limits: Limits, target: int | None = None) -> Image.Imag
         if target and fmt == "JPEG":
             img.draft("RGB", (target, target))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        img = ImageOps.exif_transpose(img, in_place=True) or img  # in place: no copy when upright
         return to_rgb(img)
     except DecodeError:
         raise

@@ -59,9 +59,13 @@ class Catalog:
             con.close()
 
     # --- file hash cache -------------------------------------------------------------------
-    def cached_hashes(self) -> dict[str, tuple[int, int, str]]:
+    def cached_hashes(self, root: str) -> dict[str, tuple[int, int, str]]:
+        """Remembered (size, mtime_ns, sha256) of the files below `root` (a range scan on the key)."""
+        low = root.rstrip("/") + "/"
         with self.connect() as con:
-            return {p: (s, m, h) for p, s, m, h in con.execute("SELECT path, size, mtime_ns, sha256 FROM files")}
+            rows = con.execute("SELECT path, size, mtime_ns, sha256 FROM files WHERE path >= ? AND path < ?",
+                               (low, low[:-1] + "0"))  # "0" sorts right after "/"
+            return {p: (s, m, h) for p, s, m, h in rows}
 
     def remember_hashes(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
         with self.connect() as con, con:

@@ -165,7 +165,7 @@ def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bo
 
     With `confine`, files whose real path (symlinks followed) leaves the root are failures, never read.
     """
-    cache = catalog.cached_hashes()
+    cache = catalog.cached_hashes(str(listing.root))
     todo: list[tuple[Item, Path, int, int]] = []
     fresh, keep = [], []
     for item in listing.items:

@@ -11,32 +11,43 @@ import h5py
 import numpy as np
 
 from extractor.durable import fsync_path
-from extractor.errors import HeadstartError
+from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore, check_dtype
+
+CHUNK_ROWS = 4096  # features are copied in blocks: memory stays bounded for millions of rows
 
 
 def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str = "float32") -> dict:
     """Write features, labels, label_names, paths, split, sha256 and the fingerprint (attrs) atomically."""
-    table = store.table(dataset, fp_id, check_dtype(dtype))
-    if not table.paths:
+    np_dtype = check_dtype(dtype)
+    info = store.catalog.fingerprint(fp_id)
+    if info is None:
+        raise NotFound(f"no features with fingerprint {fp_id}")
+    rows = store.catalog.dataset_rows(dataset, fp_id)  # (path, sha, label, split, shard, row, dtype)
+    if not rows:
         raise HeadstartError(f"dataset {dataset!r} has no cached {fp_id} vectors to export; run extract first")
+    names = sorted({r[2] for r in rows if r[2] is not None})
+    index = {name: i for i, name in enumerate(names)}
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     text = h5py.string_dtype("utf-8")
     with h5py.File(tmp, "w") as fh:
-        fh.create_dataset("features", data=table.features)
-        fh.create_dataset("labels", data=table.label_index())
-        fh.create_dataset("label_names", data=np.array(table.label_names, dtype=object), dtype=text)
-        fh.create_dataset("paths", data=np.array(table.paths, dtype=object), dtype=text)
-        fh.create_dataset("split", data=np.array(table.splits, dtype=object), dtype=text)
-        fh.create_dataset("sha256", data=np.array(table.sha256, dtype="S64"))
+        features = fh.create_dataset("features", shape=(len(rows), info["dim"]), dtype=np_dtype)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            block = rows[start:start + CHUNK_ROWS]
+            features[start:start + len(block)] = store.read_rows([(r[4], r[5]) for r in block], info["dim"], np_dtype)
+        fh.create_dataset("labels", data=np.array([index.get(r[2], -1) for r in rows], dtype=np.int64))
+        fh.create_dataset("label_names", data=np.array(names, dtype=object), dtype=text)
+        fh.create_dataset("paths", data=np.array([r[0] for r in rows], dtype=object), dtype=text)
+        fh.create_dataset("split", data=np.array([r[3] for r in rows], dtype=object), dtype=text)
+        fh.create_dataset("sha256", data=np.array([r[1] for r in rows], dtype="S64"))
+        spec = json.loads(info["spec"])
         fh.attrs.update({
-            "fingerprint": json.dumps(table.fingerprint, sort_keys=True), "fingerprint_id": fp_id,
-            "backbone": table.fingerprint["backbone"], "dataset": dataset, "created": time.time(),
-            "failed": len(store.catalog.failures(dataset)),
+            "fingerprint": json.dumps(spec, sort_keys=True), "fingerprint_id": fp_id, "backbone": spec["backbone"],
+            "dataset": dataset, "created": time.time(), "failed": len(store.catalog.failures(dataset)),
         })
     fsync_path(tmp)
     os.replace(tmp, out)
-    return {"out": str(out), "rows": len(table.paths), "dim": int(table.features.shape[1]),
-            "fingerprint": fp_id, "classes": len(table.label_names)}
+    return {"out": str(out), "rows": len(rows), "dim": int(info["dim"]), "fingerprint": fp_id,
+            "classes": len(names)}

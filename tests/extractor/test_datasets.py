@@ -64,7 +64,8 @@ def test_hashing_reuses_unchanged_files_and_keys_by_content(tmp_path):
     hash_items(listing, catalog)
     shas = {i.rel: i.sha256 for i in listing.items}
     assert shas["a/copy.jpg"] == shas["a/a_0000.jpg"] != shas["a/a_0001.jpg"]
-    assert len(catalog.cached_hashes()) == 3
+    assert len(catalog.cached_hashes(str(listing.root))) == 3
+    assert catalog.cached_hashes(str(tmp_path / "elsewhere")) == {}
     again = scan_folder(tmp_path / "data")
     hash_items(again, catalog)
     assert {i.rel: i.sha256 for i in again.items} == shas

@@ -99,7 +99,10 @@ def test_float16_storage(tmp_path):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-3)
 
 
-def test_export_round_trip_through_plain_h5py(tmp_path):
+def test_export_round_trip_through_plain_h5py(tmp_path, monkeypatch):
+    import extractor.export
+
+    monkeypatch.setattr(extractor.export, "CHUNK_ROWS", 2)  # several blocks, the last one partial
     make_folder(tmp_path / "data", {"cat": 3, "dog": 2})
     (tmp_path / "data" / "dog" / "broken.jpg").write_bytes(b"nope")
     store = FeatureStore(tmp_path / "home")

@@ -191,6 +191,8 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, root
     with store.writer(resolved.fingerprint, opts.dtype, opts.shard_rows, opts.flush_seconds) as writer:
         todo = store.catalog.missing_vectors(opts.dataset, resolved.fingerprint.id)  # again, under the lock
         jobs = [(sha, path_of[sha]) for sha in todo if sha not in skip]
+        if not jobs:  # another writer finished them while we were starting
+            return 0, {}, False, "none"
         model = LoadedBackbone(resolved, opts.device, opts.amp).setup()
         workers = default_workers() if opts.workers is None else opts.workers
         loader = DataLoader(DecodeDataset(jobs, resolved.size, opts.limits), batch_size=opts.batch_size,

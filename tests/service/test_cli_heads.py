@@ -52,6 +52,9 @@ def test_head_errors_are_one_line(tmp_path, capsys):
         (["evaluate", "missing"], "no head 'missing'"),
         (["predict", "missing", "x.jpg"], "no head 'missing'"),
     ]
+    run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "flat", "--unlabeled", "--backbone", "tiny",
+             "--weights", "random", *home)
+    cases.append((["train", "--dataset", "flat", "--backbone", "tiny", "--name", "x"], "has no labels"))
     for args, expected in cases:
         code, _, err = run_main(capsys, *args, *home)
         assert_one_line_error(code, err, expected)

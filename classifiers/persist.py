@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -14,14 +13,14 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from classifiers.heads import Head, get_head_class
-from extractor.durable import fsync_path
+from extractor import names
+from extractor.durable import fsync_path, publish
 from extractor.errors import HeadstartError, NotFound
 
 FORMAT = "headstart-head/1"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUIRED = {"format": str, "name": str, "kind": str, "params": dict, "classes": list, "dim": int,
             "fingerprint": dict, "weights": str, "backbone": str, "dataset": str, "metrics": dict,
             "created": str, "weights_sha256": str}
@@ -34,10 +33,7 @@ class HeadCorrupt(HeadstartError):
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name or ""):
-        raise HeadstartError(f"head name {name!r}: expected 1-64 letters, digits, '.', '_' or '-', "
-                             f"starting with a letter or digit")
-    return name
+    return names.check_name("head", name)
 
 
 def _checksum(manifest: dict) -> str:
@@ -64,9 +60,9 @@ def save(head: Head, info: dict, heads_dir: Path, name: str, keep: int = 2) -> d
     manifest = json.loads(json.dumps(manifest, default=float))  # plain JSON types, so the checksum round-trips
     manifest["checksum"] = _checksum(manifest)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=float))
-    for path in (tmp / WEIGHTS, tmp / MANIFEST, tmp):
-        fsync_path(path)
-    os.replace(tmp, folder / version)
+    fsync_path(tmp / WEIGHTS)
+    fsync_path(tmp / MANIFEST)
+    publish(tmp, folder / version)
     link = folder / f".{CURRENT}.{version}.tmp"
     link.symlink_to(version)
     os.replace(link, folder / CURRENT)  # the atomic switch

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, shard INTEGER NOT NULL, row INTEGER NOT NULL,
     PRIMARY KEY (fingerprint, sha256)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS failures (
-    dataset TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT, reason TEXT NOT NULL, at REAL NOT NULL,
+    dataset TEXT NOT NULL, path TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (dataset, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bad_content (
     sha256 TEXT PRIMARY KEY, limits TEXT NOT NULL, reason TEXT NOT NULL);
@@ -103,13 +103,13 @@ class Catalog:
             con.executemany("INSERT INTO members VALUES (?, ?, ?, ?, ?)",
                             [(info["name"], *m) for m in members])
 
-    def set_failures(self, dataset: str, failures: list[tuple[str, str | None, str]]) -> None:
-        """Replace a dataset's recorded failures: (path, sha256 or None, reason)."""
+    def set_failures(self, dataset: str, failures: list[tuple[str, str]]) -> None:
+        """Replace a dataset's recorded failures: (path, reason)."""
         now = time.time()
         with self.connect() as con, con:
             con.execute("DELETE FROM failures WHERE dataset = ?", (dataset,))
-            con.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
-                            [(dataset, p, s, r, now) for p, s, r in failures])
+            con.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                            [(dataset, p, r, now) for p, r in failures])
 
     def failures(self, dataset: str) -> list[tuple[str, str]]:
         with self.connect() as con:
@@ -160,10 +160,10 @@ class Catalog:
                 "ORDER BY m.path", (fp_id, dataset))]
 
     def dataset_rows(self, dataset: str, fp_id: str) -> list[tuple]:
-        """(path, sha256, label, split, shard file, row, dtype) for members that have vectors."""
+        """(path, sha256, label, split, shard file, row) for members that have vectors."""
         with self.connect() as con:
             return list(con.execute(
-                "SELECT m.path, m.sha256, m.label, m.split, s.file, v.row, s.dtype FROM members m "
+                "SELECT m.path, m.sha256, m.label, m.split, s.file, v.row FROM members m "
                 "JOIN vectors v ON v.fingerprint = ? AND v.sha256 = m.sha256 JOIN shards s ON s.id = v.shard "
                 "WHERE m.dataset = ? ORDER BY m.path", (fp_id, dataset)))
 

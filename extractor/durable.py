@@ -1,4 +1,4 @@
-"""Durability helpers: fsync a file or a folder, so that a rename that follows survives a crash."""
+"""Durability helpers: fsync, and publishing a finished temp file or folder under its final name."""
 
 from __future__ import annotations
 
@@ -13,3 +13,13 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make a fully written `tmp` visible as `final`: fsync it, rename atomically, fsync the folder.
+
+    A crash at any instant leaves either no `final` or a complete one.
+    """
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(final.parent)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from extractor.durable import fsync_path
+from extractor.durable import publish
 from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore, check_dtype
 
@@ -23,7 +22,7 @@ def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str 
     info = store.catalog.fingerprint(fp_id)
     if info is None:
         raise NotFound(f"no features with fingerprint {fp_id}")
-    rows = store.catalog.dataset_rows(dataset, fp_id)  # (path, sha, label, split, shard, row, dtype)
+    rows = store.catalog.dataset_rows(dataset, fp_id)  # (path, sha, label, split, shard, row)
     if not rows:
         raise HeadstartError(f"dataset {dataset!r} has no cached {fp_id} vectors to export; run extract first")
     names = sorted({r[2] for r in rows if r[2] is not None})
@@ -47,7 +46,6 @@ def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str 
             "fingerprint": json.dumps(spec, sort_keys=True), "fingerprint_id": fp_id, "backbone": spec["backbone"],
             "dataset": dataset, "created": time.time(), "failed": len(store.catalog.failures(dataset)),
         })
-    fsync_path(tmp)
-    os.replace(tmp, out)
+    publish(tmp, out)
     return {"out": str(out), "rows": len(rows), "dim": int(info["dim"]), "fingerprint": fp_id,
             "classes": len(names)}

@@ -17,6 +17,7 @@ from extractor.datasets import Listing, hash_items, register, scan_csv, scan_fol
 from extractor.decode import DecodeError, Limits, preprocess, read_file
 from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, Resolved, resolve
+from extractor.names import check_name
 from extractor.store import FeatureStore, check_dtype
 
 
@@ -139,8 +140,7 @@ def _check(opts: ExtractOptions) -> None:
     if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 0):
         raise HeadstartError(
             f"batch size {opts.batch_size} / workers {opts.workers}: expected batch >= 1 and workers >= 0")
-    if not opts.dataset or not opts.dataset.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise HeadstartError(f"dataset name {opts.dataset!r}: expected letters, digits, '-', '_' or '.'")
+    check_name("dataset", opts.dataset)
 
 
 def extract(opts: ExtractOptions, store: FeatureStore | None = None,
@@ -167,18 +167,19 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
         store.catalog.remember_bad_content(limits_sig, content_bad)
     bad = {**known_bad, **{sha: str(err) for sha, err in new_bad.items()}}
     failures = listing.failures + [(p, bad[s]) for p, s, _, _ in members if s in bad]
-    store.catalog.set_failures(opts.dataset, [(p, None, r) for p, r in failures])
+    store.catalog.set_failures(opts.dataset, failures)
     unique = {s for _, s, _, _ in members}
     good = unique - bad.keys()
     return ExtractSummary(
         dataset=opts.dataset, backbone=opts.backbone, fingerprint=fp_id,
         files=len(members) + len(listing.failures), extracted=extracted,
-        cached=len(good) - extracted - _still_missing(store, opts.dataset, fp_id, bad),
+        cached=len(good) - extracted - (_still_missing(store, opts.dataset, fp_id, bad) if stopped else 0),
         failed=len(failures), duplicates=len(members) - len(unique), skipped=listing.skipped,
         seconds=time.monotonic() - start, device=device, stopped=stopped, failures=failures)
 
 
 def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> int:
+    """Good images left without a vector (only a stopped run leaves any)."""
     return sum(1 for s in store.catalog.missing_vectors(dataset, fp_id) if s not in bad)
 
 

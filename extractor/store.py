@@ -16,7 +16,7 @@ import numpy as np
 
 from extractor.backbones import Fingerprint, get_spec, make_fingerprint, resolve_size
 from extractor.catalog import Catalog
-from extractor.durable import fsync_path
+from extractor.durable import publish
 from extractor.errors import Conflict, HeadstartError, NotFound
 from extractor.weights import identity, parse_weights
 
@@ -47,16 +47,7 @@ class FeatureTable:
     labels: list[str | None]
     splits: list[str]
     fingerprint: dict
-    fingerprint_id: str = ""
     source: str = ""  # how the weights were given when these features were computed
-
-    @property
-    def label_names(self) -> list[str]:
-        return sorted({lab for lab in self.labels if lab is not None})
-
-    def label_index(self) -> np.ndarray:
-        index = {name: i for i, name in enumerate(self.label_names)}
-        return np.array([index.get(lab, -1) if lab is not None else -1 for lab in self.labels], dtype=np.int64)
 
 
 class FeatureStore:
@@ -103,7 +94,7 @@ class FeatureStore:
         rows = self.catalog.dataset_rows(dataset, fp_id)
         features = self.read_rows([(r[4], r[5]) for r in rows], info["dim"], dtype)
         return FeatureTable(features, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                            [r[3] for r in rows], json.loads(info["spec"]), fp_id, info["source"])
+                            [r[3] for r in rows], json.loads(info["spec"]), info["source"])
 
     def overview(self, with_failures: bool = False) -> list[dict]:
         """One row per dataset: kind, root, split, counts per split, vectors per fingerprint, failures."""
@@ -218,9 +209,7 @@ class ShardWriter:
             fh.create_dataset("features", data=data)
             fh.create_dataset("sha256", data=np.array(shas, dtype="S64"))
             fh.attrs["fingerprint"] = self.fp.id
-        fsync_path(tmp)
-        os.replace(tmp, final)
-        fsync_path(self.dir)
+        publish(tmp, final)
         self.store.catalog.commit_shard(self.fp.id, final.relative_to(self.store.home).as_posix(),
                                         self.dtype.name, shas)
         self.written += len(shas)

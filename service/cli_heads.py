@@ -74,17 +74,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from extractor.decode import DecodeError, read_file
 
     predictor = Predictor(heads_dir(FeatureStore(args.home)), args.head, device=args.device)
-    datas, results = [], []
+    rows, readable, datas = [], [], []
     for path in args.images:
+        rows.append({"image": str(path)})
         try:
             datas.append(read_file(path, predictor.limits))
+            readable.append(rows[-1])
         except DecodeError as exc:
-            datas.append(b"")
-            results.append((path, str(exc)))
-    answers = predictor.predict_bytes(datas, args.top_k)
-    failed_reads = dict(results)
-    rows = [{"image": str(p), **({"error": failed_reads[p]} if p in failed_reads else a)}
-            for p, a in zip(args.images, answers, strict=True)]
+            rows[-1]["error"] = str(exc)
+    for row, answer in zip(readable, predictor.predict_bytes(datas, args.top_k), strict=True):
+        row.update(answer)
     human = [f"{r['image']}: " + ("error: " + r["error"] if "error" in r else
                                   ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])) for r in rows]
     emit(args, rows, "\n".join(human))

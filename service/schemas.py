@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+from extractor.names import NAME_PATTERN
+
+NAME = NAME_PATTERN
 ParamValue = float | int | str | bool | None | list[int] | list[float]
 
 

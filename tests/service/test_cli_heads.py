@@ -31,11 +31,13 @@ def test_train_evaluate_predict_heads_end_to_end(tmp_path):
     make_folder(tmp_path / "new", {"blue": 0, "green": 1, "red": 0}, seed=99)  # same class index as training
     image = next((tmp_path / "new" / "green").iterdir())
     (tmp_path / "junk.jpg").write_text("not an image")
-    predicted = run_cli("predict", "logreg", str(image), str(tmp_path / "junk.jpg"), "--top-k", "2", "--json", *home)
+    predicted = run_cli("predict", "logreg", str(image), str(tmp_path / "junk.jpg"), str(tmp_path / "absent.jpg"),
+                        "--top-k", "2", "--json", *home)
     assert predicted.returncode == 0, predicted.stderr
     rows = json.loads(predicted.stdout)
     assert rows[0]["top"][0]["label"] == "green" and len(rows[0]["top"]) == 2
     assert "not a supported image" in rows[1]["error"]
+    assert rows[2]["image"].endswith("absent.jpg") and rows[2]["error"].startswith("cannot read file")
     listing = json.loads(run_cli("heads", "--json", *home).stdout)
     assert {r["name"]: r["classes"] for r in listing} == {"logreg": 3, "mlp": 3}
 

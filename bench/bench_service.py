@@ -1,7 +1,9 @@
 """Service benchmark: a real uvicorn server on 127.0.0.1, vgg16 (random weights) + logreg head.
 
 Single-client predict latency (p50, p99) against the bare single-image forward measured in the same run,
-and 8 concurrent clients' throughput against the single client's, with the micro-batch sizes seen.
+and 8 concurrent clients' throughput (each client on its own kept connection) against the single client's,
+with the micro-batch sizes seen. The ceiling ratio is what micro-batching could give at most on this
+device: the bare forward of a whole batch, per image, against the single client's throughput.
 
     python bench/bench_service.py [--requests 200]
 """
@@ -18,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,23 +38,25 @@ from extractor.pipeline import ExtractOptions, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
 
 
-def bare_single_image_ms(repeats: int = 15) -> float:
-    model = LoadedBackbone(resolve("vgg16", "random"), "cpu").setup()
-    image = [np.random.default_rng(0).integers(0, 256, (150, 150, 3), dtype=np.uint8)]
-    model.embed_arrays(image)
+def bare_forward_ms(device: str, batch: int = 1, repeats: int = 15) -> float:
+    """Median ms per image of the model alone on `batch` preprocessed images, on the server's device."""
+    model = LoadedBackbone(resolve("vgg16", "random"), device).setup()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (150, 150, 3), dtype=np.uint8) for _ in range(batch)]
+    model.embed_arrays(images)  # returns host arrays, so each call waits for the device
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.embed_arrays(image)
+        model.embed_arrays(images)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return statistics.median(times) * 1000 / batch
 
 
-def start_server(home: Path, data: Path) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, data: Path, device: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "HEADSTART_OFFLINE": "1"}
+    env = {**os.environ, "HEADSTART_OFFLINE": "1", "HEADSTART_DEVICE": device}
     env.pop("HEADSTART_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port), "--home", str(home),
                              "--data-root", str(data)], cwd=ROOT, env=env,
@@ -76,6 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--single", type=int, default=40)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--device", default="auto", help="the server's and the bare forward's device")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data, home = Path(tmp) / "data", Path(tmp) / "home"
@@ -84,8 +91,8 @@ def main() -> None:
         extract(ExtractOptions(data_dir=data / "set", dataset="set", backbone="vgg16", weights="random"), store)
         train_head(store, "set", "vgg16", "logreg", "bench")
         image = sorted((data / "set").rglob("*.jpg"))[0].read_bytes()  # a 500x375 JPEG
-        bare_before = bare_single_image_ms()
-        proc, url = start_server(home, data)
+        bare_before = bare_forward_ms(args.device)
+        proc, url = start_server(home, data, args.device)
         try:
             with httpx.Client(base_url=url, timeout=60) as client:
                 def call(c: httpx.Client = client) -> float:
@@ -98,22 +105,33 @@ def main() -> None:
                     call()
                 single = [call() for _ in range(args.single)]
             before = batch_histogram(url)
-            errors = [0]
+            per_client = [args.requests // args.clients + (i < args.requests % args.clients)
+                          for i in range(args.clients)]
 
-            def worker(_: int) -> None:
+            def client_loop(n: int) -> int:  # one connection per client, as a real client keeps; -> errors
+                failed = 0
                 with httpx.Client(base_url=url, timeout=60) as c:
-                    r = c.post("/predict", data={"head": "bench"}, files={"files": ("a.jpg", image, "image/jpeg")})
-                    errors[0] += r.status_code != 200
+                    c.get("/healthz")
+                    ready.wait()
+                    for _ in range(n):
+                        r = c.post("/predict", data={"head": "bench"}, files={"files": ("a.jpg", image, "image/jpeg")})
+                        failed += r.status_code != 200
+                return failed
 
-            start = time.perf_counter()
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(worker, range(args.requests)))
+            ready = threading.Event()
+            with ThreadPoolExecutor(args.clients) as pool:
+                running = [pool.submit(client_loop, n) for n in per_client]
+                time.sleep(0.5)  # every client connected before the clock starts
+                start = time.perf_counter()
+                ready.set()
+                errors = sum(f.result() for f in running)
             concurrent_s = time.perf_counter() - start
             after = batch_histogram(url)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-        bare_after = bare_single_image_ms()
+        bare_after = bare_forward_ms(args.device)
+        batched = bare_forward_ms(args.device, args.clients, repeats=5)
     bare = (bare_before + bare_after) / 2
     p50, p99 = np.percentile(single, 50) * 1000, np.percentile(single, 99) * 1000
     single_tput = len(single) / sum(single)
@@ -125,8 +143,11 @@ def main() -> None:
         "single_client_p50_ms": round(p50, 2), "single_client_p99_ms": round(p99, 2),
         "ratio_p50_over_bare": round(p50 / bare, 3),
         "single_client_rps": round(single_tput, 2), "concurrent8_rps": round(conc_tput, 2),
-        "ratio_concurrent_over_single": round(conc_tput / single_tput, 3),
-        "concurrent_requests": args.requests, "concurrent_errors": errors[0],
+        "clients": args.clients, "ratio_concurrent_over_single": round(conc_tput / single_tput, 3),
+        # what batching could give at most: the bare forward of `clients` images at once, per image
+        "bare_batched_forward_ms_per_image": round(batched, 2),
+        "ceiling_ratio_bare_batched_over_single": round(1000 / batched / single_tput, 3),
+        "concurrent_requests": args.requests, "concurrent_errors": errors,
         "batch_size_cumulative_buckets": batches,
     }, indent=1))
 

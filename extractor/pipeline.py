@@ -196,6 +196,9 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, root
             return 0, {}, False, "none"
         model = LoadedBackbone(resolved, opts.device, opts.amp).setup()
         workers = default_workers() if opts.workers is None else opts.workers
+        # Workers are forked, also from the threaded service. A forkserver was tried: its workers are children
+        # of the forkserver, so torch's parent watchdog never fires and they outlive a kill -9 of the service
+        # (tests/service/test_api.py checks); it also pickles the whole job list to every worker.
         loader = DataLoader(DecodeDataset(jobs, resolved.size, opts.limits), batch_size=opts.batch_size,
                             num_workers=workers, collate_fn=collate, pin_memory=model.device.type == "cuda",
                             prefetch_factor=4 if workers else None)

@@ -64,6 +64,18 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s")
 
+    def children(self) -> list[int]:
+        """Live processes whose parent is this server (its decode workers), read from /proc."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it ended while we looked
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()

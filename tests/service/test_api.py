@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
@@ -97,6 +98,20 @@ def shard_rows(home) -> int:
         return con.execute("SELECT COALESCE(SUM(rows), 0) FROM shards").fetchone()[0]
 
 
+def alive(pid: int, wait: float = 15.0) -> bool:
+    """Whether `pid` still runs after up to `wait` seconds (torch's watchdog checks every 5 s)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+        except FileNotFoundError:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path):
     make_folder(tmp_path / "data" / "big", {"a": 30, "b": 30}, size=(160, 120))
     env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_EXTRACT_WORKERS": "1"}
@@ -105,6 +120,8 @@ def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path
                                                  "weights": "random"}).json()["job_id"]
     while vectors(tmp_path / "home") < 12:  # some batches committed, most of the job still to do
         assert first.proc.poll() is None
+    workers = first.children()
+    assert workers, "the extract job should be decoding in a worker process"
     first.kill()
     saved = vectors(tmp_path / "home")
     assert saved < 60
@@ -114,6 +131,7 @@ def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path
     assert job["result"]["cached"] == saved and job["result"]["extracted"] == 60 - saved
     assert vectors(tmp_path / "home") == shard_rows(tmp_path / "home") == 60  # no vector stored twice
     assert second.stop()
+    assert not [pid for pid in workers if alive(pid)], "decode workers outlived the killed server"
 
 
 def test_sigterm_checkpoints_the_running_job(tmp_path):

@@ -14,6 +14,13 @@ def emit(args: argparse.Namespace, data: dict | list, human: str) -> None:
     print(json.dumps(data, default=str) if getattr(args, "json", False) else human)
 
 
+def table(header: list[str], rows: list[list[object]]) -> str:
+    """Left-aligned columns, two spaces apart, each as wide as its widest cell."""
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from service import cli_extract, cli_heads, cli_serve
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from extractor.errors import HeadstartError
 from extractor.store import FeatureStore
-from service.cli import emit
+from service.cli import emit, table
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -95,13 +95,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     rows = FeatureStore(args.home).overview(with_failures=args.json)
-    human = ["NAME  KIND  TRAIN/VAL/TEST  FAILED  FEATURES"] if rows else ["no datasets yet; run `headstart extract`"]
+    lines = []
     for r in rows:
         s = r["splits"]
         feats = ", ".join(f"{f['backbone']}[{f['weights'].split(':')[0]}]={f['vectors']}" for f in r["features"])
-        human.append(f"{r['name']}  {r['kind']}  {s.get('train', 0)}/{s.get('val', 0)}/{s.get('test', 0)}  "
-                     f"{r['failed']}  {feats or '-'}")
-    emit(args, rows, "\n".join(human))
+        lines.append([r["name"], r["kind"], f"{s.get('train', 0)}/{s.get('val', 0)}/{s.get('test', 0)}",
+                      r["failed"], feats or "-"])
+    human = table(["NAME", "KIND", "TRAIN/VAL/TEST", "FAILED", "FEATURES"], lines) if rows else \
+        "no datasets yet; run `headstart extract`"
+    emit(args, rows, human)
     return 0
 
 

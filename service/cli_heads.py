@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from extractor.store import FeatureStore
-from service.cli import emit
+from service.cli import emit, table
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -101,8 +101,9 @@ def cmd_heads(args: argparse.Namespace) -> int:
         rows.append({"name": name, "kind": m["kind"], "backbone": m["backbone"], "dataset": m["dataset"],
                      "classes": len(m["classes"]), "test_accuracy": m["metrics"].get("test", {}).get("accuracy"),
                      "created": m["created"], "fingerprint": m["fingerprint"]["id"]})
-    human = [f"{r['name']:<16} {r['kind']:<9} {r['backbone']:<13} {r['dataset']:<12} {r['classes']:>4} classes  "
-             f"test acc {r['test_accuracy'] if r['test_accuracy'] is None else round(r['test_accuracy'], 3)}"
-             for r in rows] or ["no heads yet; train one with `headstart train`"]
-    emit(args, rows, "\n".join(human))
+    human = table(["NAME", "KIND", "BACKBONE", "DATASET", "CLASSES", "TEST ACC"],
+                  [[r["name"], r["kind"], r["backbone"], r["dataset"], r["classes"],
+                    "-" if r["test_accuracy"] is None else round(r["test_accuracy"], 3)] for r in rows]) \
+        if rows else "no heads yet; train one with `headstart train`"
+    emit(args, rows, human)
     return 0

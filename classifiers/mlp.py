@@ -10,6 +10,7 @@ from torch import nn
 
 from classifiers.heads import Head, encode, standardiser
 from extractor.errors import HeadstartError
+from extractor.model import resolve_device
 
 
 def build_net(dim: int, hidden: list[int], dropout: float, n_classes: int) -> nn.Sequential:
@@ -28,11 +29,12 @@ class MLPHead(Head):
                 "epochs": 30, "patience": 5, "class_weight": None, "seed": 0, "device": "auto"}
     description = "dense head (512 relu, dropout 0.3, 512 relu, dropout 0.3, softmax) in PyTorch, early stopping"
 
-    def _device(self) -> torch.device:
-        wanted = self.params["device"]
-        if wanted == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(wanted)
+    def _device(self, loading: bool = False) -> torch.device:
+        """The `device` param: auto, cpu, cuda[:N]. A head trained on CUDA loads on the CPU where there is none."""
+        wanted = str(self.params["device"])
+        if loading and wanted.startswith("cuda") and not torch.cuda.is_available():
+            return torch.device("cpu")
+        return resolve_device(wanted)
 
     def _loss_weights(self, codes: np.ndarray, device: torch.device) -> torch.Tensor | None:
         mode = self.params["class_weight"]
@@ -142,4 +144,4 @@ class MLPHead(Head):
             raise HeadstartError(f"mlp tensors do not match hidden={self.params['hidden']} with "
                                  f"{len(self.classes_)} classes and {self.mean_.shape[0]} inputs")
         net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in given.items()})
-        self.net = net.to(self._device()).eval()
+        self.net = net.to(self._device(loading=True)).eval()

@@ -42,8 +42,15 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise HeadstartError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise HeadstartError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
-    return torch.device(device)
+        raise HeadstartError(f"device {device!r} requested but CUDA is not available here; choose cpu or auto")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise HeadstartError(f"device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise HeadstartError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    return chosen
 
 
 def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:

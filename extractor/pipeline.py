@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from extractor.datasets import Listing, hash_items, register, scan_csv, scan_folder
 from extractor.decode import DecodeError, Limits, preprocess, read_file
 from extractor.errors import HeadstartError
-from extractor.model import LoadedBackbone, Resolved, resolve
+from extractor.model import LoadedBackbone, Resolved, amp_dtype, resolve, resolve_device
 from extractor.names import check_name
 from extractor.store import FeatureStore, check_dtype
 
@@ -137,6 +137,7 @@ def list_dataset(opts: ExtractOptions) -> Listing:
 
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
+    amp_dtype(resolve_device(opts.device), opts.amp)  # a bad device is refused even when nothing is left to compute
     if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 0):
         raise HeadstartError(
             f"batch size {opts.batch_size} / workers {opts.workers}: expected batch >= 1 and workers >= 0")

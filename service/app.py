@@ -12,13 +12,14 @@ from fastapi.responses import JSONResponse
 
 from classifiers.training import heads_dir
 from extractor.errors import HeadstartError
+from extractor.model import resolve_device
 from extractor.store import FeatureStore
 from service import security
 from service.batcher import Models
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import router
-from service.settings import Settings
+from service.settings import Settings, load_settings
 
 log = logging.getLogger("headstart.api")
 
@@ -41,7 +42,8 @@ def _error_handlers(app: FastAPI, scrub: security.Scrubber) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
+    resolve_device(settings.device)  # a bad HEADSTART_DEVICE stops the start, not the first request
     store = FeatureStore(settings.home)
     metrics = Metrics()
     scrub = security.Scrubber({settings.data_root: "<data>", settings.home: "<home>"})

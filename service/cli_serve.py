@@ -30,11 +30,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.settings import Settings
+    from service.settings import load_settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "home": args.home,
                                    "data_root": args.data_root}.items() if v is not None}
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
     if not is_loopback(settings.host) and settings.api_key is None:
         raise HeadstartError(f"refusing to listen on {settings.host} without an API key: set HEADSTART_API_KEY, "
                              f"or bind 127.0.0.1")

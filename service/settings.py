@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from extractor.errors import HeadstartError
 
 
 class Settings(BaseSettings):
@@ -17,18 +19,28 @@ class Settings(BaseSettings):
     data_root: Path = Field(default_factory=lambda: Path("/data"))
     api_key: SecretStr | None = None
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535)
     device: str = "auto"
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_json_bytes: int = 1024 * 1024
-    max_files: int = 16
-    max_pixels: int = 64_000_000
-    predict_max_batch: int = 16
-    predict_max_wait_ms: float = 5.0
-    backbone_cache: int = 2
-    head_cache: int = 16
-    extract_batch_size: int = 32
-    extract_workers: int | None = None
-    flush_seconds: float = 10.0
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_json_bytes: int = Field(1024 * 1024, gt=0)
+    max_files: int = Field(16, ge=1)
+    max_pixels: int = Field(64_000_000, ge=1)
+    predict_max_batch: int = Field(16, ge=1)
+    predict_max_wait_ms: float = Field(5.0, ge=0)
+    backbone_cache: int = Field(2, ge=1)
+    head_cache: int = Field(16, ge=1)
+    extract_batch_size: int = Field(32, ge=1)
+    extract_workers: int | None = Field(None, ge=0)
+    flush_seconds: float = Field(10.0, gt=0)
     resume_interrupted: bool = True
-    shutdown_grace_s: float = 30.0
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment and `overrides`; a bad value is one line naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"HEADSTART_{'_'.join(map(str, e['loc'])).upper()}={e['input']!r}: {e['msg']}"
+                             for e in exc.errors())
+        raise HeadstartError(f"bad setting {problems}; fix the environment variable or the option") from None

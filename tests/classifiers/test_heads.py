@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from classifiers.heads import get_head_class, parse_params, registry
 from classifiers.metrics import evaluate
@@ -69,6 +70,21 @@ def test_mlp_is_deterministic_with_a_seed():
     c = make("mlp", seed=4).fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_mlp_device_param_is_checked_and_a_cuda_head_loads_where_there_is_no_cuda(tmp_path):
+    X, y = blobs(3, 20)
+    for bad in ("gpu", "cuda:x"):
+        with pytest.raises(HeadstartError, match="device"):
+            make("mlp", device=bad).fit(X, y)
+    head = make("mlp", device="cpu").fit(X, y)
+    head.params["device"] = "cuda"  # as if it had been trained on a GPU host
+    info = {"fingerprint": {"id": "fp-1", "spec": {}}, "weights": "random:0", "backbone": "tiny",
+            "dataset": "synthetic", "dim": X.shape[1], "metrics": {}}
+    save(head, info, tmp_path, "h")
+    loaded, _ = load(tmp_path, "h")
+    assert next(loaded.net.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    np.testing.assert_allclose(loaded.predict_proba(X[:5]), head.predict_proba(X[:5]), atol=1e-5)
 
 
 def test_mlp_early_stopping_records_history():

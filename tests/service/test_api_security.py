@@ -71,6 +71,17 @@ def test_binds_loopback_by_default_and_refuses_public_without_key(capsys, monkey
     assert_one_line_error(code, err, "refusing to listen on 0.0.0.0 without an API key")
 
 
+@pytest.mark.parametrize("env,expected", [
+    ({"HEADSTART_PORT": "abc"}, "HEADSTART_PORT='abc'"), ({"HEADSTART_PREDICT_MAX_BATCH": "0"}, "greater than"),
+    ({"HEADSTART_DEVICE": "gpu"}, "device 'gpu': expected auto, cpu, cuda"),
+    ({"HEADSTART_DEVICE": "cuda:7"}, "cuda:7")])
+def test_bad_settings_stop_the_start_with_one_line(capsys, monkeypatch, tmp_path, env, expected):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, _, err = run_main(capsys, "serve", "--home", str(tmp_path), "--data-root", str(tmp_path))
+    assert_one_line_error(code, err, expected)
+
+
 @pytest.mark.parametrize("path,status", [
     ("/etc", 400), ("../data_evil/loot", 400), ("%2e%2e/data_evil", 400), ("colors/%2E%2E/..", 400),
     ("col\x00ors", 400), ("evil-link/loot", 403), ("etc-link", 403), ("C:/Windows", 400), ("nope", 404)])

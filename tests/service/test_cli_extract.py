@@ -42,6 +42,10 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):
         (["extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "vgg99"], "expected one of"),
         (["export", "--dataset", "nope", "--backbone", "vgg16", "--out", str(tmp_path / "o.h5")], "no dataset"),
         (["weights", "fetch", "tiny"], "no ImageNet weights"),
+        (["extract", str(tmp_path / "data"), "--dataset", "x", "--weights", "random", "--backbone", "tiny",
+          "--device", "gpu"], "device 'gpu': expected auto, cpu, cuda"),
+        (["extract", str(tmp_path / "data"), "--dataset", "x", "--weights", "random", "--backbone", "tiny",
+          "--amp", "fp8"], "amp 'fp8': expected one of"),
     ]
     for args, expected in cases:
         code, _, err = run_main(capsys, *args, "--home", home)

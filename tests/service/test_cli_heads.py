@@ -51,6 +51,8 @@ def test_head_errors_are_one_line(tmp_path, capsys):
         (["train", "--dataset", "d", "--backbone", "tiny", "--head", "svm", "--name", "x"], "unknown head"),
         (["train", "--dataset", "d", "--backbone", "vgg16", "--name", "x"], "has no vgg16 features"),
         (["train", "--dataset", "d", "--backbone", "tiny", "--name", "x", "--param", "C"], "key=value"),
+        (["train", "--dataset", "d", "--backbone", "tiny", "--head", "mlp", "--name", "x", "--param", "device=gpu"],
+         "device 'gpu': expected auto, cpu, cuda"),
         (["evaluate", "missing"], "no head 'missing'"),
         (["predict", "missing", "x.jpg"], "no head 'missing'"),
     ]

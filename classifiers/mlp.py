@@ -31,10 +31,12 @@ class MLPHead(Head):
 
     def _device(self, loading: bool = False) -> torch.device:
         """The `device` param: auto, cpu, cuda[:N]. A head trained on CUDA loads on the CPU where there is none."""
-        wanted = str(self.params["device"])
-        if loading and wanted.startswith("cuda") and not torch.cuda.is_available():
-            return torch.device("cpu")
-        return resolve_device(wanted)
+        try:
+            return resolve_device(str(self.params["device"]))
+        except HeadstartError:
+            if loading:  # trained on a GPU this host lacks: run where it can
+                return resolve_device("auto")
+            raise
 
     def _loss_weights(self, codes: np.ndarray, device: torch.device) -> torch.Tensor | None:
         mode = self.params["class_weight"]

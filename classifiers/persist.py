@@ -117,8 +117,10 @@ def read_manifest(version_dir: Path) -> dict:
     return manifest
 
 
-def load(heads_dir: Path, name: str, fingerprint: str | None = None) -> tuple[Head, dict]:
-    """Load a head; refuse tampering, a missing weights file, or features of another fingerprint."""
+def load(heads_dir: Path, name: str, fingerprint: str | None = None, device: str | None = None) -> tuple[Head, dict]:
+    """Load a head; refuse tampering, a missing weights file, or features of another fingerprint.
+
+    `device` places a head that runs on one (mlp) there, whatever device it was trained on."""
     version_dir = head_dir(heads_dir, name)
     manifest = read_manifest(version_dir)
     if fingerprint is not None and manifest["fingerprint"]["id"] != fingerprint:
@@ -131,7 +133,8 @@ def load(heads_dir: Path, name: str, fingerprint: str | None = None) -> tuple[He
         raise HeadCorrupt(f"head {name!r} is missing its weights file {weights}; retrain the head")
     if _sha256(weights) != manifest["weights_sha256"]:
         raise HeadCorrupt(f"head {name!r}: weights file does not match its manifest (sha256); retrain the head")
-    head = get_head_class(manifest["kind"])(**manifest["params"])
+    cls = get_head_class(manifest["kind"])
+    head = cls(**{**manifest["params"], **({"device": device} if device and "device" in cls.defaults else {})})
     head.classes_ = np.array(manifest["classes"])
     head.history = manifest.get("history", [])
     head.set_state(load_file(str(weights)))

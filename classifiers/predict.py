@@ -36,7 +36,7 @@ class Predictor:
                  backbone: LoadedBackbone | None = None) -> None:
         manifest = read_manifest(head_dir(heads_dir, name))
         resolved = backbone_for(manifest)
-        self.head, self.manifest = load(heads_dir, name, fingerprint=resolved.fingerprint.id)
+        self.head, self.manifest = load(heads_dir, name, fingerprint=resolved.fingerprint.id, device=device)
         self.backbone = backbone or LoadedBackbone(resolved, device).setup()
         self.limits = limits or Limits()
 

@@ -34,10 +34,13 @@ def split_arrays(table: FeatureTable) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 
 def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name: str,
-               params: dict | None = None, weights: str | None = None) -> dict:
-    """Fit on train (val for early stopping / temperature), score val and test, save; returns the manifest."""
+               params: dict | None = None, weights: str | None = None, device: str | None = None) -> dict:
+    """Fit on train (val for early stopping / temperature), score val and test, save; returns the manifest.
+
+    `device` is where a head that trains on one (mlp) trains, unless its params name one."""
     check_name(name)
-    head = get_head_class(kind)(**(params or {}))
+    cls = get_head_class(kind)
+    head = cls(**{**({"device": device} if device and "device" in cls.defaults else {}), **(params or {})})
     fp_id = store.resolve(dataset, backbone, weights)
     table = store.table(dataset, fp_id)
     data = split_arrays(table)

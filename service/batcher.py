@@ -134,7 +134,7 @@ class Models:
                 head, manifest = self.heads[key]
                 return head, manifest, self._batcher(manifest)
             resolved = backbone_for(read_manifest(version))
-            head, manifest = load(self.heads_dir, name, fingerprint=resolved.fingerprint.id)
+            head, manifest = load(self.heads_dir, name, fingerprint=resolved.fingerprint.id, device=self.device)
             self.heads[key] = (head, manifest)
             while len(self.heads) > self.max_heads:
                 self.heads.popitem(last=False)

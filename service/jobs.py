@@ -145,7 +145,8 @@ class JobRunner:
                 self._finish(job_id, kind, state, result=summary)
             else:
                 manifest = train_head(self.store, request["dataset"], request["backbone"], request["head"],
-                                      request["name"], request.get("params") or {}, request.get("weights"))
+                                      request["name"], request.get("params") or {}, request.get("weights"),
+                                      self.settings.device)
                 self._finish(job_id, kind, "succeeded", result={"name": manifest["name"],
                                                                  "metrics": manifest["metrics"]})
         except HeadstartError as exc:

@@ -103,7 +103,7 @@ async def create_head(body: HeadRequest, request: Request):
                             202)
     try:
         manifest = await run_in_threadpool(train_head, s.store, body.dataset, body.backbone, body.head, body.name,
-                                           body.params, body.weights)
+                                           body.params, body.weights, s.settings.device)
     except (RuntimeError, MemoryError) as exc:  # CUDA out of memory and friends
         raise ModelFailure(f"training failed in the model ({type(exc).__name__}); retry later") from None
     s.models.forget(body.name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,23 +46,37 @@ class Predictor:
         """Bytes -> the backbone's uint8 input (raises DecodeError with the reason)."""
         return preprocess(data, self.backbone.resolved.size, self.limits)
 
-    def predict_arrays(self, arrays: list[np.ndarray], k: int = 5) -> list[list[dict]]:
-        features = self.backbone.embed_arrays(arrays)
-        proba = self.head.predict_proba(features)
-        return [top_k(row, self.head.classes_, k) for row in proba]
+    def predict_arrays(self, arrays: list[np.ndarray], k: int = 5, batch_size: int = 32) -> list[list[dict]]:
+        """Forward in batches of `batch_size`, so that memory does not grow with the number of images."""
+        out = []
+        for start in range(0, len(arrays), batch_size):
+            proba = self.head.predict_proba(self.backbone.embed_arrays(arrays[start:start + batch_size]))
+            out += [top_k(row, self.head.classes_, k) for row in proba]
+        return out
 
-    def predict_bytes(self, items: list[bytes], k: int = 5) -> list[dict]:
+    def _prepare_or_error(self, data: bytes) -> np.ndarray | DecodeError:
+        try:
+            return self.prepare(data)
+        except DecodeError as exc:
+            return exc
+
+    def predict_bytes(self, items: list[bytes], k: int = 5, batch_size: int = 32) -> list[dict]:
+        """Per item the top-k labels or that item's decode error; decoding runs on a few threads."""
         if k < 1:
             raise HeadstartError(f"top-k {k}: expected an integer >= 1")
+        if batch_size < 1:
+            raise HeadstartError(f"batch size {batch_size}: expected an integer >= 1")
         results: list[dict] = [{} for _ in items]
         good, arrays = [], []
-        for i, data in enumerate(items):
-            try:
-                arrays.append(self.prepare(data))
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            decoded = list(pool.map(self._prepare_or_error, items))
+        for i, array in enumerate(decoded):
+            if isinstance(array, DecodeError):
+                results[i] = {"error": str(array)}
+            else:
+                arrays.append(array)
                 good.append(i)
-            except DecodeError as exc:
-                results[i] = {"error": str(exc)}
         if arrays:
-            for i, top in zip(good, self.predict_arrays(arrays, k), strict=True):
+            for i, top in zip(good, self.predict_arrays(arrays, k, batch_size), strict=True):
                 results[i] = {"top": top}
         return results

@@ -55,7 +55,8 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return tuple(p / total for p in parts)  # type: ignore[return-value]
 
 
-def _walk(folder: Path) -> tuple[list[Path], int]:
+def image_files(folder: Path) -> tuple[list[Path], int]:
+    """Image files below `folder` (by suffix; hidden entries skipped), sorted; and how many other files."""
     found, skipped = [], 0
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -74,12 +75,12 @@ def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
     root = _existing_dir(root)
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if unlabeled or not classes:
-        files, skipped = _walk(root)
+        files, skipped = image_files(root)
         return Listing(root, "unlabeled", [Item(f.relative_to(root).as_posix(), None) for f in files],
                        skipped=skipped)
     items, skipped = [], 0
     for folder in classes:
-        files, n_skip = _walk(folder)
+        files, n_skip = image_files(folder)
         skipped += n_skip
         items += [Item(f.relative_to(root).as_posix(), folder.name) for f in files]
     top_level = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from extractor.errors import HeadstartError
 from extractor.store import FeatureStore
 from service.cli import emit, table
 
@@ -27,8 +28,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser("predict", parents=[common], help="top-k labels of images with a saved head")
     p.add_argument("head")
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, help="image files, or folders (every image below them)")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
@@ -73,21 +75,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from classifiers.training import heads_dir
     from extractor.decode import DecodeError, read_file
 
+    if args.batch_size < 1:
+        raise HeadstartError(f"--batch-size {args.batch_size}: expected an integer >= 1")
     predictor = Predictor(heads_dir(FeatureStore(args.home)), args.head, device=args.device)
-    rows, readable, datas = [], [], []
-    for path in args.images:
-        rows.append({"image": str(path)})
-        try:
-            datas.append(read_file(path, predictor.limits))
-            readable.append(rows[-1])
-        except DecodeError as exc:
-            rows[-1]["error"] = str(exc)
-    for row, answer in zip(readable, predictor.predict_bytes(datas, args.top_k), strict=True):
-        row.update(answer)
-    human = [f"{r['image']}: " + ("error: " + r["error"] if "error" in r else
-                                  ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])) for r in rows]
-    emit(args, rows, "\n".join(human))
+    paths, rows = _expand(args.images), []
+    for start in range(0, len(paths), args.batch_size):  # a chunk at a time: memory does not grow with the count
+        chunk, readable, datas = [], [], []
+        for path, problem in paths[start:start + args.batch_size]:
+            chunk.append({"image": str(path)})
+            try:
+                if problem:
+                    raise DecodeError(problem)
+                datas.append(read_file(path, predictor.limits))
+                readable.append(chunk[-1])
+            except DecodeError as exc:
+                chunk[-1]["error"] = str(exc)
+        for row, answer in zip(readable, predictor.predict_bytes(datas, args.top_k, args.batch_size), strict=True):
+            row.update(answer)
+        if not args.json:  # results appear as they are computed
+            print("\n".join(f"{r['image']}: " + ("error: " + r["error"] if "error" in r else ", ".join(
+                f"{t['label']} {t['probability']:.3f}" for t in r["top"])) for r in chunk), flush=True)
+        rows += chunk
+    if args.json:
+        emit(args, rows, "")
     return 1 if all("error" in r for r in rows) else 0
+
+
+def _expand(items: list[Path]) -> list[tuple[Path, str | None]]:
+    """Files as given; a folder becomes every image below it, or one row saying it holds none."""
+    from extractor.datasets import image_files
+
+    out: list[tuple[Path, str | None]] = []
+    for item in items:
+        if item.is_dir():
+            found, _ = image_files(item)
+            out += [(p, None) for p in found] or [(item, "folder holds no image files (.jpg, .png, .webp, ...)")]
+        else:
+            out.append((item, None))
+    return out
 
 
 def cmd_heads(args: argparse.Namespace) -> int:

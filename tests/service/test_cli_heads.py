@@ -38,6 +38,13 @@ def test_train_evaluate_predict_heads_end_to_end(tmp_path):
     assert rows[0]["top"][0]["label"] == "green" and len(rows[0]["top"]) == 2
     assert "not a supported image" in rows[1]["error"]
     assert rows[2]["image"].endswith("absent.jpg") and rows[2]["error"].startswith("cannot read file")
+    make_folder(tmp_path / "batch", {"blue": 3, "green": 3, "red": 3}, seed=7)  # a folder, 2 images per forward
+    (tmp_path / "batch" / "red" / "notes.txt").write_text("skipped: not an image file")
+    folder = run_cli("predict", "logreg", str(tmp_path / "batch"), "--batch-size", "2", *home)
+    lines = folder.stdout.splitlines()
+    assert folder.returncode == 0 and len(lines) == 9, folder.stdout + folder.stderr
+    right = sum(line.split(": ")[1].startswith(line.split("/")[-2]) for line in lines)  # .../red/x.jpg: red 0.9..
+    assert right >= 8, folder.stdout
     listing = json.loads(run_cli("heads", "--json", *home).stdout)
     assert {r["name"]: r["classes"] for r in listing} == {"logreg": 3, "mlp": 3}
 

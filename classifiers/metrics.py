@@ -26,8 +26,9 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict
     y_pred = classes[np.argmax(proba, axis=1)]
     labels = sorted(set(classes) | set(y_true))
     out = {"n": int(len(y_true)), "accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    present = sorted(set(y_true) | set(y_pred))  # a class with no image here and none predicted is not averaged
     for avg in ("macro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg,
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg,
                                                          zero_division=0)
         out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)

@@ -133,3 +133,13 @@ def test_metrics_values_on_a_known_case():
     assert m["accuracy"] == 0.5 and m["confusion_matrix"] == [[1, 1], [1, 1]]
     assert m["roc_auc"] == pytest.approx(0.75)  # 3 of the 4 (positive, negative) pairs are ordered right
     assert m["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+
+
+def test_macro_averages_skip_classes_neither_present_nor_predicted():
+    classes = np.array(["a", "b", "c"])
+    proba = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    m = evaluate(np.array(["a", "a", "b"]), proba, classes)  # no "c" in this split, none predicted
+    assert m["accuracy"] == 1.0 and m["f1_macro"] == 1.0 and m["precision_macro"] == 1.0
+    assert m["per_class"]["c"]["support"] == 0 and len(m["confusion_matrix"]) == 3
+    wrong = evaluate(np.array(["a", "a", "b"]), proba[[0, 1, 0]], classes)  # "b" never predicted: it counts
+    assert wrong["f1_macro"] == pytest.approx((0.8 + 0.0) / 2)

@@ -137,7 +137,7 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None,
         path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
         label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path)
         rows = [(r.get(path_col) or "", r.get(label_col) or "") for r in reader]
-    items, failures, seen = [], [], set()
+    items, failures, seen = [], [], {}
     for value, label in rows:
         value, label = value.strip(), label.strip()
         found = _locate(root, value) if value else None
@@ -148,8 +148,11 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None,
         elif not label:
             failures.append((value, "empty label in the CSV"))
         elif (rel := found.relative_to(root).as_posix()) not in seen:
-            seen.add(rel)
+            seen[rel] = label
             items.append(Item(rel, label))
+        elif seen[rel] != label:
+            failures.append((value, f"listed again in the CSV with label {label!r}; the first label "
+                                    f"{seen[rel]!r} is used: fix the CSV"))
     return Listing(root, "csv", items, failures)
 
 

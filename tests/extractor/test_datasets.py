@@ -40,12 +40,15 @@ def test_dog_breed_csv_maps_ids_to_jpg(tmp_path):
         (data / f"img{i}.jpg").write_bytes(path.read_bytes())
         rows.append(f"img{i},{'beagle' if i < 2 else 'pug'}")
     rows.append("ghost,pug")
-    rows.append("img0,pug")  # duplicate row: the first label wins
+    rows.append("img0,pug")  # duplicate row with another label: the first label wins, the conflict is reported
+    rows.append("img2.jpg,pug")  # the same file again with the same label: harmless, not reported
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     listing = scan_csv(data, tmp_path / "labels.csv")
     assert {i.rel: i.label for i in listing.items} == {
         "img0.jpg": "beagle", "img1.jpg": "beagle", "img2.jpg": "pug", "img3.jpg": "pug"}
-    assert listing.failures == [("ghost", "listed in the CSV but no such file in the data folder")]
+    assert listing.failures[0] == ("ghost", "listed in the CSV but no such file in the data folder")
+    (rel, reason), = listing.failures[1:]
+    assert rel == "img0" and "again in the CSV with label 'pug'" in reason and "'beagle' is used" in reason
 
 
 def test_csv_columns_must_be_identifiable(tmp_path):

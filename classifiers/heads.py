@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from extractor.errors import HeadstartError, NotFound
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(lo: int, hi: int) -> Rule:
+    return (lambda v: _integer(v) and lo <= v <= hi), f"an integer from {lo} to {hi}"
+
+
+POSITIVE: Rule = (lambda v: _number(v) and v > 0, "a number > 0")
+NON_NEGATIVE: Rule = (lambda v: _number(v) and v >= 0, "a number >= 0")
+CLASS_WEIGHT: Rule = (lambda v: v in (None, "balanced"), "balanced or null")
 
 
 class Head:
@@ -15,6 +36,7 @@ class Head:
 
     kind: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
+    rules: ClassVar[dict[str, Rule]] = {}  # what each parameter accepts, checked before any training
     description: ClassVar[str]
 
     def __init__(self, **params: Any) -> None:
@@ -22,6 +44,10 @@ class Head:
         if unknown:
             raise HeadstartError(f"head {self.kind} has no parameter {unknown[0]!r}; "
                                  f"expected some of: {', '.join(sorted(self.defaults))}")
+        for name, value in params.items():
+            accepts, expected = self.rules.get(name, (lambda v: True, ""))
+            if not accepts(value):
+                raise HeadstartError(f"head {self.kind} parameter {name}={json.dumps(value)}: expected {expected}")
         self.params = {**self.defaults, **params}
         self.classes_: np.ndarray | None = None
         self.history: list[dict] = []
@@ -74,6 +100,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class LogRegHead(Head):
     kind = "logreg"
     defaults = {"C": 1.0, "max_iter": 1000, "tol": 1e-4, "class_weight": None}
+    rules = {"C": POSITIVE, "max_iter": integer(1, 1_000_000), "tol": POSITIVE, "class_weight": CLASS_WEIGHT}
     description = "standardised multinomial logistic regression (scikit-learn, lbfgs)"
 
     def fit(self, X, y, X_val=None, y_val=None):
@@ -110,6 +137,7 @@ class LogRegHead(Head):
 class CentroidHead(Head):
     kind = "centroid"
     defaults = {"temperature": None}
+    rules = {"temperature": ((lambda v: v is None or POSITIVE[0](v)), "a number > 0, or null to fit it on val")}
     description = "cosine nearest class mean, temperature fitted on val (strong with very few labels)"
 
     def fit(self, X, y, X_val=None, y_val=None):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from classifiers.heads import Head, encode, standardiser
+from classifiers.heads import CLASS_WEIGHT, NON_NEGATIVE, POSITIVE, Head, encode, integer, standardiser
 from extractor.errors import HeadstartError
 from extractor.model import resolve_device
 
@@ -27,6 +27,15 @@ class MLPHead(Head):
     kind = "mlp"
     defaults = {"hidden": [512, 512], "dropout": 0.3, "lr": 1e-3, "weight_decay": 0.0, "batch_size": "auto",
                 "epochs": 30, "patience": 5, "class_weight": None, "seed": 0, "device": "auto"}
+    rules = {
+        "hidden": ((lambda v: isinstance(v, list) and 1 <= len(v) <= 8 and all(integer(1, 16384)[0](w) for w in v)),
+                   "1 to 8 layer widths, each an integer from 1 to 16384 (e.g. 512,512)"),
+        "dropout": ((lambda v: NON_NEGATIVE[0](v) and v < 1), "a number from 0 up to (not including) 1"),
+        "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+        "batch_size": ((lambda v: v == "auto" or integer(1, 1 << 20)[0](v)), "auto or an integer >= 1"),
+        "epochs": integer(1, 100_000), "patience": integer(1, 100_000), "class_weight": CLASS_WEIGHT,
+        "seed": integer(0, 2**63 - 1), "device": ((lambda v: isinstance(v, str)), "auto, cpu, cuda or cuda:N"),
+    }
     description = "dense head (512 relu, dropout 0.3, 512 relu, dropout 0.3, softmax) in PyTorch, early stopping"
 
     def _device(self, loading: bool = False) -> torch.device:

@@ -153,6 +153,9 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     store = store or FeatureStore()
     resolved = resolve(opts.backbone, opts.weights, opts.size)
     listing = list_dataset(opts)
+    if not listing.items and not listing.failures:  # nothing registered for a wrong folder
+        raise HeadstartError(f"no images found in {opts.data_dir}; expected class subfolders of images, "
+                             f"images directly in the folder, or a labels CSV")
     hash_items(listing, store.catalog, confine=opts.confine)
     members = register(store.catalog, opts.dataset, listing, opts.split, opts.seed, opts.resplit)
     fp_id = resolved.fingerprint.id

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from extractor.errors import HeadstartError
 from extractor.store import FeatureStore
 from service.cli import emit, table
 
@@ -80,9 +79,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
         summary = extract(opts, FeatureStore(args.home), progress=bar)
     finally:
         bar.close()
-    if summary.files == 0:
-        raise HeadstartError(f"no images found in {args.data_dir}; expected class subfolders of images, "
-                             f"images directly in the folder, or --labels CSV")
     lines = [f"{summary.dataset} / {summary.fingerprint}: {summary.extracted} extracted, {summary.cached} cached, "
              f"{summary.failed} failed, {summary.duplicates} duplicate files, in {summary.seconds:.1f} s "
              f"({summary.images_per_second:.1f} img/s on {summary.device})"]

@@ -142,7 +142,13 @@ class JobRunner:
                 summary = self._extract(job_id, request)
                 state = "succeeded" if not summary["stopped"] else (
                     "cancelled" if job_id in self.cancelled else "interrupted")
-                self._finish(job_id, kind, state, result=summary)
+                usable = summary["extracted"] + summary["cached"]
+                error = None
+                if state == "succeeded" and not usable and summary["failures"]:
+                    first = summary["failures"][0]
+                    state, error = "failed", (f"none of the {summary['failed']} images could be used; first: "
+                                              f"{first['path']}: {first['reason']}")
+                self._finish(job_id, kind, state, result=summary, error=error)
             else:
                 manifest = train_head(self.store, request["dataset"], request["backbone"], request["head"],
                                       request["name"], request.get("params") or {}, request.get("weights"),

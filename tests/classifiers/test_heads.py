@@ -119,6 +119,15 @@ def test_params_are_checked_and_parsed():
     assert parse_params(["hidden=256,128"], "mlp") == {"hidden": [256, 128]}
     with pytest.raises(HeadstartError, match="key=value"):
         parse_params(["C"], "logreg")
+    refused = [("mlp", "epochs", -1, "an integer from 1"), ("mlp", "epochs", True, "an integer"),
+               ("mlp", "hidden", "abc", "layer widths"), ("mlp", "hidden", [0], "layer widths"),
+               ("mlp", "hidden", [10**9], "layer widths"), ("mlp", "dropout", 1.0, "up to"),
+               ("mlp", "batch_size", "big", "auto or"), ("logreg", "C", 0, "> 0"),
+               ("logreg", "class_weight", "auto", "balanced or null"), ("centroid", "temperature", -2, "> 0")]
+    for kind, name, value, expected in refused:
+        with pytest.raises(HeadstartError, match=f"{kind} parameter {name}=.*expected .*{expected}"):
+            get_head_class(kind)(**{name: value})
+    assert get_head_class("mlp")(hidden=[64], dropout=0.0, batch_size="auto").params["hidden"] == [64]
 
 
 def test_one_class_is_refused():

@@ -152,3 +152,17 @@ def test_sigterm_checkpoints_the_running_job(tmp_path):
     done = again.wait_job(job_id, states=("succeeded", "failed"))
     assert done["state"] == "succeeded" and done["result"]["extracted"] == 60 - saved
     assert again.stop()
+
+
+def test_extract_jobs_fail_clearly_when_nothing_is_usable(served):
+    c, data = served.client, served.home.parent / "data"
+    (data / "empty" / "a").mkdir(parents=True)  # a class folder without images: a wrong path, most likely
+    (data / "junk" / "a").mkdir(parents=True)
+    (data / "junk" / "a" / "x.jpg").write_text("not an image")
+    for path, expected in (("empty", "no images found in <data>/empty"), ("junk", "none of the 1 images")):
+        job_id = c.post("/extract", json={"dataset": path, "path": path, "backbone": "tiny",
+                                          "weights": "random"}).json()["job_id"]
+        done = served.wait_job(job_id)
+        assert done["state"] == "failed" and expected in done["error"], done
+        assert str(data) not in done["error"]
+    assert "empty" not in {d["name"] for d in c.get("/datasets").json()}  # nothing registered for a wrong folder

@@ -109,6 +109,14 @@ def test_no_request_field_is_a_file_or_url(served, weights):
     assert clean(response, served).status_code == 422
 
 
+@pytest.mark.parametrize("params,expected", [({"hidden": "abc"}, "hidden"), ({"epochs": -1}, "epochs"),
+                                             ({"hidden": [1000000000]}, "hidden")])
+def test_bad_head_params_are_400_before_any_training(served, params, expected):
+    response = served.client.post("/heads", json={"name": "p", "dataset": "colors", "backbone": "tiny",
+                                                  "head": "mlp", "params": params})
+    assert clean(response, served).status_code == 400 and f"parameter {expected}=" in response.json()["detail"]
+
+
 def predict(served: Server, data: bytes, name: str = "a.jpg", **kw) -> httpx.Response:
     return served.client.post("/predict", data={"head": "h"}, files={"files": (name, data, "image/jpeg")}, **kw)
 

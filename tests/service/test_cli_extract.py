@@ -42,14 +42,19 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):
         (["extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "vgg99"], "expected one of"),
         (["export", "--dataset", "nope", "--backbone", "vgg16", "--out", str(tmp_path / "o.h5")], "no dataset"),
         (["weights", "fetch", "tiny"], "no ImageNet weights"),
+        (["extract", str(tmp_path / "empty"), "--dataset", "x", "--weights", "random", "--backbone", "tiny"],
+         "no images found in"),
         (["extract", str(tmp_path / "data"), "--dataset", "x", "--weights", "random", "--backbone", "tiny",
           "--device", "gpu"], "device 'gpu': expected auto, cpu, cuda"),
         (["extract", str(tmp_path / "data"), "--dataset", "x", "--weights", "random", "--backbone", "tiny",
           "--amp", "fp8"], "amp 'fp8': expected one of"),
     ]
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
     for args, expected in cases:
         code, _, err = run_main(capsys, *args, "--home", home)
         assert_one_line_error(code, err, expected)
+    listing = json.loads(run_cli("datasets", "--json", "--home", home).stdout)
+    assert str(tmp_path / "empty") not in {d["root"] for d in listing}  # an empty folder registers nothing
     result = run_cli("extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "resnet50", "--home", home)
     assert result.returncode == 1 and result.stderr.startswith("headstart: error: ImageNet weights for resnet50")
 

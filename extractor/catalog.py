@@ -111,10 +111,10 @@ class Catalog:
             con.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
                             [(dataset, p, r, now) for p, r in failures])
 
-    def failures(self, dataset: str) -> list[tuple[str, str]]:
+    def failures(self, dataset: str, limit: int | None = None) -> list[tuple[str, str]]:
         with self.connect() as con:
-            return list(con.execute("SELECT path, reason FROM failures WHERE dataset = ? ORDER BY path",
-                                    (dataset,)))
+            return list(con.execute("SELECT path, reason FROM failures WHERE dataset = ? ORDER BY path LIMIT ?",
+                                    (dataset, -1 if limit is None else limit)))
 
     def bad_content(self, limits: str) -> dict[str, str]:
         with self.connect() as con:

@@ -96,8 +96,9 @@ class FeatureStore:
         return FeatureTable(features, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
                             [r[3] for r in rows], json.loads(info["spec"]), info["source"])
 
-    def overview(self, with_failures: bool = False) -> list[dict]:
-        """One row per dataset: kind, root, split, counts per split, vectors per fingerprint, failures."""
+    def overview(self, with_failures: bool = False, max_failures: int | None = None) -> list[dict]:
+        """One row per dataset: kind, root, split, counts per split, vectors per fingerprint, failures
+        (the first `max_failures` by path; `failed` counts them all)."""
         rows = []
         for name in self.catalog.dataset_names():
             info = self.catalog.dataset(name)
@@ -107,7 +108,8 @@ class FeatureStore:
                 "seed": info["seed"], "splits": summary["splits"], "failed": summary["failed"],
                 "features": [{"fingerprint": fp, "backbone": b, "weights": json.loads(spec)["weights"], "vectors": n}
                              for fp, b, spec, n in summary["fingerprints"]],
-                "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures(name)] if with_failures else [],
+                "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures(name, max_failures)]
+                             if with_failures else [],
             })
         return rows
 

@@ -22,6 +22,7 @@ from service.settings import Settings
 
 log = logging.getLogger("headstart.jobs")
 ACTIVE, FINAL = ("queued", "running"), ("succeeded", "failed", "cancelled")
+MAX_FAILURES_SHOWN = 100  # per job or dataset in API answers; `headstart datasets --json` lists every one
 
 
 class ShuttingDown(HeadstartError):
@@ -193,6 +194,7 @@ class JobRunner:
 
         summary = extract(opts, self.store, progress=progress, should_stop=should_stop).to_dict()
         self.metrics.inc("headstart_images_extracted_total", {"backbone": request["backbone"]}, summary["extracted"])
+        summary["failures"] = summary["failures"][:MAX_FAILURES_SHOWN]  # `failed` counts them all
         for item in summary["failures"]:
             item["path"] = self.scrub(item["path"])
         return summary

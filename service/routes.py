@@ -16,6 +16,7 @@ from classifiers.training import heads_dir, train_head
 from extractor.backbones import describe
 from extractor.decode import DecodeError, Limits, preprocess
 from service.batcher import ModelFailure
+from service.jobs import MAX_FAILURES_SHOWN
 from service.schemas import NAME, ExtractRequest, HeadRequest, JobAccepted
 
 router = APIRouter()
@@ -60,7 +61,7 @@ async def backbones() -> list[dict]:
 
 @router.get("/datasets", tags=["catalog"])
 async def datasets(request: Request) -> list[dict]:
-    rows = await run_in_threadpool(state(request).store.overview, True)
+    rows = await run_in_threadpool(state(request).store.overview, True, MAX_FAILURES_SHOWN)
     root = state(request).settings.data_root.resolve()
     for row in rows:
         path = Path(row.pop("root"))

@@ -166,3 +166,16 @@ def test_extract_jobs_fail_clearly_when_nothing_is_usable(served):
         assert done["state"] == "failed" and expected in done["error"], done
         assert str(data) not in done["error"]
     assert "empty" not in {d["name"] for d in c.get("/datasets").json()}  # nothing registered for a wrong folder
+
+
+def test_answers_show_the_first_100_failures_and_count_all(served):
+    c, data = served.client, served.home.parent / "data"
+    make_folder(data / "mostly-junk", {"a": 1, "b": 1})
+    for i in range(103):
+        (data / "mostly-junk" / "a" / f"junk{i:03d}.jpg").write_bytes(b"no image " * 3)
+    job_id = c.post("/extract", json={"dataset": "mostly-junk", "path": "mostly-junk", "backbone": "tiny",
+                                      "weights": "random"}).json()["job_id"]
+    job = served.wait_job(job_id)
+    assert job["state"] == "succeeded" and job["result"]["failed"] == 103 and len(job["failures"]) == 100
+    listed = next(d for d in c.get("/datasets").json() if d["name"] == "mostly-junk")
+    assert listed["failed"] == 103 and len(listed["failures"]) == 100

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from extractor.errors import HeadstartError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -37,6 +40,41 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is a catalog from before versioning (or a new file)
+
+
+def _source_of(spec: str) -> str:
+    """How the weights were given, recovered from a fingerprint spec (a weights file's path is not kept)."""
+    weights = json.loads(spec).get("weights", "")
+    if weights.startswith("imagenet:"):
+        return "imagenet"
+    if weights.startswith("random:seed="):
+        return "random:" + weights.split(":")[1].removeprefix("seed=")
+    return ""
+
+
+def _columns(con: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+
+
+def _upgrade(con: sqlite3.Connection) -> None:
+    """Bring a catalog written by an earlier headstart to SCHEMA_VERSION, keeping every row."""
+    if "fingerprints" in {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}:
+        if "source" not in _columns(con, "fingerprints"):  # added with the service
+            con.execute("ALTER TABLE fingerprints ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+            con.executemany("UPDATE fingerprints SET source = ? WHERE id = ?",
+                            [(_source_of(spec), fp) for fp, spec in con.execute("SELECT id, spec FROM fingerprints")])
+        if "sha256" in _columns(con, "failures"):  # an always-empty column, dropped
+            con.execute("ALTER TABLE failures RENAME TO failures_old")
+            con.execute(SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS failures"):].split(";")[0])
+            con.execute("INSERT INTO failures SELECT dataset, path, reason, at FROM failures_old")
+            con.execute("DROP TABLE failures_old")
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            con.execute(statement)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 class Catalog:
     """One SQLite file in WAL mode; short connections, so readers never block the writer."""
 
@@ -45,7 +83,24 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+            if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._migrate(con)
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        """Create or upgrade the schema in one transaction; a second process waits and then finds it done."""
+        con.isolation_level = None
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise HeadstartError(f"catalog {self.path} has schema {version}, newer than this headstart reads "
+                                     f"({SCHEMA_VERSION}); upgrade headstart")
+            if version < SCHEMA_VERSION:
+                _upgrade(con)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:

@@ -191,6 +191,11 @@ def get_head_class(kind: str) -> type[Head]:
     return heads[kind]
 
 
+def device_param(cls: type[Head], device: str | None) -> dict[str, str]:
+    """{"device": device} for a head that runs on a device (mlp), else nothing."""
+    return {"device": device} if device and "device" in cls.defaults else {}
+
+
 def parse_params(items: list[str], kind: str) -> dict[str, Any]:
     """`key=value` strings -> typed params (numbers, lists, null as JSON; anything else a string)."""
     defaults = get_head_class(kind).defaults

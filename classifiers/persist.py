@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from classifiers.heads import Head, get_head_class
+from classifiers.heads import Head, device_param, get_head_class
 from extractor import names
 from extractor.durable import fsync_path, publish
 from extractor.errors import HeadstartError, NotFound
@@ -134,7 +134,7 @@ def load(heads_dir: Path, name: str, fingerprint: str | None = None, device: str
     if _sha256(weights) != manifest["weights_sha256"]:
         raise HeadCorrupt(f"head {name!r}: weights file does not match its manifest (sha256); retrain the head")
     cls = get_head_class(manifest["kind"])
-    head = cls(**{**manifest["params"], **({"device": device} if device and "device" in cls.defaults else {})})
+    head = cls(**{**manifest["params"], **device_param(cls, device)})
     head.classes_ = np.array(manifest["classes"])
     head.history = manifest.get("history", [])
     head.set_state(load_file(str(weights)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import plots
-from classifiers.heads import get_head_class
+from classifiers.heads import device_param, get_head_class
 from classifiers.metrics import evaluate
 from classifiers.persist import check_name, load, save
 from extractor.errors import HeadstartError
@@ -40,7 +40,7 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
     `device` is where a head that trains on one (mlp) trains, unless its params name one."""
     check_name(name)
     cls = get_head_class(kind)
-    head = cls(**{**({"device": device} if device and "device" in cls.defaults else {}), **(params or {})})
+    head = cls(**{**device_param(cls, device), **(params or {})})
     fp_id = store.resolve(dataset, backbone, weights)
     table = store.table(dataset, fp_id)
     data = split_arrays(table)

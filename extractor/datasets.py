@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +166,12 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bool = False) -> None:
+def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> None:
     """Set each item's sha256, reusing hashes of files whose size and mtime did not change.
 
     With `confine`, files whose real path (symlinks followed) leaves the root are failures, never read.
+    `progress(hashed, to_hash)` is called as files are read (at most ~10 times a second, and at the end).
     """
     cache = catalog.cached_hashes(str(listing.root))
     todo: list[tuple[Item, Path, int, int]] = []
@@ -195,8 +199,12 @@ def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bo
         except OSError as exc:
             return (*entry, None, f"cannot read file: {exc.strerror or exc}")
 
+    last = 0.0
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for item, path, size, mtime, sha, error in pool.map(work, todo):
+        for done, (item, path, size, mtime, sha, error) in enumerate(pool.map(work, todo), 1):
+            if progress and (done == len(todo) or time.monotonic() - last > 0.1):
+                last = time.monotonic()
+                progress(done, len(todo))
             if sha is None:
                 listing.failures.append((item.rel, error))
                 continue

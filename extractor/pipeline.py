@@ -50,12 +50,16 @@ class ExtractOptions:
 
 @dataclass
 class Progress:
-    """One progress event: images done of total in this run, failures, rate and ETA."""
+    """One progress event: images done of total in this run, failures, rate and ETA.
+
+    `phase` is "hashing" while new files are read to find their content keys (then done/total count
+    files), and "extracting" while images go through the backbone."""
 
     done: int
     total: int
     failed: int
     elapsed: float
+    phase: str = "extracting"
 
     @property
     def rate(self) -> float:
@@ -156,7 +160,13 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     if not listing.items and not listing.failures:  # nothing registered for a wrong folder
         raise HeadstartError(f"no images found in {opts.data_dir}; expected class subfolders of images, "
                              f"images directly in the folder, or a labels CSV")
-    hash_items(listing, store.catalog, confine=opts.confine)
+    hashing_started = time.monotonic()
+
+    def hashed(done: int, total: int) -> None:
+        if progress:
+            progress(Progress(done, total, 0, time.monotonic() - hashing_started, phase="hashing"))
+
+    hash_items(listing, store.catalog, confine=opts.confine, progress=hashed)
     members = register(store.catalog, opts.dataset, listing, opts.split, opts.seed, opts.resplit)
     fp_id = resolved.fingerprint.id
     limits_sig = opts.limits.signature()

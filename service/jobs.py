@@ -118,7 +118,7 @@ class JobRunner:
         progress = self.live.get(job["id"]) or json.loads(job["progress"] or "{}")
         result = json.loads(job["result"]) if job["result"] else None
         return {"id": job["id"], "kind": job["kind"], "state": job["state"], "request": json.loads(job["request"]),
-                "done": progress.get("done", 0), "total": progress.get("total"),
+                "phase": progress.get("phase"), "done": progress.get("done", 0), "total": progress.get("total"),
                 "images_per_second": progress.get("images_per_second"), "eta_seconds": progress.get("eta_seconds"),
                 "failures": (result or {}).get("failures", []), "result": result, "error": job["error"],
                 "created": job["created"], "updated": job["updated"]}
@@ -182,7 +182,7 @@ class JobRunner:
         last = [0.0]
 
         def progress(p: Progress) -> None:
-            view = {"done": p.done, "total": p.total, "failed": p.failed,
+            view = {"phase": p.phase, "done": p.done, "total": p.total, "failed": p.failed,
                     "images_per_second": round(p.rate, 2), "eta_seconds": None if p.eta is None else round(p.eta, 1)}
             self.live[job_id] = view
             if time.monotonic() - last[0] > 1.0 or p.done == p.total:

@@ -33,7 +33,8 @@ class ProgressBar:
         self._last = now
         filled = int(self.width * p.done / p.total) if p.total else self.width
         bar = "#" * filled + "-" * (self.width - filled)
-        line = (f"\r{self.label} [{bar}] {p.done}/{p.total} {p.rate:6.1f} img/s "
+        unit = "files/s" if p.phase == "hashing" else "img/s"
+        line = (f"\r{self.label} {p.phase:<10} [{bar}] {p.done}/{p.total} {p.rate:6.1f} {unit} "
                 f"ETA {_clock(p.eta)} failed {p.failed}")
         self.stream.write(line)
         self.stream.flush()

@@ -38,6 +38,20 @@ def test_incremental_only_new_images_are_computed(tmp_path):
     assert (third.extracted, third.cached, third.device) == (0, 11, "none")  # no model was even loaded
 
 
+def test_progress_reports_hashing_then_extracting(tmp_path):
+    make_folder(tmp_path / "data", {"a": 5, "b": 4})
+    events = []
+    extract(opts(tmp_path / "data"), FeatureStore(tmp_path / "home"), progress=events.append)
+    phases = [e.phase for e in events]
+    assert phases[0] == "hashing" and phases[-1] == "extracting"
+    assert phases == sorted(phases, key=lambda p: p == "extracting")  # all hashing comes first
+    last_hash = [e for e in events if e.phase == "hashing"][-1]
+    assert (last_hash.done, last_hash.total) == (9, 9) and (events[-1].done, events[-1].total) == (9, 9)
+    again = []
+    extract(opts(tmp_path / "data"), FeatureStore(tmp_path / "home"), progress=again.append)
+    assert again == []  # hashes known by size and mtime, vectors cached: nothing to report
+
+
 def test_same_bytes_under_two_names_are_computed_once(tmp_path):
     written = make_folder(tmp_path / "data", {"a": 3})
     shutil.copy(written[0], tmp_path / "data" / "a" / "copy.jpg")

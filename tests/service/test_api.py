@@ -34,7 +34,7 @@ def test_extract_train_predict_loop(served):
                                         "weights": "random", "split": "0.6,0.2,0.2", "seed": 1})
     assert accepted.status_code == 202 and accepted.json()["status_url"].startswith("/jobs/")
     job = served.wait_job(accepted.json()["job_id"])
-    assert job["state"] == "succeeded" and job["done"] == job["total"] == 45
+    assert job["state"] == "succeeded" and job["done"] == job["total"] == 45 and job["phase"] == "extracting"
     assert job["result"]["extracted"] == 45 and job["images_per_second"] > 0
     trained = c.post("/heads", json={"name": "colors-lr", "dataset": "colors", "backbone": "tiny", "head": "logreg"})
     assert trained.status_code == 201, trained.text

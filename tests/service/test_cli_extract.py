@@ -62,3 +62,26 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):
 def test_backbones_listing(capsys):
     rows = json.loads(run_main(capsys, "backbones", "--json")[1])
     assert {r["name"]: r["dim"] for r in rows}["vgg16"] == 8192
+
+
+def test_progress_bar_names_the_phase_and_its_unit():
+    import io
+
+    from extractor.pipeline import Progress
+    from service.progress import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    bar = ProgressBar("pets/vgg16", stream=out)
+    bar(Progress(3, 9, 0, 1.0, phase="hashing"))
+    assert "hashing" in out.getvalue() and "3/9" in out.getvalue() and "3.0 files/s" in out.getvalue()
+    bar(Progress(9, 9, 1, 3.0))
+    bar.close()
+    last = out.getvalue().split("\r")[-1]
+    assert "extracting" in last and "9/9" in last and "img/s" in last and "failed 1" in last and last.endswith("\n")
+    quiet = io.StringIO()  # not a terminal: nothing drawn
+    ProgressBar("x", stream=quiet)(Progress(1, 2, 0, 1.0))
+    assert quiet.getvalue() == ""

@@ -235,10 +235,12 @@ class Catalog:
         return out
 
     def dataset_summary(self, dataset: str) -> dict:
-        """Counts per split and, per fingerprint, how many members have vectors."""
+        """Usable images per split (recorded failures left out) and, per fingerprint, members with vectors."""
         with self.connect() as con:
-            splits = dict(con.execute("SELECT split, COUNT(*) FROM members WHERE dataset = ? GROUP BY split",
-                                      (dataset,)))
+            splits = dict(con.execute(
+                "SELECT split, COUNT(*) FROM members m WHERE dataset = ? AND NOT EXISTS "
+                "(SELECT 1 FROM failures f WHERE f.dataset = m.dataset AND f.path = m.path) GROUP BY split",
+                (dataset,)))
             per_fp = con.execute(
                 "SELECT f.id, f.backbone, f.spec, COUNT(*) FROM members m JOIN vectors v ON v.sha256 = m.sha256 "
                 "JOIN fingerprints f ON f.id = v.fingerprint WHERE m.dataset = ? GROUP BY f.id ORDER BY f.id",

@@ -77,6 +77,8 @@ def test_bad_files_are_recorded_and_the_job_goes_on(tmp_path):
     for rel, (_, expected) in bad.items():
         assert expected in reasons[rel], (rel, reasons[rel])
     assert dict(store.catalog.failures("d")) == reasons
+    (listed,) = store.overview()
+    assert sum(listed["splits"].values()) == 6 and listed["failed"] == 4  # split counts are usable images
     rerun = extract(opts(tmp_path / "data"), store)  # known-bad content is not decoded again
     assert (rerun.extracted, rerun.cached, rerun.failed, rerun.device) == (0, 6, 4, "none")
 

@@ -114,7 +114,9 @@ def alive(pid: int, wait: float = 15.0) -> bool:
 
 def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path):
     make_folder(tmp_path / "data" / "big", {"a": 30, "b": 30}, size=(160, 120))
-    env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_EXTRACT_WORKERS": "1"}
+    # On the CPU even on a GPU host, committing every batch: so that the job is still running when it is killed.
+    env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_EXTRACT_WORKERS": "1", "HEADSTART_DEVICE": "cpu",
+           "HEADSTART_FLUSH_SECONDS": "0.2"}
     first = Server(tmp_path / "home", tmp_path / "data", env=env).start()
     job_id = first.client.post("/extract", json={"dataset": "big", "path": "big", "backbone": "vgg16",
                                                  "weights": "random"}).json()["job_id"]
@@ -136,7 +138,7 @@ def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path
 
 def test_sigterm_checkpoints_the_running_job(tmp_path):
     make_folder(tmp_path / "data" / "big", {"a": 30, "b": 30}, size=(160, 120))
-    env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_FLUSH_SECONDS": "1000",
+    env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_FLUSH_SECONDS": "1000", "HEADSTART_DEVICE": "cpu",
            "HEADSTART_RESUME_INTERRUPTED": "false"}
     server = Server(tmp_path / "home", tmp_path / "data", env=env).start()
     job_id = server.client.post("/extract", json={"dataset": "big", "path": "big", "backbone": "vgg16",

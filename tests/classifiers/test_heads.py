@@ -11,7 +11,7 @@ from classifiers.metrics import evaluate
 from classifiers.persist import load, save
 from extractor.errors import HeadstartError, NotFound
 
-FAST = {"mlp": {"epochs": 8, "hidden": [64, 64], "batch_size": 64}}
+FAST = {"mlp": {"epochs": 8, "hidden": [64, 64], "batch_size": 64, "device": "cpu"}}  # CUDA: tests/test_devices.py
 
 
 def blobs(n_classes: int, per_class: int, dim: int = 32, spread: float = 0.5, seed: int = 0):

@@ -22,7 +22,8 @@ from tests.extractor.test_decode import png_header_only
 
 
 def opts(data, **kw) -> ExtractOptions:
-    base = dict(data_dir=data, dataset="d", backbone="tiny", weights="random", workers=0, batch_size=4)
+    # CPU on every host: these tests compare vectors exactly; tests/test_devices.py covers CUDA.
+    base = dict(data_dir=data, dataset="d", backbone="tiny", weights="random", workers=0, batch_size=4, device="cpu")
     return ExtractOptions(**{**base, **kw})
 
 

@@ -74,9 +74,10 @@ def test_kill_9_at_many_moments_never_corrupts_and_rerun_matches(tmp_path):
     data = tmp_path / "data"
     make_folder(data, {"a": 300, "b": 300}, size=(48, 48), fmt="PNG")
     args = ["extract", str(data), "--dataset", "d", "--backbone", "tiny", "--weights", "random",
-            "--batch-size", "4", "--workers", "0", "--shard-rows", "8", "--json"]
+            "--batch-size", "4", "--workers", "0", "--shard-rows", "8", "--device", "cpu", "--json"]
     reference = FeatureStore(tmp_path / "ref")
-    ref = extract(ExtractOptions(data_dir=data, dataset="d", backbone="tiny", weights="random", workers=0), reference)
+    ref = extract(ExtractOptions(data_dir=data, dataset="d", backbone="tiny", weights="random", workers=0,
+                                 device="cpu"), reference)
     crashed = tmp_path / "crashed"
     shard_dir = FeatureStore(crashed).shard_dir(ref.fingerprint)
     kills = 0

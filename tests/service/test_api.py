@@ -112,14 +112,21 @@ def alive(pid: int, wait: float = 15.0) -> bool:
     return True
 
 
-def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path):
+def start_vgg16_job(tmp_path, env: dict) -> tuple[Server, str]:
+    """A server extracting 60 images with vgg16 on the CPU (also on a GPU host: slow enough to interrupt).
+
+    `env` gains the batch size and device, so that a restarted server runs with the same settings."""
     make_folder(tmp_path / "data" / "big", {"a": 30, "b": 30}, size=(160, 120))
-    # On the CPU even on a GPU host, committing every batch: so that the job is still running when it is killed.
-    env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_EXTRACT_WORKERS": "1", "HEADSTART_DEVICE": "cpu",
-           "HEADSTART_FLUSH_SECONDS": "0.2"}
-    first = Server(tmp_path / "home", tmp_path / "data", env=env).start()
-    job_id = first.client.post("/extract", json={"dataset": "big", "path": "big", "backbone": "vgg16",
-                                                 "weights": "random"}).json()["job_id"]
+    env.update({"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_DEVICE": "cpu"})
+    server = Server(tmp_path / "home", tmp_path / "data", env=env).start()
+    job_id = server.client.post("/extract", json={"dataset": "big", "path": "big", "backbone": "vgg16",
+                                                  "weights": "random"}).json()["job_id"]
+    return server, job_id
+
+
+def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path):
+    env = {"HEADSTART_EXTRACT_WORKERS": "1", "HEADSTART_FLUSH_SECONDS": "0.2"}  # commit every batch
+    first, job_id = start_vgg16_job(tmp_path, env)
     while vectors(tmp_path / "home") < 12:  # some batches committed, most of the job still to do
         assert first.proc.poll() is None
     workers = first.children()
@@ -137,12 +144,8 @@ def test_kill_9_during_extract_then_restart_resumes_without_recomputing(tmp_path
 
 
 def test_sigterm_checkpoints_the_running_job(tmp_path):
-    make_folder(tmp_path / "data" / "big", {"a": 30, "b": 30}, size=(160, 120))
-    env = {"HEADSTART_EXTRACT_BATCH_SIZE": "4", "HEADSTART_FLUSH_SECONDS": "1000", "HEADSTART_DEVICE": "cpu",
-           "HEADSTART_RESUME_INTERRUPTED": "false"}
-    server = Server(tmp_path / "home", tmp_path / "data", env=env).start()
-    job_id = server.client.post("/extract", json={"dataset": "big", "path": "big", "backbone": "vgg16",
-                                                  "weights": "random"}).json()["job_id"]
+    env = {"HEADSTART_FLUSH_SECONDS": "1000", "HEADSTART_RESUME_INTERRUPTED": "false"}
+    server, job_id = start_vgg16_job(tmp_path, env)
     while (view := server.client.get(f"/jobs/{job_id}").json())["phase"] != "extracting" or view["done"] < 8:
         pass  # (first the files are hashed: done/total then count files read)
     assert server.stop(timeout=60)  # graceful: finished batches flushed although flush_seconds is huge

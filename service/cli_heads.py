@@ -83,9 +83,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         chunk, readable, datas = [], [], []
         for path, problem in paths[start:start + args.batch_size]:
             chunk.append({"image": str(path)})
+            if problem:
+                chunk[-1]["error"] = problem
+                continue
             try:
-                if problem:
-                    raise DecodeError(problem)
                 datas.append(read_file(path, predictor.limits))
                 readable.append(chunk[-1])
             except DecodeError as exc:

@@ -32,8 +32,10 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict
                                                          zero_division=0)
         out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    out["per_class"] = {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                              "support": int(s[i])} for i, lab in enumerate(labels)}
+    # a class with no image in this split has no recall or F1 (null), not 0.0
+    out["per_class"] = {lab: {"precision": float(p[i]), "recall": float(r[i]) if s[i] else None,
+                              "f1": float(f[i]) if s[i] else None, "support": int(s[i])}
+                        for i, lab in enumerate(labels)}
     out["labels"] = labels
     out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
     out["roc_auc"] = roc_auc(y_true, proba, classes)
@@ -45,9 +47,41 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict
     return out
 
 
+SMALL_CLASS = 5  # fewer images of a class in a val/test split than this makes its figures noisy
+
+
 def headline(m: dict) -> str:
-    """One line: accuracy, macro F1, AUC."""
+    """One line: accuracy, macro F1, AUC, log loss."""
     if not m.get("n"):
         return "no images in this split"
     auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
-    return f"accuracy {m['accuracy']:.3f}  f1_macro {m['f1_macro']:.3f}  roc_auc {auc}  (n={m['n']})"
+    loss = f"  log_loss {m['log_loss']:.3f}" if m.get("log_loss") is not None else ""
+    return f"accuracy {m['accuracy']:.3f}  f1_macro {m['f1_macro']:.3f}  roc_auc {auc}{loss}  (n={m['n']})"
+
+
+def small_classes(m: dict) -> dict[str, int]:
+    """Classes present in the split with fewer than SMALL_CLASS images."""
+    return {lab: v["support"] for lab, v in m.get("per_class", {}).items() if 0 < v["support"] < SMALL_CLASS}
+
+
+def small_split_warning(split: str, m: dict) -> str | None:
+    small = small_classes(m)
+    if not small:
+        return None
+    listed = ", ".join(f"{lab} ({n})" for lab, n in list(small.items())[:8]) + (" ..." if len(small) > 8 else "")
+    return (f"the {split} split has fewer than {SMALL_CLASS} images of {len(small)} classes: {listed}; its figures "
+            f"are noisy (add images, or give {split} a larger share with --split when extracting)")
+
+
+def confusion_lines(m: dict, max_classes: int = 15) -> list[str]:
+    """A compact confusion matrix (rows true, columns predicted by index), for up to `max_classes` classes."""
+    labels, matrix = m.get("labels", []), m.get("confusion_matrix", [])
+    if not labels or len(labels) > max_classes:
+        return []
+    width = max(3, len(str(max(max(row) for row in matrix))) + 1)
+    name = max(len(lab[:16]) for lab in labels)
+    lines = ["confusion matrix (rows: true label, columns: predicted, by number):",
+             " " * (name + 4) + "".join(f"{j:>{width}}" for j in range(len(labels)))]
+    for i, (lab, row) in enumerate(zip(labels, matrix, strict=True)):
+        lines.append(f"{i:>2} {lab[:16]:<{name}} " + "".join(f"{c:>{width}}" for c in row))
+    return lines

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,8 @@ from safetensors.numpy import load_file, save_file
 from classifiers.heads import Head, device_param, get_head_class
 from extractor import names
 from extractor.durable import fsync_path, publish
-from extractor.errors import HeadstartError, NotFound
+from extractor.errors import HeadstartError, NotFound, StorageFull
+from extractor.locks import Busy, FileLock
 
 FORMAT = "headstart-head/1"
 WEIGHTS = "weights.safetensors"
@@ -45,12 +48,36 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save(head: Head, info: dict, heads_dir: Path, name: str, keep: int = 2) -> dict:
-    """Write a new version of head `name`; the old one stays loadable until CURRENT switches."""
+def _lock(heads_dir: Path, name: str) -> FileLock:
+    """Saves, rollbacks and deletes of one name are serialised, across threads and processes."""
+    return FileLock(Path(heads_dir) / ".locks" / f"{name}.lock")
+
+
+def save(head: Head, info: dict, heads_dir: Path, name: str) -> dict:
+    """Write a new version of head `name` and make it current; the version it replaces stays for a rollback.
+
+    Disk full while writing leaves the current version untouched and raises StorageFull."""
     folder = Path(heads_dir) / check_name(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    version = f"v-{time.time_ns()}"
-    tmp = folder / f".{version}.tmp"
+    with _lock(heads_dir, name):
+        folder.mkdir(parents=True, exist_ok=True)
+        version = f"v-{time.time_ns()}"
+        tmp = folder / f".{version}.tmp"
+        try:
+            manifest = _write_version(head, info, name, tmp)
+            publish(tmp, folder / version)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"disk full while saving head {name!r} ({exc.strerror}); the current version "
+                                  f"is unchanged: free space and train again") from None
+            raise
+        previous = _current(folder)
+        _switch(folder, version)
+        _prune(folder, keep={version, previous})
+    return manifest
+
+
+def _write_version(head: Head, info: dict, name: str, tmp: Path) -> dict:
     tmp.mkdir()
     save_file({k: np.ascontiguousarray(v) for k, v in head.state().items()}, str(tmp / WEIGHTS))
     manifest = {**info, "format": FORMAT, "name": name, "kind": head.kind, "params": head.params,
@@ -62,39 +89,89 @@ def save(head: Head, info: dict, heads_dir: Path, name: str, keep: int = 2) -> d
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=float))
     fsync_path(tmp / WEIGHTS)
     fsync_path(tmp / MANIFEST)
-    publish(tmp, folder / version)
-    link = folder / f".{CURRENT}.{version}.tmp"
-    link.symlink_to(version)
-    os.replace(link, folder / CURRENT)  # the atomic switch
-    fsync_path(folder)
-    _prune(folder, keep)
     return manifest
 
 
-def _prune(folder: Path, keep: int) -> None:
-    current = os.readlink(folder / CURRENT)
-    versions = sorted(p.name for p in folder.iterdir() if p.name.startswith("v-") and p.is_dir())
-    for old in versions[:-keep]:
-        if old != current:
+def _current(folder: Path) -> str | None:
+    try:
+        return os.readlink(folder / CURRENT)
+    except OSError:
+        return None
+
+
+def _switch(folder: Path, version: str) -> None:
+    """Point CURRENT at `version` atomically (a symlink renamed over the old one)."""
+    link = folder / f".{CURRENT}.{version}.tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(version)
+    os.replace(link, folder / CURRENT)
+    fsync_path(folder)
+
+
+def _versions(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("v-") and p.is_dir())
+
+
+def _prune(folder: Path, keep: set[str | None]) -> None:
+    """Remove versions other than `keep`, and temp files a crash left (under the name's lock: none is live)."""
+    for old in _versions(folder):
+        if old not in keep:
             shutil.rmtree(folder / old, ignore_errors=True)
-    for leftover in folder.glob(".*.tmp"):  # a crash mid-save left these
+    for leftover in folder.glob(".*.tmp"):
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
 
 
-def head_dir(heads_dir: Path, name: str) -> Path:
+def rollback(heads_dir: Path, name: str) -> dict:
+    """Make the other kept version current (the one a save replaced); a second rollback undoes the first."""
     folder = Path(heads_dir) / check_name(name)
-    if not (folder / CURRENT).exists():
+    with _lock(heads_dir, name):
+        head_dir(heads_dir, name)
+        current = _current(folder)
+        others = [v for v in _versions(folder) if v != current]
+        if not others:
+            raise HeadstartError(f"head {name!r} has no earlier version to roll back to (one is kept after each "
+                                 f"save, until the next save)")
+        read_manifest(folder / others[-1])  # refuse to switch to a damaged version
+        _switch(folder, others[-1])
+        return read_manifest(folder / others[-1])
+
+
+def head_dir(heads_dir: Path, name: str) -> Path:
+    """The current version folder of head `name`: NotFound when there is no such head, HeadCorrupt when its
+    CURRENT link points nowhere."""
+    folder = Path(heads_dir) / check_name(name)
+    current = _current(folder)
+    if current is None:
         known = ", ".join(list_names(heads_dir)) or "none yet"
-        raise NotFound(f"no head {name!r}; known heads: {known}. Train one with `headstart train`")
-    return folder / os.readlink(folder / CURRENT)
+        raise NotFound(f"no head {name!r}; known heads: {known}", cli="train one with `headstart train`",
+                       api="train one with POST /heads")
+    if not (folder / current).is_dir():
+        raise HeadCorrupt(f"head {name!r}: its current version {current} is missing",
+                          cli=f"roll back with `headstart heads rollback {name}`, or delete it",
+                          api=f"roll back with POST /heads/{name}/rollback, or delete it")
+    return folder / current
 
 
 def list_names(heads_dir: Path) -> list[str]:
+    """Every head: a folder with a CURRENT link (also one that points nowhere); hidden folders are not heads."""
     root = Path(heads_dir)
-    return sorted(p.name for p in root.iterdir() if (p / CURRENT).exists()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / CURRENT).is_symlink())
+
+
+def list_heads(heads_dir: Path) -> list[dict]:
+    """Every head's manifest; a head that fails its checks is listed as {"name", "error"} (never hides others)."""
+    out = []
+    for name in list_names(heads_dir):
+        try:
+            out.append(read_manifest(head_dir(heads_dir, name)))
+        except HeadstartError as exc:
+            out.append({"name": name, "error": str(exc)})
+    return out
 
 
 def read_manifest(version_dir: Path) -> dict:
@@ -142,5 +219,36 @@ def load(heads_dir: Path, name: str, fingerprint: str | None = None, device: str
 
 
 def delete(heads_dir: Path, name: str) -> None:
-    head_dir(heads_dir, name)  # NotFound when absent
-    shutil.rmtree(Path(heads_dir) / name)
+    """Remove a head whole: its folder is renamed aside first (atomic), then removed; a crash in between leaves
+    a hidden folder that `clean_leftovers` removes, never a half-deleted head."""
+    folder = Path(heads_dir) / check_name(name)
+    with _lock(heads_dir, name):
+        if _current(folder) is None:
+            head_dir(heads_dir, name)  # NotFound
+        aside = Path(heads_dir) / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, aside)
+        fsync_path(Path(heads_dir))
+        shutil.rmtree(aside)
+
+
+def clean_leftovers(heads_dir: Path) -> int:
+    """Remove what crashes left: folders deleted halfway, temp versions of saves (skipping names being saved)."""
+    root, removed = Path(heads_dir), 0
+    if not root.is_dir():
+        return 0
+    for path in root.glob(".deleted-*"):
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    for folder in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        lock = _lock(root, folder.name)
+        try:
+            lock.acquire()
+        except Busy:  # a save of this name is running: its temp folder is live
+            continue
+        try:
+            leftovers = list(folder.glob(".*.tmp"))
+            _prune(folder, keep=set(_versions(folder)))
+            removed += len(leftovers)
+        finally:
+            lock.release()
+    return removed

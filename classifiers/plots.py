@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 
 def confusion(metrics: dict, path: Path, title: str) -> Path:
@@ -33,15 +33,23 @@ def confusion(metrics: dict, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+STYLES = ("-", "--", "-.", ":")
+MAX_CURVES = 10
+
+
 def roc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, path: Path, title: str) -> Path:
+    """One curve per class (the positive class when binary) with its AUC in the legend; line styles and
+    widths differ, so that curves lying on each other stay visible."""
     fig, ax = plt.subplots(figsize=(6, 6))
     columns = [1] if len(classes) == 2 else range(len(classes))
     drawn = 0
     for k in columns:
         positive = np.asarray(y_true).astype(str) == classes[k]
-        if positive.any() and (~positive).any() and drawn < 10:
+        if positive.any() and (~positive).any() and drawn < MAX_CURVES:
             fpr, tpr, _ = roc_curve(positive, proba[:, k])
-            ax.plot(fpr, tpr, label=str(classes[k]))
+            area = roc_auc_score(positive, proba[:, k])
+            ax.plot(fpr, tpr, STYLES[drawn % len(STYLES)], linewidth=2.6 - 0.18 * drawn, alpha=0.85,
+                    label=f"{classes[k]} (AUC {area:.3f})")
             drawn += 1
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     ax.set_xlabel("false positive rate")
@@ -52,13 +60,26 @@ def roc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, path: Path, 
     return _save(fig, path)
 
 
+def best_epoch(history: list[dict]) -> int | None:
+    """The epoch whose weights the mlp restored: the lowest val loss (train loss without val), first of ties."""
+    key = "val_loss" if history and "val_loss" in history[0] else "train_loss"
+    best, best_loss = None, float("inf")
+    for h in history:
+        if h[key] < best_loss - 1e-6:
+            best, best_loss = h["epoch"], h[key]
+    return best
+
+
 def training(history: list[dict], path: Path, title: str) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
+    best = best_epoch(history)
     for key, ax in (("loss", left), ("acc", right)):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
         if history and f"val_{key}" in history[0]:
             ax.plot(epochs, [h[f"val_{key}"] for h in history], label="val")
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle=":", label=f"restored (epoch {best})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.legend()

@@ -32,19 +32,34 @@ def top_k(proba: np.ndarray, classes: np.ndarray, k: int) -> list[dict]:
 
 
 class Predictor:
-    """A head with its backbone, both loaded once; `predict_bytes` answers per image, errors included."""
+    """A head with its backbone; the backbone loads on first use (vectors from the cache need none), once.
+    `predict_bytes` answers per image, errors included."""
 
     def __init__(self, heads_dir: Path, name: str, device: str = "auto", limits: Limits | None = None,
                  backbone: LoadedBackbone | None = None) -> None:
         manifest = read_manifest(head_dir(heads_dir, name))
-        resolved = backbone_for(manifest)
-        self.head, self.manifest = load(heads_dir, name, fingerprint=resolved.fingerprint.id, device=device)
-        self.backbone = backbone or LoadedBackbone(resolved, device).setup()
+        self.resolved = backbone_for(manifest)
+        self.head, self.manifest = load(heads_dir, name, fingerprint=self.resolved.fingerprint.id, device=device)
+        self.device, self._backbone = device, backbone
         self.limits = limits or Limits()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.resolved.fingerprint.id
+
+    @property
+    def backbone(self) -> LoadedBackbone:
+        if self._backbone is None:
+            self._backbone = LoadedBackbone(self.resolved, self.device).setup()
+        return self._backbone
 
     def prepare(self, data: bytes) -> np.ndarray:
         """Bytes -> the backbone's uint8 input (raises DecodeError with the reason)."""
-        return preprocess(data, self.backbone.resolved.size, self.limits)
+        return preprocess(data, self.resolved.size, self.limits)
+
+    def predict_vectors(self, vectors: np.ndarray, k: int = 5) -> list[list[dict]]:
+        """Cached feature vectors -> top-k labels (no backbone needed)."""
+        return [top_k(row, self.head.classes_, k) for row in self.head.predict_proba(vectors)]
 
     def predict_arrays(self, arrays: list[np.ndarray], k: int = 5, batch_size: int = 32) -> list[list[dict]]:
         """Forward in batches of `batch_size`, so that memory does not grow with the number of images."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -10,69 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from extractor.errors import HeadstartError
+from extractor.schema import SCHEMA_VERSION, upgrade
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS datasets (
-    name TEXT PRIMARY KEY, root TEXT NOT NULL, kind TEXT NOT NULL, split TEXT NOT NULL,
-    seed INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS members (
-    dataset TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, label TEXT, split TEXT NOT NULL,
-    PRIMARY KEY (dataset, path)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS members_sha ON members (sha256);
-CREATE TABLE IF NOT EXISTS fingerprints (
-    id TEXT PRIMARY KEY, backbone TEXT NOT NULL, dim INTEGER NOT NULL, spec TEXT NOT NULL, source TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS shards (
-    id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL, file TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL,
-    dtype TEXT NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS vectors (
-    fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, shard INTEGER NOT NULL, row INTEGER NOT NULL,
-    PRIMARY KEY (fingerprint, sha256)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS failures (
-    dataset TEXT NOT NULL, path TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY (dataset, path)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS bad_content (
-    sha256 TEXT PRIMARY KEY, limits TEXT NOT NULL, reason TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, key TEXT, state TEXT NOT NULL, request TEXT NOT NULL,
-    progress TEXT, result TEXT, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
-"""
-
-
-SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is a catalog from before versioning (or a new file)
-
-
-def _source_of(spec: str) -> str:
-    """How the weights were given, recovered from a fingerprint spec (a weights file's path is not kept)."""
-    weights = json.loads(spec).get("weights", "")
-    if weights.startswith("imagenet:"):
-        return "imagenet"
-    if weights.startswith("random:seed="):
-        return "random:" + weights.split(":")[1].removeprefix("seed=")
-    return ""
-
-
-def _columns(con: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
-
-
-def _upgrade(con: sqlite3.Connection) -> None:
-    """Bring a catalog written by an earlier headstart to SCHEMA_VERSION, keeping every row."""
-    if "fingerprints" in {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}:
-        if "source" not in _columns(con, "fingerprints"):  # added with the service
-            con.execute("ALTER TABLE fingerprints ADD COLUMN source TEXT NOT NULL DEFAULT ''")
-            con.executemany("UPDATE fingerprints SET source = ? WHERE id = ?",
-                            [(_source_of(spec), fp) for fp, spec in con.execute("SELECT id, spec FROM fingerprints")])
-        if "sha256" in _columns(con, "failures"):  # an always-empty column, dropped
-            con.execute("ALTER TABLE failures RENAME TO failures_old")
-            con.execute(SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS failures"):].split(";")[0])
-            con.execute("INSERT INTO failures SELECT dataset, path, reason, at FROM failures_old")
-            con.execute("DROP TABLE failures_old")
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            con.execute(statement)
-    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+SOURCE_FIELDS = ("root", "kind", "labels_csv", "path_column", "label_column", "prefix")
 
 
 class Catalog:
@@ -96,7 +35,7 @@ class Catalog:
                 raise HeadstartError(f"catalog {self.path} has schema {version}, newer than this headstart reads "
                                      f"({SCHEMA_VERSION}); upgrade headstart")
             if version < SCHEMA_VERSION:
-                _upgrade(con)
+                upgrade(con)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -146,17 +85,35 @@ class Catalog:
             return list(con.execute("SELECT path, sha256, label, split FROM members WHERE dataset = ? "
                                     "ORDER BY path", (dataset,)))
 
-    def save_dataset(self, info: dict, members: list[tuple[str, str, str | None, str]]) -> None:
-        """Replace a dataset's definition and members in one transaction."""
+    def sources(self, dataset: str) -> list[dict]:
+        """The folders (and CSVs) a dataset is made of, in the order they were added."""
+        with self.connect() as con:
+            rows = con.execute(f"SELECT {', '.join(SOURCE_FIELDS)} FROM sources WHERE dataset = ? ORDER BY idx",
+                               (dataset,)).fetchall()
+        return [dict(zip(SOURCE_FIELDS, row, strict=True)) for row in rows]
+
+    def save_dataset(self, info: dict, members: list[tuple[str, str, str | None, str, int]],
+                     sources: list[dict]) -> None:
+        """Replace a dataset's definition (sources) and members (path, sha256, label, split, source) at once."""
         now = time.time()
         with self.connect() as con, con:
             con.execute(
                 "INSERT INTO datasets VALUES (:name, :root, :kind, :split, :seed, :now, :now) "
                 "ON CONFLICT(name) DO UPDATE SET root=:root, kind=:kind, split=:split, seed=:seed, updated=:now",
                 {**info, "now": now})
+            con.execute("DELETE FROM sources WHERE dataset = ?", (info["name"],))
+            con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(info["name"], i, *(s[k] for k in SOURCE_FIELDS)) for i, s in enumerate(sources)])
             con.execute("DELETE FROM members WHERE dataset = ?", (info["name"],))
-            con.executemany("INSERT INTO members VALUES (?, ?, ?, ?, ?)",
+            con.executemany("INSERT INTO members VALUES (?, ?, ?, ?, ?, ?)",
                             [(info["name"], *m) for m in members])
+
+    def drop_dataset(self, name: str) -> None:
+        """Forget a dataset's definition, members and failures (cached vectors stay: they are by content)."""
+        with self.connect() as con, con:
+            for table, column in (("datasets", "name"), ("sources", "dataset"), ("members", "dataset"),
+                                  ("failures", "dataset")):
+                con.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
 
     def set_failures(self, dataset: str, failures: list[tuple[str, str]]) -> None:
         """Replace a dataset's recorded failures: (path, reason)."""
@@ -193,11 +150,11 @@ class Catalog:
                               (fp_id,)).fetchone()
         return None if row is None else dict(zip(("id", "backbone", "dim", "spec", "source"), row, strict=True))
 
-    def commit_shard(self, fp_id: str, file: str, dtype: str, shas: list[str]) -> None:
-        """Make a renamed shard file visible: its row and all its vectors in one transaction."""
+    def commit_shard(self, fp_id: str, file: str, dtype: str, shas: list[str], size: int | None = None) -> None:
+        """Make a renamed shard file visible: its row (with its size in bytes) and all its vectors at once."""
         with self.connect() as con, con:
-            cur = con.execute("INSERT INTO shards (fingerprint, file, rows, dtype, created) VALUES (?, ?, ?, ?, ?)",
-                              (fp_id, file, len(shas), dtype, time.time()))
+            cur = con.execute("INSERT INTO shards (fingerprint, file, rows, dtype, created, bytes) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", (fp_id, file, len(shas), dtype, time.time(), size))
             shard = cur.lastrowid
             con.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
                             [(fp_id, sha, shard, row) for row, sha in enumerate(shas)])
@@ -205,6 +162,35 @@ class Catalog:
     def shard_files(self, fp_id: str) -> set[str]:
         with self.connect() as con:
             return {r[0] for r in con.execute("SELECT file FROM shards WHERE fingerprint = ?", (fp_id,))}
+
+    SHARD_FIELDS = ("id", "fingerprint", "file", "rows", "dtype", "bytes")
+
+    def shards(self, fp_id: str | None = None, dataset: str | None = None) -> list[dict]:
+        """Committed shards: all, one fingerprint's, or (with `dataset`) those holding the dataset's vectors."""
+        cols = ", ".join(f"s.{c}" for c in self.SHARD_FIELDS)
+        if dataset is not None:
+            sql = (f"SELECT DISTINCT {cols} FROM members m JOIN vectors v ON v.fingerprint = ? AND v.sha256 = "
+                   f"m.sha256 JOIN shards s ON s.id = v.shard WHERE m.dataset = ? ORDER BY s.id")
+            args: tuple = (fp_id, dataset)
+        else:
+            sql = f"SELECT {cols} FROM shards s {'WHERE s.fingerprint = ?' if fp_id else ''} ORDER BY s.id"
+            args = (fp_id,) if fp_id else ()
+        with self.connect() as con:
+            return [dict(zip(self.SHARD_FIELDS, r, strict=True)) for r in con.execute(sql, args)]
+
+    def shard_vectors(self, shard: int) -> list[tuple[str, int]]:
+        """(sha256, row) of the vectors the catalog reads from one shard."""
+        with self.connect() as con:
+            return list(con.execute("SELECT sha256, row FROM vectors WHERE shard = ? ORDER BY row", (shard,)))
+
+    def drop_shards(self, ids: list[int]) -> int:
+        """Forget damaged shards and their vectors (the next extract computes them again); vectors dropped."""
+        dropped = 0
+        with self.connect() as con, con:
+            for shard in ids:
+                dropped += con.execute("DELETE FROM vectors WHERE shard = ?", (shard,)).rowcount
+                con.execute("DELETE FROM shards WHERE id = ?", (shard,))
+        return dropped
 
     def missing_vectors(self, dataset: str, fp_id: str) -> list[str]:
         """Distinct sha256 of the dataset's members that have no vector under this fingerprint."""
@@ -242,7 +228,8 @@ class Catalog:
                 "(SELECT 1 FROM failures f WHERE f.dataset = m.dataset AND f.path = m.path) GROUP BY split",
                 (dataset,)))
             per_fp = con.execute(
-                "SELECT f.id, f.backbone, f.spec, COUNT(*) FROM members m JOIN vectors v ON v.sha256 = m.sha256 "
+                "SELECT f.id, f.backbone, f.spec, COUNT(*), f.source FROM members m "
+                "JOIN vectors v ON v.sha256 = m.sha256 "
                 "JOIN fingerprints f ON f.id = v.fingerprint WHERE m.dataset = ? GROUP BY f.id ORDER BY f.id",
                 (dataset,)).fetchall()
             failed = con.execute("SELECT COUNT(*) FROM failures WHERE dataset = ?", (dataset,)).fetchone()[0]

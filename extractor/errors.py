@@ -2,9 +2,21 @@
 
 
 class HeadstartError(Exception):
-    """An error the user can cause and fix; the CLI prints it as one line, the API as a 4xx."""
+    """An error the user can cause and fix; the CLI prints it as one line, the API as a 4xx.
+
+    `cli` and `api` are the "what to do" part in each front door's own words (a command, or a request);
+    str() is the command-line form, `for_api()` the API's."""
 
     status = 400
+
+    def __init__(self, message: str = "", cli: str = "", api: str = "") -> None:
+        super().__init__(f"{message}; {cli}" if cli else message)
+        self.message, self.cli, self.api = message, cli, api
+
+    def for_api(self) -> str:
+        if not self.cli and not self.api:
+            return str(self)
+        return f"{self.message}; {self.api}" if self.api else self.message
 
 
 class NotFound(HeadstartError):
@@ -23,3 +35,22 @@ class WeightsUnavailable(HeadstartError):
     """Pretrained weights are neither cached nor downloadable."""
 
     status = 503
+
+
+class CacheDamaged(HeadstartError):
+    """A committed shard file is missing or unreadable; the next extract recomputes its vectors."""
+
+    status = 409
+
+
+class StorageFull(HeadstartError):
+    """The disk under the home is full (or over quota): nothing was half-written, retry when there is room."""
+
+    status = 507
+
+
+class TooBusy(HeadstartError):
+    """A bounded resource (job queue, training slot) is full; retry after `retry_after` seconds."""
+
+    status = 429
+    retry_after = 5

@@ -13,12 +13,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from extractor.datasets import Listing, hash_items, register, scan_csv, scan_folder
+from extractor.datasets import Listing, Stopped
 from extractor.decode import DecodeError, Limits, preprocess, read_file
+from extractor.definition import Wanted, collect
 from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, Resolved, amp_dtype, resolve, resolve_device
 from extractor.names import check_name
+from extractor.splits import register
 from extractor.store import FeatureStore, check_dtype
+from extractor.verify import heal
 
 
 @dataclass
@@ -46,6 +49,12 @@ class ExtractOptions:
     shard_rows: int | None = None
     flush_seconds: float = 60.0
     confine: bool = False  # refuse files whose real path leaves data_dir (the service sets this)
+    redefine: bool = False  # replace the dataset's recorded sources with this folder (and labels)
+    add: bool = False  # add this folder to the dataset's recorded sources
+
+    def wanted(self) -> Wanted:
+        return Wanted(self.data_dir, self.labels_csv, self.path_column, self.label_column, self.unlabeled,
+                      self.redefine, self.add)
 
 
 @dataclass
@@ -87,6 +96,8 @@ class ExtractSummary:
     device: str
     stopped: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # said on the terminal, kept in --json
+    repaired: int = 0  # cached vectors whose shard file was missing or damaged, computed again
 
     @property
     def images_per_second(self) -> float:
@@ -133,12 +144,6 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def list_dataset(opts: ExtractOptions) -> Listing:
-    if opts.labels_csv is not None:
-        return scan_csv(opts.data_dir, opts.labels_csv, opts.path_column, opts.label_column)
-    return scan_folder(opts.data_dir, unlabeled=opts.unlabeled)
-
-
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
     amp_dtype(resolve_device(opts.device), opts.amp)  # a bad device is refused even when nothing is left to compute
@@ -151,45 +156,85 @@ def _check(opts: ExtractOptions) -> None:
 def extract(opts: ExtractOptions, store: FeatureStore | None = None,
             progress: Callable[[Progress], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> ExtractSummary:
-    """Bring the dataset's features for one backbone into the cache; only new images are computed."""
-    start = time.monotonic()
+    """Bring the dataset's features for one backbone into the cache; only new images are computed.
+
+    A dataset that this run registers is forgotten again when the run fails before any vector exists for it."""
     _check(opts)
     store = store or FeatureStore()
     resolved = resolve(opts.backbone, opts.weights, opts.size)
-    listing = list_dataset(opts)
-    if not listing.items and not listing.failures:  # nothing registered for a wrong folder
-        raise HeadstartError(f"no images found in {opts.data_dir}; expected class subfolders of images, "
-                             f"images directly in the folder, or a labels CSV")
-    hashing_started = time.monotonic()
+    created = store.catalog.dataset(opts.dataset) is None
+    try:
+        return _extract(opts, store, resolved, progress, should_stop)
+    except BaseException:
+        if created and store.catalog.dataset(opts.dataset) and not store.catalog.dataset_summary(
+                opts.dataset)["fingerprints"]:
+            store.catalog.drop_dataset(opts.dataset)
+        raise
+
+
+def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, progress: Callable | None,
+             should_stop: Callable | None) -> ExtractSummary:
+    start = hashing_started = time.monotonic()
+    fp_id = resolved.fingerprint.id
 
     def hashed(done: int, total: int) -> None:
         if progress:
             progress(Progress(done, total, 0, time.monotonic() - hashing_started, phase="hashing"))
 
-    hash_items(listing, store.catalog, confine=opts.confine, progress=hashed)
-    members = register(store.catalog, opts.dataset, listing, opts.split, opts.seed, opts.resplit)
-    fp_id = resolved.fingerprint.id
+    try:
+        listing, sources = collect(store.catalog, opts.dataset, opts.wanted(), opts.confine, hashed, should_stop)
+    except Stopped:
+        return ExtractSummary(opts.dataset, opts.backbone, fp_id, 0, 0, 0, 0, 0, 0, time.monotonic() - start,
+                              "none", stopped=True)
+    members = register(store.catalog, opts.dataset, listing, sources, opts.split, opts.seed, opts.resplit)
+    repaired = heal(store, fp_id, opts.dataset)
     limits_sig = opts.limits.signature()
     known_bad = store.catalog.bad_content(limits_sig)
     missing = [s for s in store.catalog.missing_vectors(opts.dataset, fp_id) if s not in known_bad]
     extracted, new_bad, stopped, device = 0, {}, False, "none"
     if missing:
-        extracted, new_bad, stopped, device = _compute(opts, store, resolved, listing.root, members,
-                                                       set(known_bad), progress, should_stop)
+        files = {item.sha256: item.file for item in listing.items}
+        extracted, new_bad, stopped, device = _compute(opts, store, resolved, files, set(known_bad), progress,
+                                                       should_stop)
     content_bad = [(sha, str(err)) for sha, err in new_bad.items() if err.content]
     if content_bad:
         store.catalog.remember_bad_content(limits_sig, content_bad)
     bad = {**known_bad, **{sha: str(err) for sha, err in new_bad.items()}}
-    failures = listing.failures + [(p, bad[s]) for p, s, _, _ in members if s in bad]
+    failures = listing.failures + [(m[0], bad[m[1]]) for m in members if m[1] in bad]
     store.catalog.set_failures(opts.dataset, failures)
-    unique = {s for _, s, _, _ in members}
+    unique = {m[1] for m in members}
     good = unique - bad.keys()
-    return ExtractSummary(
+    summary = ExtractSummary(
         dataset=opts.dataset, backbone=opts.backbone, fingerprint=fp_id,
         files=len(members) + len(listing.failures), extracted=extracted,
         cached=len(good) - extracted - (_still_missing(store, opts.dataset, fp_id, bad) if stopped else 0),
-        failed=len(failures), duplicates=len(members) - len(unique), skipped=listing.skipped,
-        seconds=time.monotonic() - start, device=device, stopped=stopped, failures=failures)
+        failed=len(failures), duplicates=len(members) - len(unique), skipped=listing.skipped + listing.top_level,
+        seconds=time.monotonic() - start, device=device, stopped=stopped, failures=failures, repaired=repaired)
+    summary.warnings = warnings(opts, store, listing, members, summary)
+    return summary
+
+
+def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, members: list, summary: ExtractSummary,
+             ) -> list[str]:
+    """What the user should know although nothing failed: skipped files, one class, a no-op option, repairs."""
+    out = []
+    if summary.repaired:
+        out.append(f"{summary.repaired} cached vectors were in shard files that are missing or damaged; they were "
+                   f"dropped from the catalog and computed again")
+    if listing.top_level:
+        out.append(f"{listing.top_level} files at the top level of {listing.root} were not read: a dataset of class "
+                   f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
+    if listing.skipped:
+        out.append(f"{listing.skipped} files without an image suffix (.jpg, .png, ...) were skipped")
+    labels = {m[2] for m in members if m[2] is not None}
+    if len(labels) == 1:
+        out.append(f"dataset {opts.dataset!r} has one class ({labels.pop()!r}); training a head needs at least two")
+    if summary.extracted == 0 and not summary.stopped:
+        stored = {s["dtype"] for s in store.catalog.shards(summary.fingerprint, opts.dataset)}
+        if stored and opts.dtype not in stored:
+            out.append(f"the cached vectors are stored as {', '.join(sorted(stored))}; --dtype {opts.dtype} applies "
+                       f"only to vectors computed from now on, so nothing changed (export --dtype converts a copy)")
+    return out
 
 
 def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> int:
@@ -197,12 +242,12 @@ def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> 
     return sum(1 for s in store.catalog.missing_vectors(dataset, fp_id) if s not in bad)
 
 
-def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, root: Path, members: list,
+def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path_of: dict[str, Path],
              skip: set[str], progress: Callable | None, should_stop: Callable | None) -> tuple[int, dict, bool, str]:
-    """Hold the writer lock, load the model, stream decoded batches through it into shards."""
-    path_of: dict[str, Path] = {}
-    for rel, sha, _, _ in members:
-        path_of.setdefault(sha, root / rel)  # the same bytes under two names are computed once
+    """Hold the writer lock, load the model, stream decoded batches through it into shards.
+
+    `path_of` maps each content hash to one file with those bytes: the same bytes under two names are computed
+    once."""
     with store.writer(resolved.fingerprint, opts.dtype, opts.shard_rows, opts.flush_seconds) as writer:
         todo = store.catalog.missing_vectors(opts.dataset, resolved.fingerprint.id)  # again, under the lock
         jobs = [(sha, path_of[sha]) for sha in todo if sha not in skip]

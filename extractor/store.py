@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,14 +15,13 @@ import numpy as np
 from extractor.backbones import Fingerprint, get_spec, make_fingerprint, resolve_size
 from extractor.catalog import Catalog
 from extractor.durable import publish
-from extractor.errors import Conflict, HeadstartError, NotFound
+from extractor.errors import CacheDamaged, Conflict, HeadstartError, NotFound
+from extractor.locks import Busy, FileLock
 from extractor.weights import identity, parse_weights
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 SHARD_BYTES = 64 * 1024 * 1024
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-_HELD: set[str] = set()  # fingerprints this process is writing (POSIX locks do not conflict within a process)
-_HELD_GUARD = threading.Lock()
 
 
 def check_dtype(dtype: str) -> np.dtype:
@@ -53,13 +50,21 @@ class FeatureTable:
 class FeatureStore:
     """All cached features under one home directory."""
 
-    def __init__(self, home: Path | str | None = None) -> None:
+    def __init__(self, home: Path | str | None = None, create: bool = True) -> None:
+        """`create=False` (commands that only read) refuses a home without a catalog instead of making one."""
         self.home = Path(home).expanduser() if home else default_home()
+        if not create and not (self.home / "catalog.sqlite").is_file():
+            raise NotFound(f"{self.home} holds no headstart catalog (nothing extracted there yet)",
+                           cli="run `headstart extract` first, or pass the right --home")
         self.home.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.home / "catalog.sqlite")
 
     def shard_dir(self, fp_id: str) -> Path:
         return self.home / "features" / fp_id
+
+    def writer_lock(self, fp_id: str) -> "WriterLock":
+        """The one-writer-per-fingerprint lock (also taken by `verify --repair` before deleting files)."""
+        return WriterLock(self.shard_dir(fp_id) / "writer.lock", fp_id)
 
     def writer(self, fp: Fingerprint, dtype: str = "float32", shard_rows: int | None = None,
                flush_seconds: float = 60.0) -> "ShardWriter":
@@ -74,9 +79,12 @@ class FeatureStore:
         for file, positions in by_file.items():
             rows = np.array([locations[p][1] for p in positions])
             unique, inverse = np.unique(rows, return_inverse=True)
-            with h5py.File(self.home / file, "r", locking=False) as fh:
-                data = fh["features"]
-                block = data[()][unique] if len(unique) * 8 > data.shape[0] else data[unique]
+            try:
+                with h5py.File(self.home / file, "r", locking=False) as fh:
+                    data = fh["features"]
+                    block = data[()][unique] if len(unique) * 8 > data.shape[0] else data[unique]
+            except (OSError, KeyError, IndexError, ValueError) as exc:
+                raise _damaged(file, len(positions), exc) from None
             out[positions] = block[inverse]
         return out
 
@@ -97,17 +105,21 @@ class FeatureStore:
                             [r[3] for r in rows], json.loads(info["spec"]), info["source"])
 
     def overview(self, with_failures: bool = False, max_failures: int | None = None) -> list[dict]:
-        """One row per dataset: kind, root, split, counts per split, vectors per fingerprint, failures
+        """One row per dataset: kind, root, sources, split, counts per split, vectors per fingerprint, failures
         (the first `max_failures` by path; `failed` counts them all)."""
         rows = []
         for name in self.catalog.dataset_names():
             info = self.catalog.dataset(name)
             summary = self.catalog.dataset_summary(name)
+            features = []
+            for fp, backbone, spec, n, source in summary["fingerprints"]:
+                body = json.loads(spec)
+                features.append({"fingerprint": fp, "backbone": backbone, "weights": body["weights"],
+                                 "source": source, "input_size": body.get("input_size"), "vectors": n})
             rows.append({
-                "name": name, "kind": info["kind"], "root": info["root"], "split": info["split"],
-                "seed": info["seed"], "splits": summary["splits"], "failed": summary["failed"],
-                "features": [{"fingerprint": fp, "backbone": b, "weights": json.loads(spec)["weights"], "vectors": n}
-                             for fp, b, spec, n in summary["fingerprints"]],
+                "name": name, "kind": info["kind"], "root": info["root"], "sources": self.catalog.sources(name),
+                "split": info["split"], "seed": info["seed"], "splits": summary["splits"],
+                "failed": summary["failed"], "features": features,
                 "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures(name, max_failures)]
                              if with_failures else [],
             })
@@ -117,20 +129,45 @@ class FeatureStore:
         """The fingerprint id of `dataset`'s features for `backbone` (and weights, when several exist)."""
         if self.catalog.dataset(dataset) is None:
             names = ", ".join(self.catalog.dataset_names()) or "none yet"
-            raise NotFound(f"no dataset {dataset!r}; known datasets: {names}. Run `headstart extract` first")
+            raise NotFound(f"no dataset {dataset!r}; known datasets: {names}", cli="run `headstart extract` first",
+                           api="POST /extract first")
         spec = get_spec(backbone)
         if weights is not None:
             return make_fingerprint(spec, resolve_size(spec, size), identity(parse_weights(weights), spec)).id
-        found = [(fp, json.loads(s)["weights"]) for fp, b, s, _ in
+        found = [(fp, json.loads(s)["weights"]) for fp, b, s, _, _ in
                  self.catalog.dataset_summary(dataset)["fingerprints"] if b == backbone]
         if not found:
-            raise NotFound(f"dataset {dataset!r} has no {backbone} features; "
-                           f"run `headstart extract DATA_DIR --dataset {dataset} --backbone {backbone}`")
+            raise NotFound(f"dataset {dataset!r} has no {backbone} features",
+                           cli=f"run `headstart extract DATA_DIR --dataset {dataset} --backbone {backbone}`",
+                           api=f'POST /extract with "dataset": "{dataset}", "backbone": "{backbone}" first')
         if len(found) > 1:
             options = "; ".join(f"{fp} ({w})" for fp, w in found)
-            raise HeadstartError(f"dataset {dataset!r} has {backbone} features from several weights: {options}; "
-                                 f"pass --weights to choose")
+            raise HeadstartError(f"dataset {dataset!r} has {backbone} features from several weights: {options}",
+                                 cli="pass --weights to choose", api='send "weights" to choose')
         return found[0][0]
+
+
+class WriterLock(FileLock):
+    """A fingerprint's writer lock; a second writer gets one line naming the holder."""
+
+    def __init__(self, path: Path, fp_id: str) -> None:
+        super().__init__(path)
+        self.fp_id = fp_id
+
+    def acquire(self, wait: bool = False) -> "WriterLock":
+        try:
+            return super().acquire(wait)
+        except Busy as busy:
+            raise Conflict(f"another extraction is already writing {self.fp_id} features ({busy.holder}); wait "
+                           f"for it to finish, or stop it, then run again") from None
+
+
+def _damaged(file: str, count: int, exc: Exception) -> CacheDamaged:
+    why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({type(exc).__name__})"
+    return CacheDamaged(f"{count} cached vectors are in the shard file {file}, which is {why}",
+                        cli="run the same `headstart extract` again to compute them anew, or `headstart verify "
+                            "--repair` to check the whole cache",
+                        api="POST /extract for this dataset again to compute them anew")
 
 
 class ShardWriter:
@@ -145,39 +182,20 @@ class ShardWriter:
         self._shas: list[str] = []
         self._vectors: list[np.ndarray] = []
         self._last_flush = time.monotonic()
-        self._lock_fh = None
+        self._lock: WriterLock | None = None
         self.written = 0
 
     def __enter__(self) -> "ShardWriter":
-        """Take the writer lock: a POSIX record lock (the kernel drops it the instant this process dies, even
-        while forked DataLoader workers still hold the file open) plus a registry for writers in this process."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lock_path = self.dir / "writer.lock"
-        with _HELD_GUARD:
-            if self.fp.id in _HELD:
-                raise self._busy(lock_path.read_text().strip())
-            fh = open(lock_path, "a+")
-            try:
-                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.seek(0)
-                holder = fh.read().strip()
-                fh.close()
-                raise self._busy(holder) from None
-            _HELD.add(self.fp.id)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        fh.flush()
-        self._lock_fh = fh
-        self._clean()
-        self.store.catalog.register_fingerprint(self.fp.id, self.fp.backbone, self.fp.dim, self.fp.to_json(),
-                                                self.fp.source)
+        """Take the fingerprint's writer lock (extractor.locks), clean up after a crash, register the fingerprint."""
+        self._lock = self.store.writer_lock(self.fp.id).acquire()
+        try:
+            self._clean()
+            self.store.catalog.register_fingerprint(self.fp.id, self.fp.backbone, self.fp.dim, self.fp.to_json(),
+                                                    self.fp.source)
+        except BaseException:
+            self._lock.release()
+            raise
         return self
-
-    def _busy(self, holder: str) -> Conflict:
-        return Conflict(f"another extraction is already writing {self.fp.id} features ({holder or 'another process'});"
-                        f" wait for it to finish, or stop it, then run again")
 
     def _clean(self) -> None:
         """Remove leftovers of a crash: temp files, and renamed shards the catalog never committed."""
@@ -213,17 +231,11 @@ class ShardWriter:
             fh.attrs["fingerprint"] = self.fp.id
         publish(tmp, final)
         self.store.catalog.commit_shard(self.fp.id, final.relative_to(self.store.home).as_posix(),
-                                        self.dtype.name, shas)
+                                        self.dtype.name, shas, final.stat().st_size)
         self.written += len(shas)
 
     def __exit__(self, *exc) -> None:
         try:
             self.flush()  # keep finished work, also when interrupted
         finally:
-            if self._lock_fh is not None:
-                with _HELD_GUARD:
-                    fcntl.lockf(self._lock_fh, fcntl.LOCK_UN)
-                    self._lock_fh.close()
-                    self._lock_fh = None
-                    _HELD.discard(self.fp.id)
-
+            self._lock.release()

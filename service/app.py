@@ -8,14 +8,17 @@ from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from classifiers.persist import clean_leftovers
 from classifiers.training import heads_dir
-from extractor.errors import HeadstartError
+from extractor.errors import HeadstartError, TooBusy
 from extractor.model import resolve_device
 from extractor.store import FeatureStore
-from service import security
+from service import docs, security
 from service.batcher import Models
+from service.cli import version
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import router
@@ -29,7 +32,15 @@ def _error_handlers(app: FastAPI, scrub: security.Scrubber) -> None:
 
     @app.exception_handler(HeadstartError)
     async def headstart_error(request: Request, exc: HeadstartError) -> JSONResponse:
-        return JSONResponse({"detail": scrub(str(exc))}, exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooBusy) else None
+        return JSONResponse({"detail": scrub(exc.for_api())}, exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with where and why; the offending input is not echoed (it may be NaN, which JSON cannot carry)."""
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, 422)
 
     @app.exception_handler(security.PathRefused)
     async def path_refused(request: Request, exc: security.PathRefused) -> JSONResponse:
@@ -53,15 +64,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await run_in_threadpool(clean_leftovers, heads_dir(store))  # what a kill -9 mid-save or mid-delete left
         runner.start()
         yield
         await run_in_threadpool(runner.stop, settings.shutdown_grace_s)  # checkpoint the running job
         models.close()
 
-    app = FastAPI(title="headstart", version="0.1.0", lifespan=lifespan,
-                  description="Extract bottleneck features, train heads, predict images.")
+    app = FastAPI(title="headstart", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Extract bottleneck features, train heads, predict images. Every endpoint but "
+                              "/healthz, /docs and /openapi.json needs `Authorization: Bearer <key>` when the "
+                              "server has an API key (use the Authorize button).")
+    docs.mount(app)
     app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
-    app.state.runner, app.state.models = runner, models
+    app.state.runner, app.state.models, app.state.scrub = runner, models, scrub
     app.include_router(router)
     _error_handlers(app, scrub)
     key = settings.api_key.get_secret_value() if settings.api_key else None

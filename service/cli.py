@@ -14,6 +14,13 @@ def emit(args: argparse.Namespace, data: dict | list, human: str) -> None:
     print(json.dumps(data, default=str) if getattr(args, "json", False) else human)
 
 
+def existing_store(home: str | None):
+    """The store of a command that only reads: a home without a catalog is an error, never created."""
+    from extractor.store import FeatureStore
+
+    return FeatureStore(home, create=False)
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     """Left-aligned columns, two spaces apart, each as wide as its widest cell."""
     cells = [[str(c) for c in row] for row in [header, *rows]]
@@ -21,18 +28,39 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("headstart")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from service import cli_extract, cli_heads, cli_serve
+    from service import cli_admin, cli_extract, cli_heads, cli_predict, cli_serve
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="store and catalog folder (default: $HEADSTART_HOME or ~/.headstart)")
     common.add_argument("--json", action="store_true", help="print one JSON line instead of text")
     parser = argparse.ArgumentParser(prog="headstart", description="Transfer learning with frozen backbones.")
+    parser.add_argument("--version", action="version", version=f"headstart {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli_extract.add_commands(sub, common)
     cli_heads.add_commands(sub, common)
+    cli_predict.add_commands(sub, common)
+    cli_admin.add_commands(sub, common)
     cli_serve.add_commands(sub, common)
     return parser
+
+
+def error(args: argparse.Namespace, message: str) -> None:
+    """One line on stderr: plain text, or a JSON object with --json."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}), file=sys.stderr)
+    else:
+        print(f"headstart: error: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `headstart ... | head`: the reader left; stop quietly, as other tools do
+        _silence_stdout()
+        return 141
     except HeadstartError as exc:
-        print(f"headstart: error: {exc}", file=sys.stderr)
+        error(args, str(exc))
         return 1
     except KeyboardInterrupt:
         print("headstart: interrupted; finished batches are saved, run the same command to continue",
@@ -49,8 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"headstart: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        error(args, f"{exc.strerror or exc}{where}")
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not complain about the pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (tests capture it)
+        pass
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from extractor.store import FeatureStore
-from service.cli import emit, table
+from service.cli import emit, existing_store, table
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -40,6 +41,9 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--path-column", help="CSV column with the file path or id")
     p.add_argument("--label-column", help="CSV column with the label")
     p.add_argument("--unlabeled", action="store_true", help="treat every image below DATA_DIR as unlabeled")
+    p.add_argument("--add", action="store_true", help="add DATA_DIR's images to an existing dataset")
+    p.add_argument("--redefine", action="store_true",
+                   help="replace what an existing dataset is made of (its folders, CSV, labels) with this run's")
     _backbone_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, max 8)")
@@ -49,11 +53,32 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--split", help="train,val,test fractions (default 0.6,0.2,0.2), recorded once")
     p.add_argument("--seed", type=int, help="split seed (default 42)")
     p.add_argument("--resplit", action="store_true", help="discard the recorded split and split again")
-    p.add_argument("--max-pixels", type=int, default=64_000_000, help="refuse larger images")
-    p.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="refuse larger files")
+    p.add_argument("--max-pixels", type=count("--max-pixels"), default=64_000_000,
+                   help="refuse larger images (e.g. 64M, 100M, 2G)")
+    p.add_argument("--max-bytes", type=count("--max-bytes", 1024), default=64 * 1024 * 1024,
+                   help="refuse larger files (e.g. 64M = 64 MiB)")
     p.add_argument("--shard-rows", type=int, help=argparse.SUPPRESS)
     p.add_argument("--flush-seconds", type=float, default=60.0, help="save finished vectors at least this often")
     p.set_defaults(func=cmd_extract)
+
+
+def count(option: str, unit: int = 1000):
+    """An argparse type for counts with an optional K/M/G suffix (powers of `unit`)."""
+    def parse(text: str) -> int:
+        number, power = text.strip(), 0
+        if number[-1:].upper() in "KMG" and number[-1:]:
+            number, power = number[:-1], "KMG".index(number[-1].upper()) + 1
+        try:
+            value = float(number) * unit ** power
+        except ValueError:
+            value = -1
+        if not 1 <= value < 2**62:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number, optionally with K, M or G "
+                                             f"(for example 64M)")
+        return int(value)
+
+    parse.__name__ = option
+    return parse
 
 
 def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "imagenet") -> None:
@@ -73,30 +98,42 @@ def cmd_extract(args: argparse.Namespace) -> int:
         size=args.size, batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
         dtype=args.dtype, split=args.split, seed=args.seed, resplit=args.resplit,
         limits=Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels), shard_rows=args.shard_rows,
-        flush_seconds=args.flush_seconds)
+        flush_seconds=args.flush_seconds, add=args.add, redefine=args.redefine)
     bar = ProgressBar(f"{args.dataset}/{args.backbone}")
     try:
         summary = extract(opts, FeatureStore(args.home), progress=bar)
     finally:
         bar.close()
+    speed = f"({summary.images_per_second:.1f} img/s on {summary.device})" if summary.extracted else \
+        "(nothing to compute)"
     lines = [f"{summary.dataset} / {summary.fingerprint}: {summary.extracted} extracted, {summary.cached} cached, "
-             f"{summary.failed} failed, {summary.duplicates} duplicate files, in {summary.seconds:.1f} s "
-             f"({summary.images_per_second:.1f} img/s on {summary.device})"]
+             f"{summary.failed} failed, {summary.duplicates} duplicate files, in {summary.seconds:.1f} s {speed}"]
     lines += [f"  failed: {path}: {reason}" for path, reason in summary.failures[:20]]
     if len(summary.failures) > 20:
         lines.append(f"  ... and {len(summary.failures) - 20} more (see `headstart datasets --json`)")
+    if not args.json:
+        for warning in summary.warnings:
+            print(f"headstart: warning: {warning}", file=sys.stderr)
     emit(args, summary.to_dict(), "\n".join(lines))
     return 1 if summary.failed and summary.extracted + summary.cached == 0 else 0
 
 
+def features_label(features: list[dict]) -> list[str]:
+    """`vgg16@150[imagenet]=128` per fingerprint; the fingerprint id is added where two would read the same."""
+    labels = [f"{f['backbone']}@{f['input_size']}[{f['source'] or f['weights'].split(':')[0]}]" for f in features]
+    return [f"{lab}{'(' + f['fingerprint'] + ')' if labels.count(lab) > 1 else ''}={f['vectors']}"
+            for lab, f in zip(labels, features, strict=True)]
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
-    rows = FeatureStore(args.home).overview(with_failures=args.json)
+    rows = existing_store(args.home).overview(with_failures=args.json)
     lines = []
     for r in rows:
         s = r["splits"]
-        feats = ", ".join(f"{f['backbone']}[{f['weights'].split(':')[0]}]={f['vectors']}" for f in r["features"])
+        feats = ", ".join(features_label(r["features"])) or (
+            f"none: all {r['failed']} files failed" if r["failed"] and not sum(s.values()) else "none yet")
         lines.append([r["name"], r["kind"], f"{s.get('train', 0)}/{s.get('val', 0)}/{s.get('test', 0)}",
-                      r["failed"], feats or "-"])
+                      r["failed"], feats])
     human = table(["NAME", "KIND", "TRAIN/VAL/TEST", "FAILED", "FEATURES"], lines) if rows else \
         "no datasets yet; run `headstart extract`"
     emit(args, rows, human)
@@ -106,7 +143,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from extractor.export import export
 
-    store = FeatureStore(args.home)
+    store = existing_store(args.home)
     fp_id = store.resolve(args.dataset, args.backbone, args.weights, args.size)
     result = export(store, args.dataset, fp_id, args.out, args.dtype)
     emit(args, result, f"wrote {result['rows']} x {result['dim']} features ({result['classes']} classes) "

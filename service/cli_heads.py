@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from extractor.errors import HeadstartError
-from extractor.store import FeatureStore
-from service.cli import emit, table
+from service.cli import emit, existing_store, table
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("train", parents=[common], help="train a head on a dataset's cached features")
+    p = sub.add_parser("train", parents=[common], help="train a head on a dataset's cached features",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_head_params_help())
     p.add_argument("--dataset", required=True)
-    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--backbone", default="vgg16", help="(default: vgg16)")
     p.add_argument("--weights", help="which cached features, when several weights were used")
-    p.add_argument("--head", default="logreg", help="logreg, mlp or centroid")
+    p.add_argument("--head", default="logreg", help="logreg, mlp or centroid (default: logreg)")
     p.add_argument("--name", required=True, help="name to save the head under")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="head parameter (repeatable)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="head parameter (repeatable); the parameters and their defaults are listed below")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics (and plots) of a saved head on a split")
@@ -26,110 +27,116 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--plots", type=Path, help="write confusion matrix, ROC and training-curve PNGs here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", parents=[common], help="top-k labels of images with a saved head")
-    p.add_argument("head")
-    p.add_argument("images", nargs="+", type=Path, help="image files, or folders (every image below them)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("heads", parents=[common], help="list saved heads")
+    p = sub.add_parser("heads", parents=[common], help="list saved heads; heads rm NAME; heads rollback NAME")
     p.set_defaults(func=cmd_heads)
+    hsub = p.add_subparsers(dest="action", metavar="ACTION")
+    hsub.add_parser("list", parents=[common], help="list saved heads (the default)").set_defaults(func=cmd_heads)
+    r = hsub.add_parser("rm", parents=[common], help="delete a head and all its versions")
+    r.add_argument("name")
+    r.set_defaults(func=cmd_heads_rm)
+    b = hsub.add_parser("rollback", parents=[common],
+                        help="make the version a later save replaced current again (run twice to undo)")
+    b.add_argument("name")
+    b.set_defaults(func=cmd_heads_rollback)
+
+
+def _head_params_help() -> str:
+    from classifiers.heads import registry
+
+    lines = ["head parameters (--param KEY=VALUE) and their defaults:"]
+    for kind, cls in registry().items():
+        lines.append(f"  {kind}: " + ", ".join(f"{k}={_plain(v)}" for k, v in cls.defaults.items()))
+    return "\n".join(lines)
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "null" if value is None else str(value)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from classifiers.heads import parse_params
-    from classifiers.metrics import headline
+    from classifiers.metrics import headline, small_split_warning
     from classifiers.training import train_head
 
-    manifest = train_head(FeatureStore(args.home), args.dataset, args.backbone, args.head, args.name,
+    manifest = train_head(existing_store(args.home), args.dataset, args.backbone, args.head, args.name,
                           parse_params(args.param, args.head), args.weights)
     m = manifest["metrics"]
     lines = [f"trained {args.head} head {args.name!r} on {args.dataset}/{manifest['fingerprint']['id']} "
              f"({len(manifest['classes'])} classes) in {m['fit_seconds']:.2f} s"]
     lines += [f"  {split:<4} {headline(m[split])}" for split in ("val", "test") if split in m]
+    for split in ("val", "test"):
+        warning = small_split_warning(split, m.get(split, {}))
+        if warning and not args.json:
+            print(f"headstart: warning: {warning}", file=sys.stderr)
     emit(args, {"name": args.name, "kind": args.head, "classes": manifest["classes"], "metrics": m},
          "\n".join(lines))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from classifiers.metrics import headline
+    from classifiers.metrics import confusion_lines, headline, small_split_warning
     from classifiers.training import evaluate_head
 
-    result = evaluate_head(FeatureStore(args.home), args.head, args.split, args.plots)
+    result = evaluate_head(existing_store(args.home), args.head, args.split, args.plots)
     m = result["metrics"]
     lines = [f"{args.head} on {result['dataset']} ({args.split}): {headline(m)}",
              f"  precision/recall/f1 macro {m['precision_macro']:.3f}/{m['recall_macro']:.3f}/{m['f1_macro']:.3f}"
              f"  weighted {m['precision_weighted']:.3f}/{m['recall_weighted']:.3f}/{m['f1_weighted']:.3f}"]
-    worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:5]
-    lines += [f"  {label}: f1 {v['f1']:.3f} (n={v['support']})" for label, v in worst]
+    present = [(label, v) for label, v in m["per_class"].items() if v["support"]]  # absent classes have no f1
+    worst = sorted(present, key=lambda kv: kv[1]["f1"])[:5]
+    lines += ["  weakest classes:"] + [f"    {label}: f1 {v['f1']:.3f} (n={v['support']})" for label, v in worst]
+    lines += ["  " + line for line in confusion_lines(m)]
     lines += [f"  plot: {p}" for p in result["plots"]]
+    warning = small_split_warning(args.split, m)
+    if warning and not args.json:
+        print(f"headstart: warning: {warning}", file=sys.stderr)
     emit(args, result, "\n".join(lines))
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from classifiers.predict import Predictor
-    from classifiers.training import heads_dir
-    from extractor.decode import DecodeError, read_file
-
-    if args.batch_size < 1:
-        raise HeadstartError(f"--batch-size {args.batch_size}: expected an integer >= 1")
-    predictor = Predictor(heads_dir(FeatureStore(args.home)), args.head, device=args.device)
-    paths, rows = _expand(args.images), []
-    for start in range(0, len(paths), args.batch_size):  # a chunk at a time: memory does not grow with the count
-        chunk, readable, datas = [], [], []
-        for path, problem in paths[start:start + args.batch_size]:
-            chunk.append({"image": str(path)})
-            if problem:
-                chunk[-1]["error"] = problem
-                continue
-            try:
-                datas.append(read_file(path, predictor.limits))
-                readable.append(chunk[-1])
-            except DecodeError as exc:
-                chunk[-1]["error"] = str(exc)
-        for row, answer in zip(readable, predictor.predict_bytes(datas, args.top_k, args.batch_size), strict=True):
-            row.update(answer)
-        if not args.json:  # results appear as they are computed
-            print("\n".join(f"{r['image']}: " + ("error: " + r["error"] if "error" in r else ", ".join(
-                f"{t['label']} {t['probability']:.3f}" for t in r["top"])) for r in chunk), flush=True)
-        rows += chunk
-    if args.json:
-        emit(args, rows, "")
-    return 1 if all("error" in r for r in rows) else 0
-
-
-def _expand(items: list[Path]) -> list[tuple[Path, str | None]]:
-    """Files as given; a folder becomes every image below it, or one row saying it holds none."""
-    from extractor.datasets import image_files
-
-    out: list[tuple[Path, str | None]] = []
-    for item in items:
-        if item.is_dir():
-            found, _ = image_files(item)
-            out += [(p, None) for p in found] or [(item, "folder holds no image files (.jpg, .png, .webp, ...)")]
-        else:
-            out.append((item, None))
-    return out
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def cmd_heads(args: argparse.Namespace) -> int:
-    from classifiers.persist import head_dir, list_names, read_manifest
+    from classifiers.persist import list_heads
     from classifiers.training import heads_dir
 
-    root = heads_dir(FeatureStore(args.home))
     rows = []
-    for name in list_names(root):
-        m = read_manifest(head_dir(root, name))
-        rows.append({"name": name, "kind": m["kind"], "backbone": m["backbone"], "dataset": m["dataset"],
-                     "classes": len(m["classes"]), "test_accuracy": m["metrics"].get("test", {}).get("accuracy"),
+    for m in list_heads(heads_dir(existing_store(args.home))):
+        if "error" in m:
+            rows.append({"name": m["name"], "error": m["error"]})
+            continue
+        rows.append({"name": m["name"], "kind": m["kind"], "backbone": m["backbone"], "dataset": m["dataset"],
+                     "classes": len(m["classes"]), "val_accuracy": m["metrics"].get("val", {}).get("accuracy"),
+                     "test_accuracy": m["metrics"].get("test", {}).get("accuracy"),
                      "created": m["created"], "fingerprint": m["fingerprint"]["id"]})
-    human = table(["NAME", "KIND", "BACKBONE", "DATASET", "CLASSES", "TEST ACC"],
-                  [[r["name"], r["kind"], r["backbone"], r["dataset"], r["classes"],
-                    "-" if r["test_accuracy"] is None else round(r["test_accuracy"], 3)] for r in rows]) \
-        if rows else "no heads yet; train one with `headstart train`"
-    emit(args, rows, human)
+    good = [r for r in rows if "error" not in r]
+    lines = [table(["NAME", "KIND", "BACKBONE", "DATASET", "CLASSES", "VAL ACC", "TEST ACC", "CREATED"],
+                   [[r["name"], r["kind"], r["backbone"], r["dataset"], r["classes"], _score(r["val_accuracy"]),
+                     _score(r["test_accuracy"]), r["created"]] for r in good])] if good else []
+    lines += [f"{r['name']}: cannot be used: {r['error']}" for r in rows if "error" in r]
+    emit(args, rows, "\n".join(lines) or "no heads yet; train one with `headstart train`")
+    return 0
+
+
+def cmd_heads_rm(args: argparse.Namespace) -> int:
+    from classifiers.persist import delete
+    from classifiers.training import heads_dir
+
+    delete(heads_dir(existing_store(args.home)), args.name)
+    emit(args, {"deleted": args.name}, f"deleted head {args.name!r}")
+    return 0
+
+
+def cmd_heads_rollback(args: argparse.Namespace) -> int:
+    from classifiers.persist import rollback
+    from classifiers.training import heads_dir
+
+    m = rollback(heads_dir(existing_store(args.home)), args.name)
+    emit(args, {"name": args.name, "created": m["created"], "metrics": m["metrics"]},
+         f"head {args.name!r} is now the version of {m['created']} (test accuracy "
+         f"{_score(m['metrics'].get('test', {}).get('accuracy'))}); `headstart heads rollback {args.name}` undoes it")
     return 0

@@ -178,7 +178,8 @@ class JobRunner:
             unlabeled=bool(request.get("unlabeled")), backbone=request["backbone"], weights=request["weights"],
             size=request.get("size"), dtype=request.get("dtype") or "float32", split=request.get("split"),
             seed=request.get("seed"), batch_size=s.extract_batch_size, workers=s.extract_workers, device=s.device,
-            limits=Limits(max_pixels=s.max_pixels), flush_seconds=s.flush_seconds, confine=True)
+            limits=Limits(max_pixels=s.max_pixels), flush_seconds=s.flush_seconds, confine=True,
+            add=bool(request.get("add")), redefine=bool(request.get("redefine")))
         last = [0.0]
 
         def progress(p: Progress) -> None:

@@ -10,7 +10,7 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from classifiers.persist import delete, head_dir, list_names, read_manifest
+from classifiers.persist import delete, head_dir, list_heads, read_manifest, rollback
 from classifiers.predict import top_k
 from classifiers.training import heads_dir, train_head
 from extractor.backbones import describe
@@ -63,9 +63,15 @@ async def backbones() -> list[dict]:
 async def datasets(request: Request) -> list[dict]:
     rows = await run_in_threadpool(state(request).store.overview, True, MAX_FAILURES_SHOWN)
     root = state(request).settings.data_root.resolve()
+
+    def relative(text: str | None) -> str | None:  # server paths never leave the server
+        path = Path(text) if text else None
+        return path.relative_to(root).as_posix() if path and path.is_relative_to(root) else None
+
     for row in rows:
-        path = Path(row.pop("root"))
-        row["path"] = path.relative_to(root).as_posix() if path.is_relative_to(root) else None
+        row["path"] = relative(row.pop("root"))
+        row["sources"] = [{"path": relative(s["root"]), "kind": s["kind"], "labels_csv": relative(s["labels_csv"]),
+                           "prefix": s["prefix"]} for s in row["sources"]]
     return rows
 
 
@@ -121,12 +127,22 @@ def _public(manifest: dict) -> dict:
 
 @router.get("/heads", tags=["heads"])
 async def heads(request: Request) -> list[dict]:
-    root = heads_dir(state(request).store)
+    """Every head; one that fails its checks is listed with its `error` (it never hides the others)."""
+    root, scrub = heads_dir(state(request).store), request.app.state.scrub
 
     def read() -> list[dict]:
-        return [_public(read_manifest(head_dir(root, n))) for n in list_names(root)]
+        return [{"name": m["name"], "error": scrub(m["error"])} if "error" in m else _public(m)
+                for m in list_heads(root)]
 
     return await run_in_threadpool(read)
+
+
+@router.post("/heads/{name}/rollback", tags=["heads"])
+async def rollback_head(request: Request, name: str = HEAD_NAME) -> dict:
+    """Make the version that the last save replaced current again (a second rollback undoes the first)."""
+    manifest = await run_in_threadpool(rollback, heads_dir(state(request).store), name)
+    state(request).models.forget(name)
+    return _public(manifest)
 
 
 @router.get("/heads/{name}", tags=["heads"])

@@ -13,8 +13,24 @@ NAME = NAME_PATTERN
 ParamValue = float | int | str | bool | None | list[int] | list[float]
 
 
+def known_backbone(value: str) -> str:
+    from extractor.backbones import REGISTRY
+
+    if value not in REGISTRY:
+        raise ValueError(f"unknown backbone {value!r}; expected one of: {', '.join(sorted(REGISTRY))}")
+    return value
+
+
+def known_head(value: str) -> str:
+    from classifiers.heads import registry
+
+    if value not in registry():
+        raise ValueError(f"unknown head {value!r}; expected one of: {', '.join(sorted(registry()))}")
+    return value
+
+
 class ExtractRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: str = Field(pattern=NAME, description="name to record the dataset under")
     path: str = Field(min_length=1, max_length=1024, description="folder relative to the data root")
@@ -26,6 +42,10 @@ class ExtractRequest(BaseModel):
     dtype: Literal["float32", "float16"] = "float32"
     split: str | None = Field(default=None, max_length=64, description="train,val,test fractions, e.g. 0.6,0.2,0.2")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    add: bool = Field(default=False, description="add this folder to an existing dataset's folders")
+    redefine: bool = Field(default=False, description="replace what an existing dataset is made of with this")
+
+    _backbone = field_validator("backbone")(known_backbone)
 
     @field_validator("weights")
     @classmethod
@@ -36,7 +56,7 @@ class ExtractRequest(BaseModel):
 
 
 class HeadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=NAME)
     dataset: str = Field(pattern=NAME)
@@ -45,6 +65,9 @@ class HeadRequest(BaseModel):
     weights: str | None = Field(default=None, pattern=r"^(imagenet|random(:\d{1,9})?)$")
     params: dict[str, ParamValue] = Field(default_factory=dict, max_length=32)
     background: bool = Field(default=False, description="run as a job and answer 202 with its id")
+
+    _backbone = field_validator("backbone")(known_backbone)
+    _head = field_validator("head")(known_head)
 
     @field_validator("params")
     @classmethod

@@ -11,7 +11,9 @@ from urllib.parse import unquote
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-OPEN_PATHS = {"/healthz"}
+from service import docs
+
+OPEN_PATHS = {"/healthz"}  # and the docs (service.docs.is_open)
 
 
 async def _send_json(send: Send, status: int, detail: str, headers: list | None = None) -> None:
@@ -29,7 +31,7 @@ class AuthMiddleware:
         self.app, self.key = app, api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.key is None or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or self.key is None or scope["path"] in OPEN_PATHS or docs.is_open(scope["path"]):
             return await self.app(scope, receive, send)
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")

@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HEADSTART_", extra="ignore")
 
     home: Path = Field(default_factory=lambda: Path.home() / ".headstart")
-    data_root: Path = Field(default_factory=lambda: Path("/data"))
+    data_root: Path = Field(default_factory=Path.cwd)  # the folder `serve` runs in; the container sets /data
     api_key: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -34,13 +34,23 @@ class Settings(BaseSettings):
     flush_seconds: float = Field(10.0, gt=0)
     resume_interrupted: bool = True
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # connections (uvicorn): idle keep-alive connections close after this; at most this many at once (more get
+    # 503); the listen backlog. Header and body read timeouts belong to a reverse proxy in front (README).
+    timeout_keep_alive_s: int = Field(5, ge=1, le=600)
+    limit_concurrency: int = Field(256, ge=1)
+    backlog: int = Field(512, ge=1)
 
 
 def load_settings(**overrides) -> Settings:
-    """Settings from the environment and `overrides`; a bad value is one line naming the variable."""
+    """Settings from the environment and `overrides` (command-line options); a bad value is one line naming
+    the option or the environment variable it came from."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"HEADSTART_{'_'.join(map(str, e['loc'])).upper()}={e['input']!r}: {e['msg']}"
-                             for e in exc.errors())
-        raise HeadstartError(f"bad setting {problems}; fix the environment variable or the option") from None
+        problems = []
+        for e in exc.errors():
+            field = "_".join(map(str, e["loc"]))
+            name = f"--{field.replace('_', '-')}" if field in overrides else f"HEADSTART_{field.upper()}"
+            problems.append(f"{name}={e['input']!r}: {e['msg']}")
+        raise HeadstartError(f"bad setting {'; '.join(problems)}; fix the option or the environment variable") \
+            from None

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from classifiers.heads import LogRegHead
-from classifiers.persist import HeadCorrupt, head_dir, list_names, load, save
+from classifiers.persist import (
+    HeadCorrupt,
+    clean_leftovers,
+    delete,
+    head_dir,
+    list_heads,
+    list_names,
+    load,
+    rollback,
+    save,
+)
 from extractor.errors import HeadstartError, NotFound
 from tests.classifiers.test_heads import blobs
 from tests.conftest import REPO
@@ -110,3 +122,72 @@ def test_kill_9_during_save_leaves_a_loadable_head(tmp_path):
         assert len(head.classes_) in (2, 3) and manifest["weights_sha256"]
         assert np.isfinite(head.predict_proba(np.zeros((1, head.mean_.shape[0]), np.float32))).all()
     assert len(load(tmp_path, "h")[0].classes_) == 3  # the saver did replace the first version
+
+
+def test_one_broken_head_does_not_hide_the_others(saved):
+    root, folder = saved
+    X, y = blobs(2, 20)
+    save(LogRegHead().fit(X, y), INFO, root, "other")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["classes"][0] = "edited"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    listing = {h["name"]: h for h in list_heads(root)}
+    assert set(listing) == {"h", "other"}
+    assert "modified after saving" in listing["h"]["error"] and "error" not in listing["other"]
+    os.remove(root / "other" / os.readlink(root / "other" / "CURRENT") / "manifest.json")
+    assert "unreadable" in {h["name"]: h for h in list_heads(root)}["other"]["error"]
+
+
+def test_rollback_returns_to_the_previous_version_and_back(saved):
+    root, first = saved
+    X, y = blobs(2, 20)
+    save(LogRegHead().fit(X, y), INFO, root, "h")
+    assert len(load(root, "h")[0].classes_) == 2
+    rollback(root, "h")
+    assert head_dir(root, "h") == first and len(load(root, "h")[0].classes_) == 3
+    rollback(root, "h")
+    assert len(load(root, "h")[0].classes_) == 2
+    save(LogRegHead().fit(*blobs(4, 20)), INFO, root, "h")  # after a rollback, a save keeps the one rolled to
+    rollback(root, "h")
+    assert len(load(root, "h")[0].classes_) == 2
+    save(LogRegHead().fit(X, y), INFO, root, "single")
+    with pytest.raises(HeadstartError, match="no earlier version"):
+        rollback(root, "single")
+
+
+def test_delete_is_atomic_and_leftovers_are_cleaned(saved, monkeypatch):
+    root, _ = saved
+    X, y = blobs(2, 20)
+    save(LogRegHead().fit(X, y), INFO, root, "keep")
+    real_rmtree = shutil.rmtree
+
+    def crash(path, *a, **kw):  # the process dies while the folder's files are being unlinked
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", crash)
+    with pytest.raises(KeyboardInterrupt):
+        delete(root, "h")
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert [h["name"] for h in list_heads(root)] == ["keep"]  # gone whole, never half there
+    (root / "keep" / ".v-123.tmp").mkdir()
+    (root / "keep" / ".v-123.tmp" / "weights.safetensors").write_bytes(b"x" * 1000)
+    assert clean_leftovers(root) == 2
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.name != ".locks") == []
+    assert not (root / "keep" / ".v-123.tmp").exists() and load(root, "keep")
+
+
+def test_concurrent_saves_of_one_name_all_succeed(tmp_path):
+    X, y = blobs(3, 20)
+    heads = [LogRegHead().fit(X, y) for _ in range(2)]
+    errors = []
+
+    def one(i: int) -> None:
+        try:
+            save(heads[i % 2], INFO, tmp_path, "same")
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(16)))
+    assert errors == [] and len(load(tmp_path, "same")[0].classes_) == 3
+    assert len([p for p in (tmp_path / "same").iterdir() if p.name.startswith("v-")]) == 2

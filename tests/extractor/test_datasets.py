@@ -7,9 +7,13 @@ from collections import Counter
 import pytest
 
 from extractor.catalog import Catalog
-from extractor.datasets import assign_splits, hash_items, parse_split, register, scan_csv, scan_folder
+from extractor.datasets import hash_items, scan_csv, scan_folder
 from extractor.errors import HeadstartError
+from extractor.splits import assign_splits, parse_split, register
 from tests.conftest import make_folder
+
+SOURCES = [{"root": "/d", "kind": "folders", "labels_csv": None, "path_column": None, "label_column": None,
+            "prefix": ""}]
 
 
 def test_class_folders_and_unlabeled(tmp_path):
@@ -46,7 +50,7 @@ def test_dog_breed_csv_maps_ids_to_jpg(tmp_path):
     listing = scan_csv(data, tmp_path / "labels.csv")
     assert {i.rel: i.label for i in listing.items} == {
         "img0.jpg": "beagle", "img1.jpg": "beagle", "img2.jpg": "pug", "img3.jpg": "pug"}
-    assert listing.failures[0] == ("ghost", "listed in the CSV but no such file in the data folder")
+    assert listing.failures[0] == ("ghost", "listed in the CSV but not found inside the data folder")
     (rel, reason), = listing.failures[1:]
     assert rel == "img0" and "again in the CSV with label 'pug'" in reason and "'beagle' is used" in reason
 
@@ -104,10 +108,10 @@ def test_register_records_split_once(tmp_path):
     catalog = Catalog(tmp_path / "c.sqlite")
     listing = scan_folder(tmp_path / "data")
     hash_items(listing, catalog)
-    register(catalog, "d", listing, "0.6,0.2,0.2", 42)
+    register(catalog, "d", listing, SOURCES, "0.6,0.2,0.2", 42)
     with pytest.raises(HeadstartError, match="--resplit"):
-        register(catalog, "d", listing, "0.8,0.1,0.1", 42)
-    kept = register(catalog, "d", listing)  # no split given: the recorded one is used
+        register(catalog, "d", listing, SOURCES, "0.8,0.1,0.1", 42)
+    kept = register(catalog, "d", listing, SOURCES)  # no split given: the recorded one is used
     assert Counter(m[3] for m in kept) == {"train": 6, "val": 2, "test": 2}
-    redone = register(catalog, "d", listing, "0.8,0.1,0.1", 42, resplit=True)
+    redone = register(catalog, "d", listing, SOURCES, "0.8,0.1,0.1", 42, resplit=True)
     assert Counter(m[3] for m in redone) == {"train": 8, "val": 1, "test": 1}

@@ -48,8 +48,20 @@ def clean(response: httpx.Response, served: Server) -> httpx.Response:
     return response
 
 
-@pytest.mark.parametrize("path", ["/jobs", "/docs", "/openapi.json", "/metrics", "/heads", "/readyz", "/datasets"])
-def test_every_endpoint_but_healthz_needs_the_key(served, path):
+def test_docs_are_offline_and_readable_without_the_key(served):
+    page = httpx.get(served.url + "/docs")
+    assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
+    assert "cdn" not in page.text.lower() and "https://" not in page.text  # every asset from this server
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        response = httpx.get(served.url + asset)
+        assert response.status_code == 200 and len(response.content) > 10_000
+    schema = httpx.get(served.url + "/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer" and "/predict" in schema["paths"]
+    assert httpx.get(served.url + "/docs-assets/../heads").status_code == 401  # no way around the key
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/metrics", "/heads", "/readyz", "/datasets", "/backbones"])
+def test_every_endpoint_but_healthz_and_docs_needs_the_key(served, path):
     assert httpx.get(served.url + path).status_code == 401
     assert httpx.get(served.url + path, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.get(served.url + path, headers={"Authorization": f"Basic {KEY}"}).status_code == 401

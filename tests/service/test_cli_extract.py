@@ -29,7 +29,7 @@ def test_extract_datasets_export_through_the_cli(tmp_path):
         assert fh["features"].shape == (6, 64)
     text = run_cli("datasets", "--home", home).stdout
     header, row = text.splitlines()
-    assert row.startswith("pets ") and header.index("FEATURES") == row.index("tiny[random]=6")  # aligned columns
+    assert row.startswith("pets ") and header.index("FEATURES") == row.index("tiny@32[random:0]=6")  # aligned columns
 
 
 def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):

@@ -1,0 +1,167 @@
+"""`headstart predict`: top-k labels for image files and folders, or for a dataset split straight from the cache."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import sys
+from pathlib import Path
+
+from extractor.errors import CacheDamaged, HeadstartError
+from service.cli import emit, existing_store
+
+CSV_COLUMNS = ("image", "prediction", "probability", "top_k", "true_label", "split", "cached", "error")
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("predict", parents=[common], help="top-k labels of images, or of a dataset from the cache",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("head")
+    p.add_argument("images", nargs="*", type=Path, help="image files, or folders (every image below them)")
+    p.add_argument("--dataset", help="predict a dataset's images from its cached vectors (no forward pass)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="with --dataset: only this split")
+    p.add_argument("--csv", type=Path, help="also write one row per image to this CSV file")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_predict)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.top_k < 1 or args.batch_size < 1:
+        raise HeadstartError(f"--top-k {args.top_k} / --batch-size {args.batch_size}: expected integers >= 1")
+    if not args.images and not args.dataset:
+        raise HeadstartError("nothing to predict: expected image files or folders, or --dataset NAME")
+    if args.split and not args.dataset:
+        raise HeadstartError("--split chooses a split of --dataset; pass --dataset NAME too")
+
+
+def expand(items: list[Path]) -> tuple[list[Path], list[dict]]:
+    """Files as given and every image below given folders; rows for paths that do not exist or hold none."""
+    from extractor.datasets import image_files
+
+    found, problems = [], []
+    for item in items:
+        if item.is_dir():
+            images, _ = image_files(item)
+            found += images
+            if not images:
+                problems.append({"image": str(item), "error": "folder holds no image files (.jpg, .png, .webp, ...)"})
+        elif item.exists():
+            found.append(item)
+        else:
+            problems.append({"image": str(item), "error": "no such file or folder"})
+    return found, problems
+
+
+class Output:
+    """Rows as they come: human lines on stdout (errors on stderr), or one JSON line at the end; and a CSV."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.rows, self.failed = args, [], 0
+        self.csv_file = self.csv = None
+        if args.csv:
+            args.csv.parent.mkdir(parents=True, exist_ok=True)
+            self.csv_file = open(args.csv.with_name(args.csv.name + ".tmp"), "w", newline="")
+            self.csv = csv.DictWriter(self.csv_file, CSV_COLUMNS)
+            self.csv.writeheader()
+
+    def add(self, rows: list[dict]) -> None:
+        self.failed += sum("error" in r for r in rows)
+        if self.csv:
+            self.csv.writerows(_csv_row(r) for r in rows)
+        if self.args.json:
+            self.rows += rows
+            return
+        for r in rows:
+            if "error" in r:
+                print(f"headstart: error: {r['image']}: {r['error']}", file=sys.stderr)
+            else:
+                truth = f"  (true: {r['true_label']})" if r.get("true_label") is not None else ""
+                print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]) + truth,
+                      flush=True)
+
+    def close(self) -> None:
+        if self.csv_file:
+            from extractor.durable import publish
+
+            self.csv_file.close()
+            publish(Path(self.csv_file.name), self.args.csv)
+        if self.args.json:
+            emit(self.args, self.rows, "")
+
+
+def _csv_row(r: dict) -> dict:
+    top = r.get("top") or [{}]
+    return {"image": r["image"], "prediction": top[0].get("label", ""), "probability": top[0].get("probability", ""),
+            "top_k": "|".join(f"{t['label']}:{t['probability']}" for t in r.get("top", [])),
+            "true_label": r.get("true_label", ""), "split": r.get("split", ""), "cached": r.get("cached", ""),
+            "error": r.get("error", "")}
+
+
+def from_dataset(store, predictor, dataset: str, split: str | None, k: int) -> list[dict]:
+    """The dataset's images (one split or all) predicted from their cached vectors under the head's fingerprint."""
+    if store.catalog.dataset(dataset) is None:
+        store.resolve(dataset, predictor.resolved.spec.name)  # NotFound with the known names
+    table = store.table(dataset, predictor.fingerprint)
+    keep = [i for i, s in enumerate(table.splits) if split is None or s == split]
+    if not keep:
+        b = predictor.resolved
+        raise HeadstartError(f"dataset {dataset!r} has no {b.spec.name} vectors of this head's fingerprint "
+                             f"{predictor.fingerprint}" + (f" in its {split} split" if split else ""),
+                             cli=f"run `headstart extract ... --dataset {dataset} --backbone {b.spec.name} "
+                                 f"--weights {b.weights.label}` first")
+    tops = predictor.predict_vectors(table.features[keep], k)
+    return [{"image": table.paths[i], "true_label": table.labels[i], "split": table.splits[i], "top": top,
+             "cached": True} for i, top in zip(keep, tops, strict=True)]
+
+
+def from_files(store, predictor, paths: list[Path], k: int, batch_size: int) -> list[dict]:
+    """Files read once; those whose content is cached under the head's fingerprint skip the forward pass."""
+    from extractor.decode import DecodeError, read_file
+
+    rows, readable, datas = [], [], []
+    for path in paths:
+        rows.append({"image": str(path)})
+        try:
+            datas.append(read_file(path, predictor.limits))
+            readable.append(rows[-1])
+        except DecodeError as exc:
+            rows[-1]["error"] = str(exc)
+    shas = [hashlib.sha256(d).hexdigest() for d in datas]
+    where = store.catalog.vector_locations(predictor.fingerprint, shas)
+    hits = [i for i, sha in enumerate(shas) if sha in where]
+    try:
+        vectors = store.read_rows([where[shas[i]] for i in hits], predictor.resolved.fingerprint.dim)
+        for i, top in zip(hits, predictor.predict_vectors(vectors, k) if hits else [], strict=True):
+            readable[i].update(top=top, cached=True)
+    except CacheDamaged:  # a damaged shard: compute these too (the next extract repairs the cache)
+        hits = []
+    misses = [i for i in range(len(datas)) if i not in set(hits)]
+    answers = predictor.predict_bytes([datas[i] for i in misses], k, batch_size) if misses else []
+    for i, answer in zip(misses, answers, strict=True):
+        readable[i].update(answer, **({"cached": False} if "top" in answer else {}))
+    return rows
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from classifiers.predict import Predictor
+    from classifiers.training import heads_dir
+
+    _check(args)
+    store = existing_store(args.home)
+    predictor = Predictor(heads_dir(store), args.head, device=args.device)  # the head only: the backbone is lazy
+    paths, problems = expand(args.images)
+    out = Output(args)
+    out.add(problems)  # said before any model loads
+    if not paths and not args.dataset:
+        out.close()
+        return 1
+    if args.dataset:
+        out.add(from_dataset(store, predictor, args.dataset, args.split, args.top_k))
+    for start in range(0, len(paths), args.batch_size):  # a chunk at a time: memory does not grow with the count
+        out.add(from_files(store, predictor, paths[start:start + args.batch_size], args.top_k, args.batch_size))
+    out.close()
+    return 1 if out.failed else 0
+

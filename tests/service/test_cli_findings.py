@@ -1,0 +1,220 @@
+"""What a new user hit on the command line (issue 9, items 5-12), each pinned by a test."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, assert_one_line_error, make_folder, run_cli, run_main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Three classes extracted with the tiny backbone and a logreg head on them."""
+    root = tmp_path_factory.mktemp("findings")
+    make_folder(root / "data", {"red": 12, "green": 12, "blue": 12})
+    home = str(root / "home")
+    for args in (["extract", str(root / "data"), "--dataset", "colors", "--backbone", "tiny", "--weights", "random"],
+                 ["train", "--dataset", "colors", "--backbone", "tiny", "--name", "lr"]):
+        result = run_cli(*args, "--home", home)
+        assert result.returncode == 0, result.stderr
+    return root, home
+
+
+def n_split(capsys, home: str) -> int:
+    return json.loads(run_main(capsys, "datasets", "--json", "--home", home)[1])[0]["splits"]["test"]
+
+
+def no_backbone(monkeypatch):
+    """Any forward pass fails the test: the answer must come from the cache (or from checks before it)."""
+    def refuse(self):
+        raise AssertionError("the backbone was loaded")
+
+    monkeypatch.setattr("extractor.model.LoadedBackbone.setup", refuse)
+
+
+def test_a_closed_pipe_ends_quietly(trained):
+    root, home = trained
+    for args in (["predict", "lr", "--dataset", "colors"], ["datasets", "--json"], ["backbones"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before anything is written: `| head -0`
+        proc = subprocess.run([sys.executable, "-m", "service", *args, "--home", home], cwd=REPO, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+        os.close(write)
+        assert proc.returncode == 141 and proc.stderr == "", (args, proc.stderr)
+
+
+def test_predict_checks_paths_before_loading_anything(trained, capsys, monkeypatch):
+    root, home = trained
+    no_backbone(monkeypatch)
+    code, out, err = run_main(capsys, "predict", "lr", str(root / "nope.jpg"), "--home", home)
+    assert code == 1 and out == "" and err == f"headstart: error: {root / 'nope.jpg'}: no such file or folder\n"
+    code, out, err = run_main(capsys, "predict", "lr", str(root / "nope.jpg"), "--json", "--home", home)
+    assert code == 1 and json.loads(out) == [{"image": str(root / "nope.jpg"), "error": "no such file or folder"}]
+
+
+def test_predict_a_dataset_split_from_the_cache_with_a_csv(trained, capsys, monkeypatch):
+    root, home = trained
+    no_backbone(monkeypatch)
+    out_csv = root / "out" / "test.csv"
+    code, out, err = run_main(capsys, "predict", "lr", "--dataset", "colors", "--split", "test", "--csv", str(out_csv),
+                              "--top-k", "2", "--home", home)
+    assert code == 0, err
+    lines = out.splitlines()
+    rows = list(csv.DictReader(open(out_csv)))
+    n_test = n_split(capsys, home)
+    assert len(rows) == len(lines) == n_test and all(r["split"] == "test" and r["cached"] == "True" for r in rows)
+    assert sum(r["prediction"] == r["true_label"] for r in rows) >= n_test - 1
+    assert all(len(r["top_k"].split("|")) == 2 for r in rows) and "(true: " in lines[0]
+
+
+def test_predict_uses_cached_vectors_for_known_files(trained, capsys, monkeypatch):
+    root, home = trained
+    known = sorted((root / "data" / "green").iterdir())[:2]
+    no_backbone(monkeypatch)
+    code, out, err = run_main(capsys, "predict", "lr", *map(str, known), "--json", "--home", home)
+    assert code == 0, err
+    assert [r["cached"] for r in json.loads(out)] == [True, True]
+    assert all(r["top"][0]["label"] == "green" for r in json.loads(out))
+    monkeypatch.undo()
+    make_folder(root / "new", {"blue": 0, "green": 0, "red": 1}, seed=77)
+    fresh = next((root / "new" / "red").iterdir())
+    code, out, _ = run_main(capsys, "predict", "lr", str(fresh), str(known[0]), "--json", "--home", home)
+    assert code == 0 and [r["cached"] for r in json.loads(out)] == [False, True]
+
+
+def test_version_json_errors_and_option_sizes(trained, capsys):
+    root, home = trained
+    with pytest.raises(SystemExit) as stop:
+        run_main(capsys, "--version")
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("headstart ")
+    code, out, err = run_main(capsys, "train", "--dataset", "nope", "--backbone", "tiny", "--name", "x", "--json",
+                              "--home", home)
+    assert code == 1 and out == "" and "no dataset 'nope'" in json.loads(err)["error"]
+    code, out, err = run_main(capsys, "extract", str(root / "data"), "--dataset", "colors", "--backbone", "tiny",
+                              "--weights", "random", "--max-pixels", "100M", "--max-bytes", "8M", "--home", home)
+    assert code == 0 and "nothing to compute" in out and "0.0 img/s" not in out, out + err
+    with pytest.raises(SystemExit):
+        run_main(capsys, "extract", str(root / "data"), "--dataset", "colors", "--max-pixels", "lots")
+    assert "expected a positive number, optionally with K, M or G" in capsys.readouterr().err
+
+
+def test_heads_listing_and_settings_errors_name_what_the_user_typed(trained, capsys):
+    root, home = trained
+    code, out, _ = run_main(capsys, "heads", "--home", home)
+    assert code == 0
+    assert all(len(cell) == 5 and cell[1] == "." for cell in out.splitlines()[1].split()[5:7])  # 1.000 beside 0.958
+    code, _, err = run_main(capsys, "serve", "--port", "99999", "--home", home, "--data-root", str(root))
+    assert_one_line_error(code, err, "--port=99999")
+
+
+def test_csv_that_looks_semicolon_separated_gets_a_hint(tmp_path, capsys):
+    make_folder(tmp_path / "data", {"a": 1})
+    (tmp_path / "labels.csv").write_text("path;label\na/a_0000.jpg;a\n")
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "x", "--labels",
+                            str(tmp_path / "labels.csv"), "--backbone", "tiny", "--weights", "random",
+                            "--home", str(tmp_path / "home"))
+    assert_one_line_error(code, err, "looks semicolon-separated")
+
+
+def test_train_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        run_main(capsys, "train", "--help")
+    text = capsys.readouterr().out
+    assert "epochs=30" in text and "C=1.0" in text and "hidden=512,512" in text
+
+
+def test_read_only_commands_create_no_home(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (["datasets"], ["heads"], ["evaluate", "h"], ["verify"]):
+        code, _, err = run_main(capsys, *args, "--home", str(empty))
+        assert_one_line_error(code, err, "holds no headstart catalog")
+    assert list(empty.iterdir()) == []
+
+
+def test_terminal_warnings_one_class_top_level_files_and_dtype(tmp_path, capsys):
+    make_folder(tmp_path / "one", {"only": 3})
+    (tmp_path / "one" / "stray.jpg").write_bytes((tmp_path / "one" / "only" / "only_0000.jpg").read_bytes())
+    home = ["--home", str(tmp_path / "home")]
+    base = ["extract", str(tmp_path / "one"), "--dataset", "one", "--backbone", "tiny", "--weights", "random", *home]
+    code, _, err = run_main(capsys, *base)
+    assert code == 0
+    assert "has one class ('only')" in err and "1 files at the top level" in err and "were not read" in err
+    code, _, err = run_main(capsys, *base, "--dtype", "float16")
+    assert code == 0 and "stored as float32; --dtype float16" in err and "nothing changed" in err
+
+
+def test_datasets_tell_two_feature_sets_apart(tmp_path, capsys):
+    make_folder(tmp_path / "d", {"a": 2, "b": 2})
+    home = ["--home", str(tmp_path / "home")]
+    for extra in (["--weights", "random:1"], ["--weights", "random:2"], ["--weights", "random:1", "--size", "40"]):
+        assert run_main(capsys, "extract", str(tmp_path / "d"), "--dataset", "d", "--backbone", "tiny", *extra,
+                        *home)[0] == 0
+    out = run_main(capsys, "datasets", *home)[1]
+    for label in ("tiny@32[random:1]=4", "tiny@32[random:2]=4", "tiny@40[random:1]=4"):
+        assert label in out
+
+
+def test_all_failed_dataset_says_why(tmp_path, capsys):
+    (tmp_path / "junk" / "a").mkdir(parents=True)
+    for i in range(2):
+        (tmp_path / "junk" / "a" / f"{i}.jpg").write_text("not an image")
+    home = ["--home", str(tmp_path / "home")]
+    assert run_main(capsys, "extract", str(tmp_path / "junk"), "--dataset", "j", "--backbone", "tiny",
+                    "--weights", "random", *home)[0] == 1
+    assert "none: all 2 files failed" in run_main(capsys, "datasets", *home)[1]
+
+
+def test_evaluate_prints_the_confusion_matrix_log_loss_and_small_split_warning(trained, capsys):
+    root, home = trained
+    code, out, err = run_main(capsys, "evaluate", "lr", "--split", "test", "--home", home)
+    assert code == 0 and "log_loss" in out and "confusion matrix (rows: true label" in out
+    matrix = out[out.index("confusion matrix"):].splitlines()[2:5]
+    assert [line.split()[1] for line in matrix] == ["blue", "green", "red"]
+    assert sum(int(c) for line in matrix for c in line.split()[2:]) == n_split(capsys, home)
+    assert "fewer than 5 images of 3 classes" in err
+
+
+def test_absent_class_has_no_f1(capsys):
+    import numpy as np
+
+    from classifiers.metrics import evaluate
+
+    m = evaluate(np.array(["a", "a", "b"]), np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.9, 0.0]]),
+                 np.array(["a", "b", "c"]))
+    assert m["per_class"]["c"]["f1"] is None and m["per_class"]["a"]["f1"] == 1.0
+
+
+def test_plots_name_each_auc_and_mark_the_restored_epoch(tmp_path, monkeypatch):
+    import numpy as np
+
+    from classifiers import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    y = np.array(["a", "b", "c"] * 10)
+    proba = np.eye(3)[[0, 1, 2] * 10] * 0.8 + 0.2 / 3
+    plots.roc(y, proba, np.array(["a", "b", "c"]), tmp_path / "r.png", "t")
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert legend == ["a (AUC 1.000)", "b (AUC 1.000)", "c (AUC 1.000)"]
+    assert len({line.get_linestyle() for line in figures[0].axes[0].lines[:3]}) == 3
+    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5, "val_loss": abs(e - 3) + 0.1, "val_acc": 0.5}
+               for e in range(1, 7)]
+    plots.training(history, tmp_path / "t.png", "t")
+    assert plots.best_epoch(history) == 3
+    assert any("restored (epoch 3)" == t.get_text() for t in figures[1].axes[0].get_legend().get_texts())
+
+
+def test_predict_argument_errors(trained, capsys):
+    _, home = trained
+    for args, expected in ((["predict", "lr"], "nothing to predict"),
+                           (["predict", "lr", "x.jpg", "--split", "test"], "--split chooses a split of --dataset"),
+                           (["predict", "lr", "--dataset", "colors", "--top-k", "0"], "expected integers >= 1")):
+        code, _, err = run_main(capsys, *args, "--home", home)
+        assert_one_line_error(code, err, expected)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from extractor.errors import HeadstartError, NotFound
+from extractor.errors import Diverged, HeadstartError, NotFound, Stopped
 
 Rule = tuple[Callable[[Any], bool], str]
 
@@ -26,9 +27,28 @@ def integer(lo: int, hi: int) -> Rule:
     return (lambda v: _integer(v) and lo <= v <= hi), f"an integer from {lo} to {hi}"
 
 
-POSITIVE: Rule = (lambda v: _number(v) and v > 0, "a number > 0")
-NON_NEGATIVE: Rule = (lambda v: _number(v) and v >= 0, "a number >= 0")
+def number(lo: float, hi: float, low_open: bool = False) -> Rule:
+    """A finite number in [lo, hi] (or (lo, hi] with `low_open`)."""
+    return ((lambda v: _number(v) and (v > lo if low_open else v >= lo) and v <= hi),
+            f"a number {'>' if low_open else '>='} {lo:g} and <= {hi:g}")
+
+
+POSITIVE: Rule = number(0, 1e6, low_open=True)
+NON_NEGATIVE: Rule = number(0, 1e6)
 CLASS_WEIGHT: Rule = (lambda v: v in (None, "balanced"), "balanced or null")
+
+
+@dataclass
+class Monitor:
+    """What a caller hears of a fit and how it stops one: `should_stop` is asked between steps (epochs,
+    batches); a True answer raises Stopped. `on_epoch(row, epochs)` reports each finished epoch."""
+
+    should_stop: Callable[[], bool] = lambda: False
+    on_epoch: Callable[[dict, int], None] = lambda row, epochs: None
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise Stopped()
 
 
 class Head:
@@ -51,6 +71,7 @@ class Head:
         self.params = {**self.defaults, **params}
         self.classes_: np.ndarray | None = None
         self.history: list[dict] = []
+        self.monitor = Monitor()
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None,
             y_val: np.ndarray | None = None) -> "Head":
@@ -67,6 +88,12 @@ class Head:
 
     def set_state(self, tensors: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
+
+    def check_finite(self, X: np.ndarray) -> None:
+        """After a fit: probabilities on a few rows must be numbers, else the fit diverged."""
+        if len(X) and not np.isfinite(self.predict_proba(X[:64])).all():
+            raise Diverged(f"training {self.kind} diverged (its outputs are not finite numbers) with params "
+                           f"{json.dumps(self.params, default=str)}; use smaller values (lr, C, temperature)")
 
     def _set_classes(self, y: np.ndarray) -> np.ndarray:
         self.classes_ = np.unique(np.asarray(y).astype(str))
@@ -110,9 +137,11 @@ class LogRegHead(Head):
         self.mean_, self.scale_ = standardiser(X)
         model = LogisticRegression(C=float(self.params["C"]), max_iter=int(self.params["max_iter"]),
                                    tol=float(self.params["tol"]), class_weight=self.params["class_weight"])
+        self.monitor.check()
         model.fit((X - self.mean_) / self.scale_, codes)
         self.coef_ = model.coef_.astype(np.float32)
         self.intercept_ = model.intercept_.astype(np.float32)
+        self.check_finite(X)
         return self
 
     def predict_proba(self, X):
@@ -137,7 +166,8 @@ class LogRegHead(Head):
 class CentroidHead(Head):
     kind = "centroid"
     defaults = {"temperature": None}
-    rules = {"temperature": ((lambda v: v is None or POSITIVE[0](v)), "a number > 0, or null to fit it on val")}
+    rules = {"temperature": ((lambda v: v is None or number(0, 1e4, True)[0](v)),
+                             "a number > 0 and <= 10000, or null to fit it on val")}
     description = "cosine nearest class mean, temperature fitted on val (strong with very few labels)"
 
     def fit(self, X, y, X_val=None, y_val=None):
@@ -148,6 +178,7 @@ class CentroidHead(Head):
         self.centroids_ = (cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)).astype(np.float32)
         self.temperature_ = np.array([self._fit_temperature(X_val, y_val) if X_val is not None and len(X_val)
                                       else self._fit_temperature(X, y)], dtype=np.float32)
+        self.check_finite(X)
         return self
 
     def _unit(self, X: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from classifiers.heads import CLASS_WEIGHT, NON_NEGATIVE, POSITIVE, Head, encode, integer, standardiser
-from extractor.errors import HeadstartError
+from classifiers.heads import CLASS_WEIGHT, NON_NEGATIVE, Head, encode, integer, number, standardiser
+from extractor.errors import Diverged, HeadstartError
 from extractor.model import resolve_device
 
 
@@ -31,7 +31,7 @@ class MLPHead(Head):
         "hidden": ((lambda v: isinstance(v, list) and 1 <= len(v) <= 8 and all(integer(1, 16384)[0](w) for w in v)),
                    "1 to 8 layer widths, each an integer from 1 to 16384 (e.g. 512,512)"),
         "dropout": ((lambda v: NON_NEGATIVE[0](v) and v < 1), "a number from 0 up to (not including) 1"),
-        "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+        "lr": number(0, 10, low_open=True), "weight_decay": number(0, 10),
         "batch_size": ((lambda v: v == "auto" or integer(1, 1 << 20)[0](v)), "auto or an integer >= 1"),
         "epochs": integer(1, 100_000), "patience": integer(1, 100_000), "class_weight": CLASS_WEIGHT,
         "seed": integer(0, 2**63 - 1), "device": ((lambda v: isinstance(v, str)), "auto, cpu, cuda or cuda:N"),
@@ -91,7 +91,12 @@ class MLPHead(Head):
             if val is not None:
                 row.update(self._score(*val, loss_fn))
             row["seconds"] = time.perf_counter() - start
+            if not all(np.isfinite(v) for k, v in row.items() if k.endswith("loss")):
+                raise Diverged(f"training mlp diverged: the loss is not a finite number at epoch {epoch + 1}; "
+                               f"lower lr (now {p['lr']:g}) or weight_decay")
             self.history.append(row)
+            self.monitor.on_epoch(row, int(p["epochs"]))
+            self.monitor.check()
             watched = row.get("val_loss", row["train_loss"])
             if watched < best_loss - 1e-6:
                 best_loss, waited = watched, 0
@@ -109,7 +114,9 @@ class MLPHead(Head):
         self.net.train()
         Xs, ys = X[order], y[order]
         total, correct = 0.0, 0
-        for i in range(0, len(Xs), bs):
+        for step, i in enumerate(range(0, len(Xs), bs)):
+            if step % 64 == 63:
+                self.monitor.check()
             xb, yb = Xs[i:i + bs], ys[i:i + bs]
             opt.zero_grad(set_to_none=True)
             out = self.net(xb)

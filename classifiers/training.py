@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import plots
-from classifiers.heads import device_param, get_head_class
+from classifiers.heads import Monitor, device_param, get_head_class
 from classifiers.metrics import evaluate
 from classifiers.persist import check_name, load, save
 from extractor.errors import HeadstartError
@@ -34,13 +34,16 @@ def split_arrays(table: FeatureTable) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 
 def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name: str,
-               params: dict | None = None, weights: str | None = None, device: str | None = None) -> dict:
+               params: dict | None = None, weights: str | None = None, device: str | None = None,
+               monitor: Monitor | None = None) -> dict:
     """Fit on train (val for early stopping / temperature), score val and test, save; returns the manifest.
 
-    `device` is where a head that trains on one (mlp) trains, unless its params name one."""
+    `device` is where a head that trains on one (mlp) trains, unless its params name one. `monitor` hears
+    each epoch and can stop the fit between steps (Stopped)."""
     check_name(name)
     cls = get_head_class(kind)
     head = cls(**{**device_param(cls, device), **(params or {})})
+    head.monitor = monitor or head.monitor
     fp_id = store.resolve(dataset, backbone, weights)
     table = store.table(dataset, fp_id)
     data = split_arrays(table)

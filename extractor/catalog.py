@@ -8,13 +8,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from extractor.catalog_jobs import JobTable
 from extractor.errors import HeadstartError
 from extractor.schema import SCHEMA_VERSION, upgrade
 
 SOURCE_FIELDS = ("root", "kind", "labels_csv", "path_column", "label_column", "prefix")
 
 
-class Catalog:
+class Catalog(JobTable):
     """One SQLite file in WAL mode; short connections, so readers never block the writer."""
 
     def __init__(self, path: Path) -> None:
@@ -234,35 +235,3 @@ class Catalog:
                 (dataset,)).fetchall()
             failed = con.execute("SELECT COUNT(*) FROM failures WHERE dataset = ?", (dataset,)).fetchone()[0]
         return {"splits": splits, "fingerprints": per_fp, "failed": failed}
-
-    # --- jobs ------------------------------------------------------------------------------------
-    JOB_FIELDS = ("id", "kind", "key", "state", "request", "progress", "result", "error", "created", "updated")
-
-    def create_job(self, job_id: str, kind: str, key: str, request: str) -> None:
-        now = time.time()
-        with self.connect() as con, con:
-            con.execute("INSERT INTO jobs VALUES (?, ?, ?, 'queued', ?, NULL, NULL, NULL, ?, ?)",
-                        (job_id, kind, key, request, now, now))
-
-    def update_job(self, job_id: str, **fields: str | None) -> None:
-        assigns = ", ".join(f"{k} = ?" for k in fields if k in self.JOB_FIELDS)
-        with self.connect() as con, con:
-            con.execute(f"UPDATE jobs SET {assigns}, updated = ? WHERE id = ?",
-                        (*[fields[k] for k in fields if k in self.JOB_FIELDS], time.time(), job_id))
-
-    def job(self, job_id: str) -> dict | None:
-        with self.connect() as con:
-            row = con.execute(f"SELECT {', '.join(self.JOB_FIELDS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else dict(zip(self.JOB_FIELDS, row, strict=True))
-
-    def jobs(self, states: tuple[str, ...] | None = None, limit: int = 200) -> list[dict]:
-        where = f"WHERE state IN ({','.join('?' * len(states))})" if states else ""
-        with self.connect() as con:
-            rows = con.execute(f"SELECT {', '.join(self.JOB_FIELDS)} FROM jobs {where} ORDER BY created DESC "
-                               f"LIMIT ?", (*(states or ()), limit)).fetchall()
-        return [dict(zip(self.JOB_FIELDS, r, strict=True)) for r in rows]
-
-    def active_job(self, key: str) -> str | None:
-        with self.connect() as con:
-            row = con.execute("SELECT id FROM jobs WHERE key = ? AND state IN ('queued', 'running')", (key,)).fetchone()
-        return row[0] if row else None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extractor.catalog import Catalog
-from extractor.errors import HeadstartError
+from extractor.errors import HeadstartError, Stopped
 
 # Listing only: which files are candidates. Whether a file *is* an image is decided by its content.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ""}
@@ -125,10 +125,6 @@ def _locate(root: Path, value: str) -> Path | None:
         if candidate.is_relative_to(root) and candidate.is_file():
             return candidate
     return None
-
-
-class Stopped(Exception):
-    """Raised between steps of a listing when the caller asked to stop (a cancelled job)."""
 
 
 def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_column: str | None = None,

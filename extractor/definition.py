@@ -91,13 +91,14 @@ def decide(name: str, recorded: list[dict], wanted: Wanted) -> list[dict]:
         f"{name!r}, --redefine to make {name!r} this folder only, or choose another --dataset name")
 
 
-def _list_one(source: dict) -> Listing:
+def _list_one(source: dict, should_stop: Callable[[], bool] | None) -> Listing:
     root = Path(source["root"])
     if source["kind"] == "csv":
         if not source["labels_csv"]:
             raise HeadstartError(f"the labels CSV of {root} was not recorded (an earlier headstart); pass --labels "
                                  f"CSV once to record it")
-        return scan_csv(root, Path(source["labels_csv"]), source["path_column"], source["label_column"])
+        return scan_csv(root, Path(source["labels_csv"]), source["path_column"], source["label_column"],
+                        should_stop)
     return scan_folder(root, unlabeled=source["kind"] == "unlabeled")
 
 
@@ -108,7 +109,7 @@ def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,
     sources = decide(name, catalog.sources(name), wanted)
     listings = []
     for source in sources:
-        listing = _list_one(source)
+        listing = _list_one(source, should_stop)
         source.update(kind=listing.kind, **({"path_column": listing.columns[0], "label_column": listing.columns[1]}
                                             if listing.kind == "csv" else {}))
         listings.append(listing)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 from pathlib import Path
+
+from extractor.errors import HeadstartError, StorageFull
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_path(path: Path) -> None:
@@ -23,3 +29,18 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_path(tmp)
     os.replace(tmp, final)
     fsync_path(final.parent)
+
+
+def storage_error(exc: BaseException, doing: str) -> HeadstartError | None:
+    """A one-line error for a write that failed because the disk is full or read-only (OSError from a file,
+    or SQLite's OperationalError); None for other failures."""
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno in FULL or "No space left" in text or "disk is full" in text \
+            or "errno = 28" in text:
+        return StorageFull(f"disk full while {doing}; nothing half-written was kept: free space and run again")
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS or "readonly database" in text \
+            or "Read-only file system" in text:
+        return StorageFull(f"the home is read-only while {doing}; make it writable and run again")
+    if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in text:
+        return StorageFull(f"the disk failed while {doing} (disk I/O error); check the disk and run again")
+    return None

@@ -54,3 +54,19 @@ class TooBusy(HeadstartError):
 
     status = 429
     retry_after = 5
+
+
+class Diverged(HeadstartError):
+    """Training produced non-finite numbers (too high a learning rate, extreme parameters)."""
+
+    status = 422
+
+
+class OverLimit(HeadstartError):
+    """A request beyond what this server allows (a setting names the limit)."""
+
+    status = 422
+
+
+class Stopped(Exception):  # noqa: N818 - a request to stop, not an error
+    """Raised between steps of long work (listing, hashing, epochs) when the caller asked it to stop."""

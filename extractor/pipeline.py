@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from extractor.datasets import Listing, Stopped
+from extractor.datasets import Listing
 from extractor.decode import DecodeError, Limits, preprocess, read_file
 from extractor.definition import Wanted, collect
-from extractor.errors import HeadstartError
+from extractor.errors import HeadstartError, Stopped
 from extractor.model import LoadedBackbone, Resolved, amp_dtype, resolve, resolve_device
 from extractor.names import check_name
 from extractor.splits import register

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 
 from extractor.backbones import Fingerprint, get_spec, make_fingerprint, resolve_size
 from extractor.catalog import Catalog
-from extractor.durable import publish
+from extractor.durable import publish, storage_error
 from extractor.errors import CacheDamaged, Conflict, HeadstartError, NotFound
 from extractor.locks import Busy, FileLock
 from extractor.weights import identity, parse_weights
@@ -223,15 +224,24 @@ class ShardWriter:
         self._shas, self._vectors = [], []
 
     def _write(self, shas: list[str], data: np.ndarray) -> None:
+        """Write one shard file (tmp, fsync, rename), then commit it; on a failed write or commit nothing stays
+        that a reader could see, and a full or read-only disk is one line (StorageFull)."""
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.h5"
         tmp, final = self.dir / (name + ".tmp"), self.dir / name
-        with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("features", data=data)
-            fh.create_dataset("sha256", data=np.array(shas, dtype="S64"))
-            fh.attrs["fingerprint"] = self.fp.id
-        publish(tmp, final)
-        self.store.catalog.commit_shard(self.fp.id, final.relative_to(self.store.home).as_posix(),
-                                        self.dtype.name, shas, final.stat().st_size)
+        doing = f"writing shard {final.relative_to(self.store.home)}"
+        try:
+            with h5py.File(tmp, "w") as fh:
+                fh.create_dataset("features", data=data)
+                fh.create_dataset("sha256", data=np.array(shas, dtype="S64"))
+                fh.attrs["fingerprint"] = self.fp.id
+            publish(tmp, final)
+            doing = f"committing shard {final.relative_to(self.store.home)} to the catalog"
+            self.store.catalog.commit_shard(self.fp.id, final.relative_to(self.store.home).as_posix(),
+                                            self.dtype.name, shas, final.stat().st_size)
+        except (OSError, sqlite3.Error) as exc:
+            for path in (tmp, final):  # never committed: remove it (the next writer would, too)
+                path.unlink(missing_ok=True)
+            raise storage_error(exc, doing) or exc from None
         self.written += len(shas)
 
     def __exit__(self, *exc) -> None:

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from classifiers.persist import delete, head_dir, list_heads, read_manifest, rollback
 from classifiers.predict import top_k
-from classifiers.training import heads_dir, train_head
+from classifiers.training import heads_dir
 from extractor.backbones import describe
 from extractor.decode import DecodeError, Limits, preprocess
+from service import work
 from service.batcher import ModelFailure
 from service.jobs import MAX_FAILURES_SHOWN
 from service.schemas import NAME, ExtractRequest, HeadRequest, JobAccepted
 
 router = APIRouter()
+JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted"]
 JOB_ID = PathParam(pattern=r"^[0-9a-f]{1,32}$")
 HEAD_NAME = PathParam(pattern=NAME)
 
@@ -82,8 +85,13 @@ async def extract(body: ExtractRequest, request: Request) -> JobAccepted:
 
 
 @router.get("/jobs", tags=["jobs"])
-async def jobs(request: Request) -> list[dict]:
-    return await run_in_threadpool(state(request).runner.list)
+async def jobs(request: Request, response: Response, state_: JobState | None = Query(None, alias="state"),
+               limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10**9)) -> list[dict]:
+    """Jobs newest first, `limit` at a time from `offset`; the X-Total-Count header counts them all."""
+    runner = state(request).runner
+    states = (state_,) if state_ else None
+    response.headers["X-Total-Count"] = str(await run_in_threadpool(runner.store.catalog.count_jobs, states))
+    return await run_in_threadpool(runner.list, states, limit, offset)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
@@ -105,12 +113,16 @@ async def resume_job(request: Request, job_id: str = JOB_ID) -> dict:
 async def create_head(body: HeadRequest, request: Request):
     s = state(request)
     if body.background:
-        job_id, created = await run_in_threadpool(s.runner.submit, "train", f"train:{body.name}", body.model_dump())
+        job_id, created = await run_in_threadpool(s.runner.submit_train, body.model_dump())
         return JSONResponse(JobAccepted(job_id=job_id, status_url=f"/jobs/{job_id}", created=created).model_dump(),
                             202)
+
+    def now() -> dict:
+        with s.runner.slot.hold(wait=False):  # one training at a time on the device: 429 when taken
+            return work.train(s.store, s.settings, body.model_dump())
+
     try:
-        manifest = await run_in_threadpool(train_head, s.store, body.dataset, body.backbone, body.head, body.name,
-                                           body.params, body.weights, s.settings.device)
+        manifest = await run_in_threadpool(now)
     except (RuntimeError, MemoryError) as exc:  # CUDA out of memory and friends
         raise ModelFailure(f"training failed in the model ({type(exc).__name__}); retry later") from None
     s.models.forget(body.name)

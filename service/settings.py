@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     flush_seconds: float = Field(10.0, gt=0)
     resume_interrupted: bool = True
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # jobs: at most this many queued (more get 429); finished ones are deleted after this many days
+    max_queued_jobs: int = Field(1000, ge=1)
+    job_retention_days: float = Field(14.0, gt=0)
+    # training caps: what one request may ask (larger ones are refused with 422), and wall time per training
+    max_epochs: int = Field(1000, ge=1)
+    max_hidden_width: int = Field(4096, ge=1)
+    max_hidden_layers: int = Field(4, ge=1)
+    train_max_seconds: float = Field(3600.0, gt=0)
+    extract_max_seconds: float = Field(0.0, ge=0)  # 0: no limit (a big dataset takes as long as it takes)
     # connections (uvicorn): idle keep-alive connections close after this; at most this many at once (more get
     # 503); the listen backlog. Header and body read timeouts belong to a reverse proxy in front (README).
     timeout_keep_alive_s: int = Field(5, ge=1, le=600)

@@ -1,0 +1,75 @@
+"""What each kind of job does: extract (features into the cache) and train (a head), with progress and stops."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from extractor.decode import Limits
+from extractor.pipeline import ExtractOptions, Progress
+from extractor.pipeline import extract as run_extract
+from service import work
+
+if TYPE_CHECKING:
+    from service.jobs import JobRunner
+
+MAX_FAILURES_SHOWN = 100  # per job or dataset in API answers; `headstart datasets --json` lists every one
+
+
+def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | None, str | None]:
+    s = runner.settings
+    opts = ExtractOptions(
+        data_dir=runner.confine(request["path"]), dataset=request["dataset"],
+        labels_csv=runner.confine(request["labels_csv"]) if request.get("labels_csv") else None,
+        unlabeled=bool(request.get("unlabeled")), backbone=request["backbone"], weights=request["weights"],
+        size=request.get("size"), dtype=request.get("dtype") or "float32", split=request.get("split"),
+        seed=request.get("seed"), batch_size=s.extract_batch_size, workers=s.extract_workers, device=s.device,
+        limits=Limits(max_pixels=s.max_pixels), flush_seconds=s.flush_seconds, confine=True,
+        add=bool(request.get("add")), redefine=bool(request.get("redefine")))
+    last, deadline, timed_out = [0.0], time.monotonic() + (s.extract_max_seconds or float("inf")), []
+
+    def progress(p: Progress) -> None:
+        runner.report(job_id, {"phase": p.phase, "done": p.done, "total": p.total, "failed": p.failed,
+                               "images_per_second": round(p.rate, 2),
+                               "eta_seconds": None if p.eta is None else round(p.eta, 1)}, last, p.done == p.total)
+
+    def should_stop() -> bool:
+        if time.monotonic() > deadline:
+            timed_out.append(True)
+            return True
+        return runner.should_stop(job_id)
+
+    summary = run_extract(opts, runner.store, progress=progress, should_stop=should_stop).to_dict()
+    runner.metrics.inc("headstart_images_extracted_total", {"backbone": request["backbone"]}, summary["extracted"])
+    summary["failures"] = summary["failures"][:MAX_FAILURES_SHOWN]  # `failed` counts them all
+    for item in summary["failures"]:
+        item["path"] = runner.scrub(item["path"])
+    summary["warnings"] = [runner.scrub(w) for w in summary["warnings"]]
+    if summary["stopped"]:
+        if timed_out:
+            return "failed", summary, (f"stopped after {s.extract_max_seconds:g} s, the limit of "
+                                       f"HEADSTART_EXTRACT_MAX_SECONDS; finished batches are kept: resume the job "
+                                       f"to go on")
+        return ("cancelled" if job_id in runner.cancelled else "interrupted"), summary, None
+    usable = summary["extracted"] + summary["cached"]
+    if not usable and summary["failures"]:
+        first = summary["failures"][0]
+        return "failed", summary, (f"none of the {summary['failed']} images could be used; first: "
+                                   f"{first['path']}: {first['reason']}")
+    return "succeeded", summary, None
+
+
+def train(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | None, str | None]:
+    started, last = time.monotonic(), [0.0]
+
+    def on_epoch(row: dict, epochs: int) -> None:
+        elapsed = time.monotonic() - started
+        rate = row["epoch"] / elapsed if elapsed > 0 else 0.0
+        runner.report(job_id, {"phase": "training", "done": row["epoch"], "total": epochs,
+                               "val_accuracy": row.get("val_acc"), "train_loss": round(row["train_loss"], 6),
+                               "eta_seconds": round((epochs - row["epoch"]) / rate, 1) if rate else None}, last)
+
+    with runner.slot.hold(wait=True):  # one training at a time on the device; a job waits its turn
+        runner.report(job_id, {"phase": "training", "done": 0, "total": None}, last, final=True)
+        manifest = work.train(runner.store, runner.settings, request, lambda: runner.should_stop(job_id), on_epoch)
+    return "succeeded", {"name": manifest["name"], "metrics": manifest["metrics"]}, None

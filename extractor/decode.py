@@ -81,13 +81,48 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
     return img
 
 
+BLOCK_PIXELS = 1 << 20  # wide images are converted this many pixels at a time (~13 MB of temporaries)
+
+
 def _wide_to_l(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img)
+    """16-bit, 32-bit int and float images -> L, in blocks of rows: no whole-image float64 copy (an 8000x8000
+    float image would need 512 MB for it). The arithmetic per pixel is the same as on the whole image."""
     if img.mode == "F":
-        scale = 255.0 if float(arr.max(initial=0.0)) <= 1.0 else 1.0
+        high = img.getextrema()[1]
+        scale = 255.0 if max(float(high), 0.0) <= 1.0 else 1.0
     else:  # I;16 variants and I hold 16-bit samples
         scale = 255.0 / 65535.0
-    return Image.fromarray(np.clip(arr.astype(np.float64) * scale, 0, 255).astype(np.uint8), "L")
+    width, height = img.size
+    out = Image.new("L", img.size)
+    rows = max(1, BLOCK_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        block = np.asarray(img.crop((0, top, width, min(height, top + rows)))).astype(np.float64)
+        block *= scale  # in place: the same products as `array * scale`, without another copy
+        np.clip(block, 0, 255, out=block)
+        out.paste(Image.fromarray(block.astype(np.uint8), "L"), (0, top))
+    return out
+
+
+# Peak bytes per pixel of decoding a mode and converting it to RGB at full size (beyond the file's bytes).
+# Pillow keeps RGB (and RGBA, CMYK, ...) in 4 bytes a pixel.
+_COST = {"1": 5, "L": 2, "P": 5, "RGB": 4, "CMYK": 8, "YCbCr": 8, "LAB": 8, "HSV": 8, "I;16": 3, "I;16L": 3,
+         "I;16B": 3, "I;16N": 3, "I": 5, "F": 5}
+_ALPHA_COST = 21  # RGBA decode + RGBA copy + white background + composite + RGB, 4 bytes each
+
+
+def decode_cost(img: Image.Image) -> int:
+    """Bytes that decoding this opened (not yet loaded) image needs at its peak, from its header alone:
+    its mode and size (after a JPEG draft), transparency, and whether EXIF orientation makes a rotated copy."""
+    width, height = img.size
+    alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+    per_pixel = _ALPHA_COST if alpha else _COST.get(img.mode, 8)
+    try:
+        rotated = img.getexif().get(0x0112, 1) not in (None, 1)
+    except Exception:  # a broken EXIF block is not our estimate's problem
+        rotated = False
+    per_pixel += 4 if rotated else 0
+    blocks = BLOCK_PIXELS * 17 if img.mode.startswith("I") or img.mode == "F" else 0  # _wide_to_l's temporaries
+    return int(width * height * per_pixel * 1.2) + blocks + (4 << 20)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -121,9 +156,35 @@ def decode(data: bytes, limits: Limits, target: int | None = None) -> Image.Imag
         raise DecodeError(f"corrupt or truncated {fmt} image: {exc}") from None
 
 
+def probe(data: bytes, size: int, limits: Limits) -> int:
+    """The decode cost (bytes) of `preprocess(data, size, limits)`, from the header; raises DecodeError like it."""
+    img = open_image(data, limits)
+    if img.format == "JPEG":
+        img.draft("RGB", (size, size))
+    return decode_cost(img)
+
+
 def preprocess(data: bytes, size: int, limits: Limits) -> np.ndarray:
-    """Bytes -> HWC uint8 array of size x size (the backbone's input, before normalisation)."""
-    img = decode(data, limits, target=size)
+    """Bytes -> HWC uint8 array of size x size (the backbone's input, before normalisation).
+
+    Greyscale (and 16-bit or float, once made L) is resized before it becomes RGB: the same pixels (RGB from L
+    repeats the channel), a third of the memory."""
+    img = open_image(data, limits)
+    fmt = img.format
+    try:
+        if fmt == "JPEG":
+            img.draft("RGB", (size, size))
+        img.load()
+        img = ImageOps.exif_transpose(img, in_place=True) or img
+        if img.mode.startswith("I") or img.mode == "F":
+            img = _wide_to_l(img)
+        if img.mode == "L":
+            img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0) if img.size != (size, size) else img
+        img = to_rgb(img)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"corrupt or truncated {fmt} image: {exc}") from None
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8)

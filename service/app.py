@@ -19,6 +19,7 @@ from extractor.store import FeatureStore
 from service import docs, security
 from service.batcher import Models
 from service.cli import version
+from service.decoding import Decoder
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import router
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     models = Models(heads_dir(store), settings.device, settings.backbone_cache, settings.head_cache,
                     settings.predict_max_batch, settings.predict_max_wait_ms / 1000, metrics)
 
+    decoder = Decoder(settings.decode_threads, settings.decode_memory_mb << 20)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(clean_leftovers, heads_dir(store))  # what a kill -9 mid-save or mid-delete left
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await run_in_threadpool(runner.stop, settings.shutdown_grace_s)  # checkpoint the running job
         models.close()
+        decoder.close()
 
     app = FastAPI(title="headstart", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Extract bottleneck features, train heads, predict images. Every endpoint but "
@@ -76,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "server has an API key (use the Authorize button).")
     docs.mount(app)
     app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
-    app.state.runner, app.state.models, app.state.scrub = runner, models, scrub
+    app.state.runner, app.state.models, app.state.scrub, app.state.decoder = runner, models, scrub, decoder
     app.include_router(router)
     _error_handlers(app, scrub)
     key = settings.api_key.get_secret_value() if settings.api_key else None

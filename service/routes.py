@@ -15,13 +15,13 @@ from classifiers.persist import delete, head_dir, list_heads, read_manifest, rol
 from classifiers.predict import top_k
 from classifiers.training import heads_dir
 from extractor.backbones import describe
-from extractor.decode import DecodeError, Limits, preprocess
+from extractor.decode import DecodeError, Limits
 from service import work
 from service.batcher import ModelFailure
 from service.jobs import MAX_FAILURES_SHOWN
-from service.schemas import NAME, ExtractRequest, HeadRequest, JobAccepted
+from service.schemas import ERROR_RESPONSES, NAME, ExtractRequest, HeadRequest, JobAccepted
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted"]
 JOB_ID = PathParam(pattern=r"^[0-9a-f]{1,32}$")
 HEAD_NAME = PathParam(pattern=NAME)
@@ -178,14 +178,14 @@ async def predict(request: Request, files: list[UploadFile] = File(...), head: s
     if len(files) > s.settings.max_files:
         raise HTTPException(413, f"{len(files)} files in one request; at most {s.settings.max_files}")
     model, _, batcher = await run_in_threadpool(s.models.head, head)
-    limits = Limits(max_bytes=s.settings.max_upload_bytes, max_pixels=s.settings.max_pixels)
+    limits = Limits(max_bytes=s.settings.max_upload_bytes, max_pixels=s.settings.max_upload_pixels)
     size = batcher.backbone.resolved.size
     batcher.announce(len(files))
 
     async def one(upload: UploadFile) -> dict:
         name = Path(upload.filename or "upload").name[:200]
         try:
-            array = await run_in_threadpool(preprocess, await upload.read(), size, limits)
+            array = await s.decoder.image(await upload.read(), size, limits)
         except DecodeError as exc:
             batcher.announce(-1)
             return {"file": name, "error": str(exc), "status": exc.status}

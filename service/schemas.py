@@ -7,10 +7,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from extractor.names import NAME_PATTERN
+from extractor.errors import HeadstartError
+from extractor.names import NAME_PATTERN, check_name
 
 NAME = NAME_PATTERN
 ParamValue = float | int | str | bool | None | list[int] | list[float]
+
+
+def valid_name(value: str) -> str:
+    """The names rule (extractor.names) as a validation error."""
+    try:
+        return check_name("name", value)
+    except HeadstartError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def known_backbone(value: str) -> str:
@@ -46,6 +55,7 @@ class ExtractRequest(BaseModel):
     redefine: bool = Field(default=False, description="replace what an existing dataset is made of with this")
 
     _backbone = field_validator("backbone")(known_backbone)
+    _names = field_validator("dataset")(valid_name)
 
     @field_validator("weights")
     @classmethod
@@ -68,6 +78,7 @@ class HeadRequest(BaseModel):
 
     _backbone = field_validator("backbone")(known_backbone)
     _head = field_validator("head")(known_head)
+    _names = field_validator("name", "dataset")(valid_name)
 
     @field_validator("params")
     @classmethod
@@ -81,3 +92,19 @@ class JobAccepted(BaseModel):
     job_id: str
     status_url: str
     created: bool
+
+
+class ErrorBody(BaseModel):
+    """Every error: `detail` is one line, or (422 for a malformed request) where and why each field failed."""
+
+    detail: str | list[dict]
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "bad request (a value the operation cannot use)"), (401, "missing or wrong API key"),
+        (403, "path leaves the data root"), (404, "no such dataset, head, job or path"),
+        (409, "conflicts with current state (a job ended, a writer is busy)"), (413, "request or image too large"),
+        (415, "not a supported image"), (422, "invalid request, or over a limit of this server"),
+        (429, "busy (queue full, training slot taken): see Retry-After"), (503, "shutting down or model failure"),
+        (507, "the disk under the home is full or read-only"))}

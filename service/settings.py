@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from extractor.errors import HeadstartError
+from service.decoding import default_threads
 
 
 class Settings(BaseSettings):
@@ -24,7 +25,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_json_bytes: int = Field(1024 * 1024, gt=0)
     max_files: int = Field(16, ge=1)
-    max_pixels: int = Field(64_000_000, ge=1)
+    max_pixels: int = Field(64_000_000, ge=1)  # images of datasets (extract jobs)
+    max_upload_pixels: int = Field(40_000_000, ge=1)  # images sent to /predict
+    decode_memory_mb: int = Field(1024, ge=16)  # what decoding uploads may hold at once, over all requests
+    decode_threads: int = Field(default_factory=default_threads, ge=1)
     predict_max_batch: int = Field(16, ge=1)
     predict_max_wait_ms: float = Field(5.0, ge=0)
     backbone_cache: int = Field(2, ge=1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extractor.decode import DecodeError, Limits, decode, preprocess, read_file
+from extractor.decode import DecodeError, Limits, decode, preprocess, probe, read_file, to_rgb
 
 LIMITS = Limits()
 
@@ -127,3 +127,86 @@ def test_preprocess_shape_and_jpeg_draft():
     for fmt in ("JPEG", "PNG"):
         arr = preprocess(encode(big, fmt), 150, LIMITS)
         assert arr.shape == (150, 150, 3) and arr.dtype == np.uint8
+
+
+def _old_preprocess(data: bytes, size: int) -> np.ndarray:
+    """The first release's path, kept as the reference: whole-image float64 for wide modes, RGB before resize."""
+    from PIL import ImageOps
+
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG":
+        img.draft("RGB", (size, size))
+    img.load()
+    img = ImageOps.exif_transpose(img, in_place=True) or img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img)
+        scale = (255.0 if float(arr.max(initial=0.0)) <= 1.0 else 1.0) if img.mode == "F" else 255.0 / 65535.0
+        img = Image.fromarray(np.clip(arr.astype(np.float64) * scale, 0, 255).astype(np.uint8), "L")
+    img = to_rgb(img)
+    return np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0) if img.size != (size, size)
+                      else img, dtype=np.uint8)
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_memory_light_preprocessing_gives_the_same_pixels_in_every_mode():
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 255, (301, 457, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    cases = {
+        "jpeg": _encoded(rgb, "JPEG", quality=90), "jpeg-rotated": _encoded(rgb, "JPEG", exif=exif),
+        "png-L": _encoded(rgb.convert("L"), "PNG"), "png-RGBA": _encoded(rgb.convert("RGBA"), "PNG"),
+        "png-P": _encoded(rgb.convert("P"), "PNG", transparency=3), "jpeg-CMYK": _encoded(rgb.convert("CMYK"), "JPEG"),
+        "png-16": _encoded(Image.fromarray((rng.random((301, 457)) * 65535).astype(np.uint16)), "PNG"),
+        "tiff-F": _encoded(Image.fromarray(rng.random((301, 457)).astype(np.float32)), "TIFF"),
+        "tiff-F-wide": _encoded(Image.fromarray((rng.random((301, 457)) * 900).astype(np.float32)), "TIFF"),
+        "tiff-I": _encoded(Image.fromarray((rng.random((301, 457)) * 70000).astype(np.int32)), "TIFF"),
+        "bmp-1": _encoded(rgb.convert("1"), "BMP"),
+    }
+    for name, data in cases.items():
+        for size in (64, 150):
+            assert np.array_equal(preprocess(data, size, Limits()), _old_preprocess(data, size)), (name, size)
+
+
+PEAK_PROBE = """
+import sys
+from pathlib import Path
+from extractor.decode import Limits, preprocess
+def hwm():
+    return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM")).split()[1])
+data = Path(sys.argv[1]).read_bytes()
+before = hwm()
+preprocess(data, 150, Limits())
+print((hwm() - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("kind", ["float-tiff", "png16", "rgba-png", "rgb-png"])
+def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, kind):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    side = (2400, 3000)
+    img = {"float-tiff": lambda: Image.fromarray(np.full(side, 0.5, np.float32)),
+           "png16": lambda: Image.fromarray(np.full(side, 1000, np.uint16)),
+           "rgba-png": lambda: Image.new("RGBA", side[::-1], (10, 20, 30, 128)),
+           "rgb-png": lambda: Image.new("RGB", side[::-1], (10, 20, 30))}[kind]()
+    data = _encoded(img, "TIFF", compression="tiff_adobe_deflate") if kind == "float-tiff" else _encoded(img, "PNG")
+    (tmp_path / "img").write_bytes(data)
+    cost = probe(data, 150, Limits())
+    assert cost < 7.2e6 * 26  # from the header alone, and not absurdly above the decode
+    peak = int(subprocess.run([sys.executable, "-c", PEAK_PROBE, str(tmp_path / "img")], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout)
+    assert peak < cost, (kind, peak, cost)  # the estimate bounds what the decode really took
+
+
+def test_jpeg_cost_counts_its_reduced_decode():
+    jpeg = _encoded(Image.new("RGB", (4000, 3000)), "JPEG")
+    assert probe(jpeg, 150, Limits()) < 4000 * 3000 * 3 / 4  # decoded at a reduced DCT scale

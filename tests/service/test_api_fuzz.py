@@ -8,11 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from tests.conftest import make_folder
 from tests.service.server import KEY, Server
 
 EXAMPLES_PER_OPERATION = 25
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -33,7 +35,7 @@ def test_schema_fuzz_never_gets_a_5xx(served):
     schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json", headers=AUTH)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15
-    server_errors, calls, started = [], [0], time.monotonic()
+    server_errors, nonconforming, calls, started = [], [], [0], time.monotonic()
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, phases=[Phase.explicit, Phase.generate],
@@ -45,11 +47,17 @@ def test_schema_fuzz_never_gets_a_5xx(served):
             calls[0] += 1
             if response.status_code >= 500:
                 server_errors.append(f"{case.method} {case.formatted_path} -> {response.status_code} {response.text}")
+            try:  # the answer is one the schema documents, with the documented type and body
+                case.validate_response(response, checks=CONFORMANCE)
+            except Exception as failure:  # noqa: BLE001 - schemathesis raises its own failure groups
+                nonconforming.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "
+                                     f"{str(failure)[:300]}")
 
         fuzz()
     print(f"schema fuzz: {calls[0]} calls over {len(operations)} operations")
     assert calls[0] >= 200
     assert not server_errors, server_errors[:5]
+    assert not nonconforming, nonconforming[:5]
     assert served.client.get("/healthz").status_code == 200
 
 

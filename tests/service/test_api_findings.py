@@ -171,9 +171,14 @@ def test_disk_full_during_a_head_save_is_507(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    heads = tmp_path / "home" / "heads"
+    (heads / ".deleted-old-1234").mkdir(parents=True)  # what a kill -9 mid-delete and mid-save leave
+    (heads / "old" / ".v-1.tmp").mkdir(parents=True)
+    (heads / "old" / ".v-1.tmp" / "weights.safetensors").write_bytes(b"\0" * 4096)
     monkeypatch.setattr("classifiers.persist.save_file", full)
     app = create_app(load_settings(home=tmp_path / "home", data_root=tmp_path / "data", device="cpu"))
     with TestClient(app) as client:
+        assert not (heads / ".deleted-old-1234").exists() and not (heads / "old" / ".v-1.tmp").exists()
         answer = client.post("/heads", json={"name": "h", "dataset": "c", "backbone": "tiny"})
     assert answer.status_code == 507 and "disk full" in answer.json()["detail"]
     assert not (tmp_path / "home" / "heads" / "h" / "CURRENT").exists()

@@ -194,3 +194,18 @@ def test_a_huge_labels_csv_cancels_while_it_is_read(data, monkeypatch):
     assert wait(runner, job_id, ("cancelled",), timeout=20)["state"] == "cancelled"
     assert time.monotonic() - started < 10
     runner.stop(10)
+
+
+def test_stopping_the_service_interrupts_a_training_job(data):
+    runner = runner_for(data, max_epochs=100_000)
+    runner.start()
+    assert wait(runner, runner.submit_extract(EXTRACT)[0], ("succeeded",))
+    job_id, _ = runner.submit_train({"name": "long", "dataset": "colors", "backbone": "tiny", "head": "mlp",
+                                     "params": {"epochs": 100000, "patience": 100000}})
+    view = wait(runner, job_id, ("running",))
+    while view["done"] < 2:
+        view = wait(runner, job_id, ("running",))
+    started = time.monotonic()
+    runner.stop(10)  # what SIGTERM does
+    assert time.monotonic() - started < 5 and not runner.thread.is_alive()
+    assert runner.store.catalog.job(job_id)["state"] == "interrupted"

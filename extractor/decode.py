@@ -105,8 +105,8 @@ def _wide_to_l(img: Image.Image) -> Image.Image:
 
 # Peak bytes per pixel of decoding a mode and converting it to RGB at full size (beyond the file's bytes).
 # Pillow keeps RGB (and RGBA, CMYK, ...) in 4 bytes a pixel.
-_COST = {"1": 5, "L": 2, "P": 5, "RGB": 4, "CMYK": 8, "YCbCr": 8, "LAB": 8, "HSV": 8, "I;16": 3, "I;16L": 3,
-         "I;16B": 3, "I;16N": 3, "I": 5, "F": 5}
+_COST = {"1": 5, "L": 2, "P": 5, "RGB": 4, "CMYK": 8, "YCbCr": 8, "LAB": 8, "HSV": 8, "I;16": 4, "I;16L": 4,
+         "I;16B": 4, "I;16N": 4, "I": 6, "F": 6}
 _ALPHA_COST = 21  # RGBA decode + RGBA copy + white background + composite + RGB, 4 bytes each
 
 
@@ -122,7 +122,7 @@ def decode_cost(img: Image.Image) -> int:
         rotated = False
     per_pixel += 4 if rotated else 0
     blocks = BLOCK_PIXELS * 17 if img.mode.startswith("I") or img.mode == "F" else 0  # _wide_to_l's temporaries
-    return int(width * height * per_pixel * 1.2) + blocks + (4 << 20)
+    return int(width * height * per_pixel * 1.2) + blocks + (8 << 20)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

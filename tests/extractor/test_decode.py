@@ -200,13 +200,13 @@ def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, 
            "rgb-png": lambda: Image.new("RGB", side[::-1], (10, 20, 30))}[kind]()
     data = _encoded(img, "TIFF", compression="tiff_adobe_deflate") if kind == "float-tiff" else _encoded(img, "PNG")
     (tmp_path / "img").write_bytes(data)
-    cost = probe(data, 150, Limits())
-    assert cost < 7.2e6 * 26  # from the header alone, and not absurdly above the decode
+    cost = probe(data, 150, Limits())  # from the header alone
     peak = int(subprocess.run([sys.executable, "-c", PEAK_PROBE, str(tmp_path / "img")], cwd=REPO, check=True,
                               capture_output=True, text=True).stdout)
-    assert peak < cost, (kind, peak, cost)  # the estimate bounds what the decode really took
+    assert peak < cost < 2 * peak, (kind, peak, cost)  # bounds what the decode really took, not wildly above it
 
 
 def test_jpeg_cost_counts_its_reduced_decode():
-    jpeg = _encoded(Image.new("RGB", (4000, 3000)), "JPEG")
-    assert probe(jpeg, 150, Limits()) < 4000 * 3000 * 3 / 4  # decoded at a reduced DCT scale
+    img = Image.new("RGB", (4000, 3000))
+    full = probe(_encoded(img, "PNG"), 150, Limits())
+    assert probe(_encoded(img, "JPEG"), 150, Limits()) < full / 4  # decoded at 1/8 scale (plus a fixed overhead)

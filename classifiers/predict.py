@@ -61,11 +61,18 @@ class Predictor:
         """Cached feature vectors -> top-k labels (no backbone needed)."""
         return [top_k(row, self.head.classes_, k) for row in self.head.predict_proba(vectors)]
 
-    def predict_arrays(self, arrays: list[np.ndarray], k: int = 5, batch_size: int = 32) -> list[list[dict]]:
-        """Forward in batches of `batch_size`, so that memory does not grow with the number of images."""
+    def predict_arrays(self, arrays: list[np.ndarray], k: int = 5, batch_size: int = 32,
+                       tta: int = 0) -> list[list[dict]]:
+        """Forward in batches of `batch_size`, so that memory does not grow with the number of images; with `tta`
+        N, each image's probabilities are the mean over its N test-time views."""
+        from classifiers.tta import image_proba
+
         out = []
-        for start in range(0, len(arrays), batch_size):
-            proba = self.head.predict_proba(self.backbone.embed_arrays(arrays[start:start + batch_size]))
+        step = max(1, batch_size // max(tta, 1))
+        for start in range(0, len(arrays), step):
+            chunk = arrays[start:start + step]
+            proba = image_proba(self.head, self.backbone, chunk, tta) if tta else \
+                self.head.predict_proba(self.backbone.embed_arrays(chunk))
             out += [top_k(row, self.head.classes_, k) for row in proba]
         return out
 
@@ -75,7 +82,7 @@ class Predictor:
         except DecodeError as exc:
             return exc
 
-    def predict_bytes(self, items: list[bytes], k: int = 5, batch_size: int = 32) -> list[dict]:
+    def predict_bytes(self, items: list[bytes], k: int = 5, batch_size: int = 32, tta: int = 0) -> list[dict]:
         """Per item the top-k labels or that item's decode error; decoding runs on a few threads."""
         if k < 1:
             raise HeadstartError(f"top-k {k}: expected an integer >= 1")
@@ -92,6 +99,6 @@ class Predictor:
                 arrays.append(array)
                 good.append(i)
         if arrays:
-            for i, top in zip(good, self.predict_arrays(arrays, k, batch_size), strict=True):
+            for i, top in zip(good, self.predict_arrays(arrays, k, batch_size, tta), strict=True):
                 results[i] = {"top": top}
         return results

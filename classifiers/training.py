@@ -11,6 +11,8 @@ from classifiers import plots
 from classifiers.heads import Monitor, device_param, get_head_class
 from classifiers.metrics import evaluate
 from classifiers.persist import check_name, load, save
+from classifiers.views import pick_recipe, view_arrays
+from extractor.augment import check_views
 from extractor.errors import HeadstartError
 from extractor.store import FeatureStore, FeatureTable
 
@@ -35,11 +37,12 @@ def split_arrays(table: FeatureTable) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name: str,
                params: dict | None = None, weights: str | None = None, device: str | None = None,
-               monitor: Monitor | None = None) -> dict:
+               monitor: Monitor | None = None, views: int = 0, augment: str | None = None) -> dict:
     """Fit on train (val for early stopping / temperature), score val and test, save; returns the manifest.
 
     `device` is where a head that trains on one (mlp) trains, unless its params name one. `monitor` hears
-    each epoch and can stop the fit between steps (Stopped)."""
+    each epoch and can stop the fit between steps (Stopped). With `views` K, each train image also brings its
+    cached views 0..K-1 (of recipe `augment`, or the dataset's one recipe); val and test stay clean."""
     check_name(name)
     cls = get_head_class(kind)
     head = cls(**{**device_param(cls, device), **(params or {})})
@@ -50,6 +53,12 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
     X, y = data["train"]
     if len(X) == 0:
         raise HeadstartError(f"dataset {dataset!r} has no labeled training images with {backbone} features")
+    used = None
+    if check_views(views):
+        recipe = pick_recipe(store, dataset, fp_id, augment, backbone)
+        Xv, yv = view_arrays(store, table, dataset, fp_id, recipe, views, backbone)
+        used = {"recipe": recipe.name, "canonical": recipe.text, "per_image": views, "rows": int(len(Xv))}
+        X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
     start = time.perf_counter()
     head.fit(X, y, *data["val"])
     fit_seconds = time.perf_counter() - start
@@ -58,12 +67,14 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
     metrics["fit_seconds"] = fit_seconds
     info = {"fingerprint": {"id": fp_id, "spec": table.fingerprint}, "weights": table.source,
             "backbone": table.fingerprint["backbone"], "dataset": dataset, "dim": int(X.shape[1]),
-            "metrics": metrics, "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}}
+            "metrics": metrics, "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used}
     return save(head, info, heads_dir(store), name)
 
 
-def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir: Path | None = None) -> dict:
-    """Score a saved head on one split of its dataset's cached features; optionally write PNG plots."""
+def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir: Path | None = None,
+                  tta: int = 0, device: str = "auto") -> dict:
+    """Score a saved head on one split of its dataset's cached features; optionally write PNG plots. With `tta`
+    N, also score it on probabilities averaged over N test-time views (reported beside, under "tta")."""
     if split not in SPLIT_NAMES:
         raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
     head, manifest = load(heads_dir(store), name)
@@ -74,6 +85,14 @@ def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir
     proba = head.predict_proba(X)
     result = {"head": name, "dataset": manifest["dataset"], "split": split,
               "metrics": evaluate(y, proba, head.classes_), "plots": []}
+    if tta:
+        from classifiers.predict import backbone_for
+        from classifiers.tta import dataset_proba
+
+        shas = [s for s, lab, sp in zip(table.sha256, table.labels, table.splits, strict=True)
+                if sp == split and lab is not None]
+        averaged = dataset_proba(store, head, backbone_for(manifest), manifest["dataset"], split, shas, tta, device)
+        result["tta"] = {"views": tta, "metrics": evaluate(y, averaged, head.classes_)}
     if plots_dir is not None:
         title = f"{name} on {manifest['dataset']} ({split})"
         written = [plots.confusion(result["metrics"], Path(plots_dir) / f"{name}-confusion.png", title),

@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from extractor.catalog_jobs import JobTable
+from extractor.catalog_views import ViewTable
 from extractor.errors import HeadstartError
 from extractor.schema import SCHEMA_VERSION, upgrade
 
 SOURCE_FIELDS = ("root", "kind", "labels_csv", "path_column", "label_column", "prefix")
 
 
-class Catalog(JobTable):
+class Catalog(JobTable, ViewTable):
     """One SQLite file in WAL mode; short connections, so readers never block the writer."""
 
     def __init__(self, path: Path) -> None:
@@ -86,6 +87,12 @@ class Catalog(JobTable):
             return list(con.execute("SELECT path, sha256, label, split FROM members WHERE dataset = ? "
                                     "ORDER BY path", (dataset,)))
 
+    def member_sources(self, dataset: str) -> list[tuple[str, str, int]]:
+        """(path, sha256, source index) of a dataset's members, sorted by path."""
+        with self.connect() as con:
+            return list(con.execute("SELECT path, sha256, source FROM members WHERE dataset = ? ORDER BY path",
+                                    (dataset,)))
+
     def sources(self, dataset: str) -> list[dict]:
         """The folders (and CSVs) a dataset is made of, in the order they were added."""
         with self.connect() as con:
@@ -151,38 +158,47 @@ class Catalog(JobTable):
                               (fp_id,)).fetchone()
         return None if row is None else dict(zip(("id", "backbone", "dim", "spec", "source"), row, strict=True))
 
-    def commit_shard(self, fp_id: str, file: str, dtype: str, shas: list[str], size: int | None = None) -> None:
-        """Make a renamed shard file visible: its row (with its size in bytes) and all its vectors at once."""
+    def commit_shard(self, fp_id: str, file: str, dtype: str, shas: list[str], size: int | None = None,
+                     recipe: str = "", views: list[int] | None = None) -> None:
+        """Make a renamed shard file visible: its row (with its size in bytes) and all its vectors at once; with a
+        `recipe`, its rows are views (`views` gives each row's index) instead of clean vectors."""
         with self.connect() as con, con:
-            cur = con.execute("INSERT INTO shards (fingerprint, file, rows, dtype, created, bytes) "
-                              "VALUES (?, ?, ?, ?, ?, ?)", (fp_id, file, len(shas), dtype, time.time(), size))
+            cur = con.execute("INSERT INTO shards (fingerprint, file, rows, dtype, created, bytes, recipe) VALUES "
+                              "(?, ?, ?, ?, ?, ?, ?)", (fp_id, file, len(shas), dtype, time.time(), size, recipe))
             shard = cur.lastrowid
-            con.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
-                            [(fp_id, sha, shard, row) for row, sha in enumerate(shas)])
+            if recipe:
+                con.executemany("INSERT OR IGNORE INTO views VALUES (?, ?, ?, ?, ?, ?)",
+                                [(fp_id, recipe, sha, index, shard, row)
+                                 for row, (sha, index) in enumerate(zip(shas, views, strict=True))])
+            else:
+                con.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
+                                [(fp_id, sha, shard, row) for row, sha in enumerate(shas)])
 
     def shard_files(self, fp_id: str) -> set[str]:
         with self.connect() as con:
             return {r[0] for r in con.execute("SELECT file FROM shards WHERE fingerprint = ?", (fp_id,))}
 
-    SHARD_FIELDS = ("id", "fingerprint", "file", "rows", "dtype", "bytes")
+    SHARD_FIELDS = ("id", "fingerprint", "file", "rows", "dtype", "bytes", "recipe")
 
     def shards(self, fp_id: str | None = None, dataset: str | None = None) -> list[dict]:
         """Committed shards: all, one fingerprint's, or (with `dataset`) those holding the dataset's vectors."""
         cols = ", ".join(f"s.{c}" for c in self.SHARD_FIELDS)
-        if dataset is not None:
-            sql = (f"SELECT DISTINCT {cols} FROM members m JOIN vectors v ON v.fingerprint = ? AND v.sha256 = "
-                   f"m.sha256 JOIN shards s ON s.id = v.shard WHERE m.dataset = ? ORDER BY s.id")
-            args: tuple = (fp_id, dataset)
+        if dataset is not None:  # clean and view shards the dataset's members have rows in
+            sql = (f"SELECT {cols} FROM shards s WHERE s.id IN (SELECT v.shard FROM members m JOIN vectors v ON "
+                   f"v.fingerprint = ? AND v.sha256 = m.sha256 WHERE m.dataset = ? UNION SELECT w.shard FROM members "
+                   f"m JOIN views w ON w.fingerprint = ? AND w.sha256 = m.sha256 WHERE m.dataset = ?) ORDER BY s.id")
+            args: tuple = (fp_id, dataset, fp_id, dataset)
         else:
             sql = f"SELECT {cols} FROM shards s {'WHERE s.fingerprint = ?' if fp_id else ''} ORDER BY s.id"
             args = (fp_id,) if fp_id else ()
         with self.connect() as con:
             return [dict(zip(self.SHARD_FIELDS, r, strict=True)) for r in con.execute(sql, args)]
 
-    def shard_vectors(self, shard: int) -> list[tuple[str, int]]:
-        """(sha256, row) of the vectors the catalog reads from one shard."""
+    def shard_vectors(self, shard: int) -> list[tuple[str, int, int]]:
+        """(sha256, view, row) of what the catalog reads from one shard (view -1 for clean vectors)."""
         with self.connect() as con:
-            return list(con.execute("SELECT sha256, row FROM vectors WHERE shard = ? ORDER BY row", (shard,)))
+            return list(con.execute("SELECT sha256, -1, row FROM vectors WHERE shard = ? UNION ALL "
+                                    "SELECT sha256, view, row FROM views WHERE shard = ? ORDER BY 3", (shard, shard)))
 
     def drop_shards(self, ids: list[int]) -> int:
         """Forget damaged shards and their vectors (the next extract computes them again); vectors dropped."""
@@ -190,6 +206,7 @@ class Catalog(JobTable):
         with self.connect() as con, con:
             for shard in ids:
                 dropped += con.execute("DELETE FROM vectors WHERE shard = ?", (shard,)).rowcount
+                dropped += con.execute("DELETE FROM views WHERE shard = ?", (shard,)).rowcount
                 con.execute("DELETE FROM shards WHERE id = ?", (shard,))
         return dropped
 

@@ -159,3 +159,15 @@ def _drop_conflicts(items: list[Item], failures: list[tuple[str, str]]) -> list[
             continue
         kept.append(item)
     return kept
+
+
+def member_files(catalog: Catalog, dataset: str) -> dict[str, Path]:
+    """One file per content hash of a dataset's members, from its recorded sources (for work after extract:
+    views, test-time views, fine-tuning); the files are checked against their hash when read."""
+    sources = catalog.sources(dataset)
+    out: dict[str, Path] = {}
+    for path, sha, source in catalog.member_sources(dataset):
+        prefix = sources[source]["prefix"]
+        rel = path[len(prefix) + 1:] if prefix and path.startswith(prefix + "/") else path
+        out.setdefault(sha, Path(sources[source]["root"]) / rel)
+    return out

@@ -6,14 +6,14 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from extractor.datasets import Listing
+from extractor import augment
 from extractor.decode import DecodeError, Limits, preprocess, read_file
 from extractor.definition import Wanted, collect
 from extractor.errors import HeadstartError, Stopped
@@ -21,7 +21,9 @@ from extractor.model import LoadedBackbone, Resolved, amp_dtype, resolve, resolv
 from extractor.names import check_name
 from extractor.splits import register
 from extractor.store import FeatureStore, check_dtype
+from extractor.summary import ExtractSummary, Progress, warnings
 from extractor.verify import heal
+from extractor.views import compute_views
 
 
 @dataclass
@@ -51,64 +53,12 @@ class ExtractOptions:
     confine: bool = False  # refuse files whose real path leaves data_dir (the service sets this)
     redefine: bool = False  # replace the dataset's recorded sources with this folder (and labels)
     add: bool = False  # add this folder to the dataset's recorded sources
+    augment: str | None = None  # a recipe: also compute `views` augmented views of every train image
+    views: int = 0
 
     def wanted(self) -> Wanted:
         return Wanted(self.data_dir, self.labels_csv, self.path_column, self.label_column, self.unlabeled,
                       self.redefine, self.add)
-
-
-@dataclass
-class Progress:
-    """One progress event: images done of total in this run, failures, rate and ETA.
-
-    `phase` is "hashing" while new files are read to find their content keys (then done/total count
-    files), and "extracting" while images go through the backbone."""
-
-    done: int
-    total: int
-    failed: int
-    elapsed: float
-    phase: str = "extracting"
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        return (self.total - self.done) / self.rate if self.rate > 0 else None
-
-
-@dataclass
-class ExtractSummary:
-    """What one extraction did; `to_dict()` is the CLI's --json line and the job result."""
-
-    dataset: str
-    backbone: str
-    fingerprint: str
-    files: int
-    extracted: int
-    cached: int
-    failed: int
-    duplicates: int
-    skipped: int
-    seconds: float
-    device: str
-    stopped: bool = False
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # said on the terminal, kept in --json
-    repaired: int = 0  # cached vectors whose shard file was missing or damaged, computed again
-
-    @property
-    def images_per_second(self) -> float:
-        return self.extracted / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["images_per_second"] = round(self.images_per_second, 2)
-        out["seconds"] = round(self.seconds, 3)
-        out["failures"] = [{"path": p, "reason": r} for p, r in self.failures]
-        return out
 
 
 class DecodeDataset(Dataset):
@@ -146,6 +96,13 @@ def default_workers() -> int:
 
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
+    if opts.augment is not None or opts.views:
+        if opts.augment is None or not opts.views:
+            raise HeadstartError(f"--augment {opts.augment} --views {opts.views}: views need both, a recipe and "
+                                 f"a number of views per train image (e.g. --augment classic --views 4)")
+        augment.parse(opts.augment)
+        if augment.check_views(opts.views) < 1:
+            raise HeadstartError("--views 0 with --augment: expected at least 1 view per train image")
     amp_dtype(resolve_device(opts.device), opts.amp)  # a bad device is refused even when nothing is left to compute
     if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 0):
         raise HeadstartError(
@@ -191,11 +148,12 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
     limits_sig = opts.limits.signature()
     known_bad = store.catalog.bad_content(limits_sig)
     missing = [s for s in store.catalog.missing_vectors(opts.dataset, fp_id) if s not in known_bad]
-    extracted, new_bad, stopped, device = 0, {}, False, "none"
+    extracted, new_bad, stopped = 0, {}, False
+    files = {item.sha256: item.file for item in listing.items}
+    model = Model(resolved, opts.device, opts.amp)
     if missing:
-        files = {item.sha256: item.file for item in listing.items}
-        extracted, new_bad, stopped, device = _compute(opts, store, resolved, files, set(known_bad), progress,
-                                                       should_stop)
+        extracted, new_bad, stopped = _compute(opts, store, resolved, files, set(known_bad), model, progress,
+                                               should_stop)
     content_bad = [(sha, str(err)) for sha, err in new_bad.items() if err.content]
     if content_bad:
         store.catalog.remember_bad_content(limits_sig, content_bad)
@@ -209,32 +167,37 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
         files=len(members) + len(listing.failures), extracted=extracted,
         cached=len(good) - extracted - (_still_missing(store, opts.dataset, fp_id, bad) if stopped else 0),
         failed=len(failures), duplicates=len(members) - len(unique), skipped=listing.skipped + listing.top_level,
-        seconds=time.monotonic() - start, device=device, stopped=stopped, failures=failures, repaired=repaired)
+        seconds=time.monotonic() - start, device="none", stopped=stopped, failures=failures, repaired=repaired)
+    if opts.augment and not stopped:
+        views, _ = compute_views(
+            store, opts.dataset, resolved, augment.parse(opts.augment), opts.views, files, model, dtype=opts.dtype,
+            batch_size=opts.batch_size, workers=_workers(opts), limits=opts.limits, flush_seconds=opts.flush_seconds,
+            shard_rows=opts.shard_rows, skip=set(bad), progress=progress, should_stop=should_stop)
+        summary.views, summary.stopped = views.to_dict(), views.stopped
+    summary.device, summary.seconds = model.device_name, time.monotonic() - start
     summary.warnings = warnings(opts, store, listing, members, summary)
     return summary
 
 
-def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, members: list, summary: ExtractSummary,
-             ) -> list[str]:
-    """What the user should know although nothing failed: skipped files, one class, a no-op option, repairs."""
-    out = []
-    if summary.repaired:
-        out.append(f"{summary.repaired} cached vectors were in shard files that are missing or damaged; they were "
-                   f"dropped from the catalog and computed again")
-    if listing.top_level:
-        out.append(f"{listing.top_level} files at the top level of {listing.root} were not read: a dataset of class "
-                   f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
-    if listing.skipped:
-        out.append(f"{listing.skipped} files without an image suffix (.jpg, .png, ...) were skipped")
-    labels = {m[2] for m in members if m[2] is not None}
-    if len(labels) == 1:
-        out.append(f"dataset {opts.dataset!r} has one class ({labels.pop()!r}); training a head needs at least two")
-    if summary.extracted == 0 and not summary.stopped:
-        stored = {s["dtype"] for s in store.catalog.shards(summary.fingerprint, opts.dataset)}
-        if stored and opts.dtype not in stored:
-            out.append(f"the cached vectors are stored as {', '.join(sorted(stored))}; --dtype {opts.dtype} applies "
-                       f"only to vectors computed from now on, so nothing changed (export --dtype converts a copy)")
-    return out
+class Model:
+    """The backbone of one extract call, loaded on first use and shared by the clean and the views passes."""
+
+    def __init__(self, resolved: Resolved, device: str, amp: str) -> None:
+        self.resolved, self.device, self.amp = resolved, device, amp
+        self.loaded: LoadedBackbone | None = None
+
+    def __call__(self) -> LoadedBackbone:
+        if self.loaded is None:
+            self.loaded = LoadedBackbone(self.resolved, self.device, self.amp).setup()
+        return self.loaded
+
+    @property
+    def device_name(self) -> str:
+        return str(self.loaded.device) if self.loaded else "none"
+
+
+def _workers(opts: ExtractOptions) -> int:
+    return default_workers() if opts.workers is None else opts.workers
 
 
 def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> int:
@@ -243,7 +206,8 @@ def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> 
 
 
 def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path_of: dict[str, Path],
-             skip: set[str], progress: Callable | None, should_stop: Callable | None) -> tuple[int, dict, bool, str]:
+             skip: set[str], model: Model, progress: Callable | None,
+             should_stop: Callable | None) -> tuple[int, dict, bool]:
     """Hold the writer lock, load the model, stream decoded batches through it into shards.
 
     `path_of` maps each content hash to one file with those bytes: the same bytes under two names are computed
@@ -252,21 +216,21 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
         todo = store.catalog.missing_vectors(opts.dataset, resolved.fingerprint.id)  # again, under the lock
         jobs = [(sha, path_of[sha]) for sha in todo if sha not in skip]
         if not jobs:  # another writer finished them while we were starting
-            return 0, {}, False, "none"
-        model = LoadedBackbone(resolved, opts.device, opts.amp).setup()
-        workers = default_workers() if opts.workers is None else opts.workers
+            return 0, {}, False
+        backbone = model()
+        workers = _workers(opts)
         # Workers are forked, also from the threaded service. A forkserver was tried: its workers are children
         # of the forkserver, so torch's parent watchdog never fires and they outlive a kill -9 of the service
         # (tests/service/test_api.py checks); it also pickles the whole job list to every worker.
         loader = DataLoader(DecodeDataset(jobs, resolved.size, opts.limits), batch_size=opts.batch_size,
-                            num_workers=workers, collate_fn=collate, pin_memory=model.device.type == "cuda",
+                            num_workers=workers, collate_fn=collate, pin_memory=backbone.device.type == "cuda",
                             prefetch_factor=4 if workers else None)
         bad: dict[str, DecodeError] = {}
         done, started, stopped = 0, time.monotonic(), False
         for idx, batch, failed in loader:
             bad.update((jobs[i][0], error) for i, error in failed)
             if batch is not None:
-                writer.add([jobs[i][0] for i in idx], model.embed(batch))
+                writer.add([jobs[i][0] for i in idx], backbone.embed(batch))
             done += len(idx) + len(failed)
             if progress:
                 progress(Progress(done, len(jobs), len(bad), time.monotonic() - started))
@@ -274,4 +238,4 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
                 stopped = True
                 break
         writer.flush()
-        return writer.written, bad, stopped, str(model.device)
+        return writer.written, bad, stopped

@@ -22,11 +22,15 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     id TEXT PRIMARY KEY, backbone TEXT NOT NULL, dim INTEGER NOT NULL, spec TEXT NOT NULL, source TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS shards (
     id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL, file TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL,
-    dtype TEXT NOT NULL, created REAL NOT NULL, bytes INTEGER);
+    dtype TEXT NOT NULL, created REAL NOT NULL, bytes INTEGER, recipe TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS vectors (
     fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, shard INTEGER NOT NULL, row INTEGER NOT NULL,
     PRIMARY KEY (fingerprint, sha256)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vectors_shard ON vectors (shard);
+CREATE TABLE IF NOT EXISTS views (
+    fingerprint TEXT NOT NULL, recipe TEXT NOT NULL, sha256 TEXT NOT NULL, view INTEGER NOT NULL,
+    shard INTEGER NOT NULL, row INTEGER NOT NULL, PRIMARY KEY (fingerprint, recipe, sha256, view)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS views_shard ON views (shard);
 CREATE TABLE IF NOT EXISTS failures (
     dataset TEXT NOT NULL, path TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (dataset, path)) WITHOUT ROWID;
@@ -40,8 +44,8 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
 
 # PRAGMA user_version; 0 is a catalog from before versioning (or a new file).
 # 2: fingerprints.source, failures without sha256. 3: sources (a dataset's folders and CSV), members.source,
-# shards.bytes (a cheap check that a shard file is whole).
-SCHEMA_VERSION = 3
+# shards.bytes (a cheap check that a shard file is whole). 4: views (augmented views of images), shards.recipe.
+SCHEMA_VERSION = 4
 
 
 def _source_of(spec: str) -> str:
@@ -91,6 +95,12 @@ def _to_3(con: sqlite3.Connection, tables: set[str]) -> None:
         con.execute("INSERT OR IGNORE INTO sources SELECT name, 0, root, kind, NULL, NULL, NULL, '' FROM datasets")
 
 
+def _to_4(con: sqlite3.Connection, tables: set[str]) -> None:
+    """Shards say which recipe's views they hold ('' for clean vectors); the views table is new."""
+    if "shards" in tables and "recipe" not in _columns(con, "shards"):
+        con.execute("ALTER TABLE shards ADD COLUMN recipe TEXT NOT NULL DEFAULT ''")
+
+
 def upgrade(con: sqlite3.Connection) -> None:
     """Bring a catalog (inside the caller's transaction) to SCHEMA_VERSION, keeping every row.
 
@@ -99,6 +109,7 @@ def upgrade(con: sqlite3.Connection) -> None:
     tables = _tables(con)
     _to_2(con, tables)
     _to_3(con, tables)
+    _to_4(con, tables)
     for statement in SCHEMA.split(";"):
         if statement.strip():
             con.execute(statement)

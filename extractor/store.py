@@ -68,8 +68,9 @@ class FeatureStore:
         return WriterLock(self.shard_dir(fp_id) / "writer.lock", fp_id)
 
     def writer(self, fp: Fingerprint, dtype: str = "float32", shard_rows: int | None = None,
-               flush_seconds: float = 60.0) -> "ShardWriter":
-        return ShardWriter(self, fp, check_dtype(dtype), shard_rows, flush_seconds)
+               flush_seconds: float = 60.0, recipe: str = "") -> "ShardWriter":
+        """A writer of clean vectors, or (with `recipe`) of augmented views, under the fingerprint's lock."""
+        return ShardWriter(self, fp, check_dtype(dtype), shard_rows, flush_seconds, recipe)
 
     def read_rows(self, locations: list[tuple[str, int]], dim: int, dtype: np.dtype = np.float32) -> np.ndarray:
         """Vectors at (shard file, row) locations, in the given order; one open per shard."""
@@ -105,6 +106,15 @@ class FeatureStore:
         return FeatureTable(features, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
                             [r[3] for r in rows], json.loads(info["spec"]), info["source"])
 
+    def views(self, dataset: str, fp_id: str, recipe: str, count: int, split: str = "train",
+              dtype: np.dtype = np.float32) -> tuple[np.ndarray, list[str], list[int]]:
+        """The split's views 0..count-1 under a recipe: (vectors, content hash and view index of each row)."""
+        info = self.catalog.fingerprint(fp_id)
+        rows = self.catalog.view_rows(dataset, fp_id, recipe, count, split)
+        features = self.read_rows([(r[2], r[3]) for r in rows], info["dim"], dtype) if rows else \
+            np.empty((0, info["dim"]), dtype)
+        return features, [r[0] for r in rows], [r[1] for r in rows]
+
     def overview(self, with_failures: bool = False, max_failures: int | None = None) -> list[dict]:
         """One row per dataset: kind, root, sources, split, counts per split, vectors per fingerprint, failures
         (the first `max_failures` by path; `failed` counts them all)."""
@@ -120,11 +130,17 @@ class FeatureStore:
             rows.append({
                 "name": name, "kind": info["kind"], "root": info["root"], "sources": self.catalog.sources(name),
                 "split": info["split"], "seed": info["seed"], "splits": summary["splits"],
-                "failed": summary["failed"], "features": features,
+                "failed": summary["failed"], "features": features, "views": self._views_overview(name),
                 "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures(name, max_failures)]
                              if with_failures else [],
             })
         return rows
+
+    def _views_overview(self, dataset: str) -> list[dict]:
+        from extractor.augment import TTA, parse
+
+        return [{**v, "recipe_name": parse(v["recipe"]).name} for v in self.catalog.view_summary(dataset)
+                if v["recipe"] != TTA]
 
     def resolve(self, dataset: str, backbone: str, weights: str | None = None, size: int | None = None) -> str:
         """The fingerprint id of `dataset`'s features for `backbone` (and weights, when several exist)."""
@@ -175,8 +191,9 @@ class ShardWriter:
     """Buffers vectors and writes them as immutable shards; holds the fingerprint's writer lock."""
 
     def __init__(self, store: FeatureStore, fp: Fingerprint, dtype: np.dtype, shard_rows: int | None,
-                 flush_seconds: float) -> None:
-        self.store, self.fp, self.dtype = store, fp, dtype
+                 flush_seconds: float, recipe: str = "") -> None:
+        self.store, self.fp, self.dtype, self.recipe = store, fp, dtype, recipe
+        self._views: list[int] = []
         self.shard_rows = shard_rows or max(1, SHARD_BYTES // (fp.dim * dtype.itemsize))
         self.flush_seconds = flush_seconds
         self.dir = store.shard_dir(fp.id)
@@ -205,8 +222,12 @@ class ShardWriter:
             if path.name.endswith(".tmp") or (path.suffix == ".h5" and path.name not in known):
                 path.unlink(missing_ok=True)
 
-    def add(self, shas: list[str], vectors: np.ndarray) -> None:
+    def add(self, shas: list[str], vectors: np.ndarray, views: list[int] | None = None) -> None:
+        """Buffer rows: clean vectors, or (a views writer) views with their indices."""
+        if bool(self.recipe) != (views is not None):
+            raise ValueError("a views writer takes view indices, a clean writer none")
         self._shas.extend(shas)
+        self._views.extend(views or [])
         self._vectors.append(np.asarray(vectors))
         if len(self._shas) >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
@@ -220,10 +241,11 @@ class ShardWriter:
             data = np.clip(data, -FLOAT16_MAX, FLOAT16_MAX)
         data = data.astype(self.dtype, copy=False)
         for start in range(0, len(self._shas), self.shard_rows):
-            self._write(self._shas[start:start + self.shard_rows], data[start:start + self.shard_rows])
-        self._shas, self._vectors = [], []
+            end = start + self.shard_rows
+            self._write(self._shas[start:end], data[start:end], self._views[start:end] if self.recipe else None)
+        self._shas, self._vectors, self._views = [], [], []
 
-    def _write(self, shas: list[str], data: np.ndarray) -> None:
+    def _write(self, shas: list[str], data: np.ndarray, views: list[int] | None = None) -> None:
         """Write one shard file (tmp, fsync, rename), then commit it; on a failed write or commit nothing stays
         that a reader could see, and a full or read-only disk is one line (StorageFull)."""
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.h5"
@@ -234,10 +256,13 @@ class ShardWriter:
                 fh.create_dataset("features", data=data)
                 fh.create_dataset("sha256", data=np.array(shas, dtype="S64"))
                 fh.attrs["fingerprint"] = self.fp.id
+                if self.recipe:
+                    fh.create_dataset("view", data=np.array(views, dtype=np.int32))
+                    fh.attrs["recipe"] = self.recipe
             publish(tmp, final)
             doing = f"committing shard {final.relative_to(self.store.home)} to the catalog"
             self.store.catalog.commit_shard(self.fp.id, final.relative_to(self.store.home).as_posix(),
-                                            self.dtype.name, shas, final.stat().st_size)
+                                            self.dtype.name, shas, final.stat().st_size, self.recipe, views)
         except (OSError, sqlite3.Error) as exc:
             for path in (tmp, final):  # never committed: remove it (the next writer would, too)
                 path.unlink(missing_ok=True)

@@ -44,7 +44,9 @@ def _full(store: FeatureStore, shard: dict, dims: dict[str, int]) -> str | None:
                 return f"holds {features.shape} features; the catalog expects ({shard['rows']}, " \
                        f"{dims.get(shard['fingerprint'])})"
             stored = np.asarray(shas).astype(str)
-            wrong = [row for sha, row in store.catalog.shard_vectors(shard["id"]) if stored[row] != sha]
+            views = fh["view"][()] if "view" in fh else None
+            wrong = [row for sha, index, row in store.catalog.shard_vectors(shard["id"])
+                     if stored[row] != sha or (index >= 0 and (views is None or views[row] != index))]
             if wrong:
                 return f"{len(wrong)} rows hold other images than the catalog says (first row {wrong[0]})"
             features[()]  # every byte read: a damaged chunk fails here

@@ -21,6 +21,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     _backbone_args(p, weights_default=None)
     p.add_argument("--out", type=Path, required=True, help="output .h5 file")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--no-views", action="store_true", help="leave out the cached augmented views")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
@@ -50,6 +51,10 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="auto", help="mixed precision on CUDA: auto, off, bf16, fp16")
     p.add_argument("--dtype", default="float32", help="storage: float32 or float16")
+    p.add_argument("--augment", metavar="RECIPE",
+                   help="also cache augmented views of every train image: classic, crop, or terms like "
+                        "flip,rotate=30,shift=0.1,zoom=0.2,crop=0.5 (needs --views)")
+    p.add_argument("--views", type=int, default=0, metavar="K", help="views per train image with --augment")
     p.add_argument("--split", help="train,val,test fractions (default 0.6,0.2,0.2), recorded once")
     p.add_argument("--seed", type=int, help="split seed (default 42)")
     p.add_argument("--resplit", action="store_true", help="discard the recorded split and split again")
@@ -98,7 +103,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         size=args.size, batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
         dtype=args.dtype, split=args.split, seed=args.seed, resplit=args.resplit,
         limits=Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels), shard_rows=args.shard_rows,
-        flush_seconds=args.flush_seconds, add=args.add, redefine=args.redefine)
+        flush_seconds=args.flush_seconds, add=args.add, redefine=args.redefine, augment=args.augment,
+        views=args.views)
     bar = ProgressBar(f"{args.dataset}/{args.backbone}")
     try:
         summary = extract(opts, FeatureStore(args.home), progress=bar)
@@ -108,6 +114,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "(nothing to compute)"
     lines = [f"{summary.dataset} / {summary.fingerprint}: {summary.extracted} extracted, {summary.cached} cached, "
              f"{summary.failed} failed, {summary.duplicates} duplicate files, in {summary.seconds:.1f} s {speed}"]
+    if summary.views:
+        v = summary.views
+        lines.append(f"  views ({v['recipe']}, {v['per_image']} per train image): {v['computed']} computed, "
+                     f"{v['cached']} cached, {v['failed']} failed")
     lines += [f"  failed: {path}: {reason}" for path, reason in summary.failures[:20]]
     if len(summary.failures) > 20:
         lines.append(f"  ... and {len(summary.failures) - 20} more (see `headstart datasets --json`)")
@@ -132,9 +142,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         s = r["splits"]
         feats = ", ".join(features_label(r["features"])) or (
             f"none: all {r['failed']} files failed" if r["failed"] and not sum(s.values()) else "none yet")
+        views = ", ".join(f"{v['recipe_name']} x{v['complete']}" + ("" if v["images"] == v["train_images"] else
+                          f" ({v['images']}/{v['train_images']} images)") for v in r["views"]) or "-"
         lines.append([r["name"], r["kind"], f"{s.get('train', 0)}/{s.get('val', 0)}/{s.get('test', 0)}",
-                      r["failed"], feats])
-    human = table(["NAME", "KIND", "TRAIN/VAL/TEST", "FAILED", "FEATURES"], lines) if rows else \
+                      r["failed"], feats, views])
+    human = table(["NAME", "KIND", "TRAIN/VAL/TEST", "FAILED", "FEATURES", "VIEWS"], lines) if rows else \
         "no datasets yet; run `headstart extract`"
     emit(args, rows, human)
     return 0
@@ -145,9 +157,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     store = existing_store(args.home)
     fp_id = store.resolve(args.dataset, args.backbone, args.weights, args.size)
-    result = export(store, args.dataset, fp_id, args.out, args.dtype)
-    emit(args, result, f"wrote {result['rows']} x {result['dim']} features ({result['classes']} classes) "
-                       f"to {result['out']}")
+    result = export(store, args.dataset, fp_id, args.out, args.dtype, views=not args.no_views)
+    emit(args, result, f"wrote {result['rows']} x {result['dim']} features ({result['classes']} classes)"
+                       + (f" and {result['views']} views" if result["views"] else "") + f" to {result['out']}")
     return 0
 
 

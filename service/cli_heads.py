@@ -19,12 +19,18 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--name", required=True, help="name to save the head under")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="head parameter (repeatable); the parameters and their defaults are listed below")
+    p.add_argument("--views", type=int, default=0, metavar="K",
+                   help="also train on K cached augmented views of each train image (extract --augment first)")
+    p.add_argument("--augment", metavar="RECIPE", help="which recipe's views, when the dataset has several")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics (and plots) of a saved head on a split")
     p.add_argument("head")
     p.add_argument("--split", default="test", help="train, val or test")
     p.add_argument("--plots", type=Path, help="write confusion matrix, ROC and training-curve PNGs here")
+    p.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="also score with probabilities averaged over N test-time views (1-8; cached)")
+    p.add_argument("--device", default="auto", help="where test-time views are computed")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("heads", parents=[common], help="list saved heads; heads rm NAME; heads rollback NAME")
@@ -61,10 +67,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from classifiers.training import train_head
 
     manifest = train_head(existing_store(args.home), args.dataset, args.backbone, args.head, args.name,
-                          parse_params(args.param, args.head), args.weights)
+                          parse_params(args.param, args.head), args.weights, views=args.views, augment=args.augment)
     m = manifest["metrics"]
     lines = [f"trained {args.head} head {args.name!r} on {args.dataset}/{manifest['fingerprint']['id']} "
-             f"({len(manifest['classes'])} classes) in {m['fit_seconds']:.2f} s"]
+             f"({len(manifest['classes'])} classes) in {m['fit_seconds']:.2f} s"
+             + (f", with {manifest['views']['per_image']} {manifest['views']['recipe']} views per train image "
+                f"({manifest['views']['rows']} rows)" if manifest.get("views") else "")]
     lines += [f"  {split:<4} {headline(m[split])}" for split in ("val", "test") if split in m]
     for split in ("val", "test"):
         warning = small_split_warning(split, m.get(split, {}))
@@ -79,9 +87,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from classifiers.metrics import confusion_lines, headline, small_split_warning
     from classifiers.training import evaluate_head
 
-    result = evaluate_head(existing_store(args.home), args.head, args.split, args.plots)
+    result = evaluate_head(existing_store(args.home), args.head, args.split, args.plots, args.tta, args.device)
     m = result["metrics"]
     lines = [f"{args.head} on {result['dataset']} ({args.split}): {headline(m)}",
+             *([f"  with {args.tta} test-time views: {headline(result['tta']['metrics'])}"] if args.tta else []),
              f"  precision/recall/f1 macro {m['precision_macro']:.3f}/{m['recall_macro']:.3f}/{m['f1_macro']:.3f}"
              f"  weighted {m['precision_weighted']:.3f}/{m['recall_weighted']:.3f}/{m['f1_weighted']:.3f}"]
     present = [(label, v) for label, v in m["per_class"].items() if v["support"]]  # absent classes have no f1

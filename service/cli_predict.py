@@ -25,12 +25,18 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="average the probabilities over N test-time views (1-8: the image, flipped, crops)")
     p.set_defaults(func=cmd_predict)
 
 
 def _check(args: argparse.Namespace) -> None:
     if args.top_k < 1 or args.batch_size < 1:
         raise HeadstartError(f"--top-k {args.top_k} / --batch-size {args.batch_size}: expected integers >= 1")
+    if args.tta:
+        from extractor.augment import check_views
+
+        check_views(args.tta, tta=True)
     if not args.images and not args.dataset:
         raise HeadstartError("nothing to predict: expected image files or folders, or --dataset NAME")
     if args.split and not args.dataset:
@@ -100,7 +106,7 @@ def _csv_row(r: dict) -> dict:
             "error": r.get("error", "")}
 
 
-def from_dataset(store, predictor, dataset: str, split: str | None, k: int) -> list[dict]:
+def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta: int = 0) -> list[dict]:
     """The dataset's images (one split or all) predicted from their cached vectors under the head's fingerprint."""
     if store.catalog.dataset(dataset) is None:
         store.resolve(dataset, predictor.resolved.spec.name)  # NotFound with the known names
@@ -112,13 +118,26 @@ def from_dataset(store, predictor, dataset: str, split: str | None, k: int) -> l
                              f"{predictor.fingerprint}" + (f" in its {split} split" if split else ""),
                              cli=f"run `headstart extract ... --dataset {dataset} --backbone {b.spec.name} "
                                  f"--weights {b.weights.label}` first")
-    tops = predictor.predict_vectors(table.features[keep], k)
+    if tta:  # cached test-time views of each split (computed once)
+        from classifiers.predict import top_k
+        from classifiers.tta import dataset_proba
+
+        tops = [None] * len(keep)
+        for name in sorted({table.splits[i] for i in keep}):
+            rows = [n for n, i in enumerate(keep) if table.splits[i] == name]
+            proba = dataset_proba(store, predictor.head, predictor.resolved, dataset, name,
+                                  [table.sha256[keep[n]] for n in rows], tta, predictor.device)
+            for n, p in zip(rows, proba, strict=True):
+                tops[n] = top_k(p, predictor.head.classes_, k)
+    else:
+        tops = predictor.predict_vectors(table.features[keep], k)
     return [{"image": table.paths[i], "true_label": table.labels[i], "split": table.splits[i], "top": top,
              "cached": True} for i, top in zip(keep, tops, strict=True)]
 
 
-def from_files(store, predictor, paths: list[Path], k: int, batch_size: int) -> list[dict]:
-    """Files read once; those whose content is cached under the head's fingerprint skip the forward pass."""
+def from_files(store, predictor, paths: list[Path], k: int, batch_size: int, tta: int = 0) -> list[dict]:
+    """Files read once; those whose content is cached under the head's fingerprint skip the forward pass (not
+    with `tta`: test-time views of a file are computed)."""
     from extractor.decode import DecodeError, read_file
 
     rows, readable, datas = [], [], []
@@ -130,7 +149,7 @@ def from_files(store, predictor, paths: list[Path], k: int, batch_size: int) -> 
         except DecodeError as exc:
             rows[-1]["error"] = str(exc)
     shas = [hashlib.sha256(d).hexdigest() for d in datas]
-    where = store.catalog.vector_locations(predictor.fingerprint, shas)
+    where = store.catalog.vector_locations(predictor.fingerprint, shas) if not tta else {}
     hits = [i for i, sha in enumerate(shas) if sha in where]
     try:
         vectors = store.read_rows([where[shas[i]] for i in hits], predictor.resolved.fingerprint.dim)
@@ -139,7 +158,7 @@ def from_files(store, predictor, paths: list[Path], k: int, batch_size: int) -> 
     except CacheDamaged:  # a damaged shard: compute these too (the next extract repairs the cache)
         hits = []
     misses = [i for i in range(len(datas)) if i not in set(hits)]
-    answers = predictor.predict_bytes([datas[i] for i in misses], k, batch_size) if misses else []
+    answers = predictor.predict_bytes([datas[i] for i in misses], k, batch_size, tta) if misses else []
     for i, answer in zip(misses, answers, strict=True):
         readable[i].update(answer, **({"cached": False} if "top" in answer else {}))
     return rows
@@ -159,9 +178,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out.close()
         return 1
     if args.dataset:
-        out.add(from_dataset(store, predictor, args.dataset, args.split, args.top_k))
+        out.add(from_dataset(store, predictor, args.dataset, args.split, args.top_k, args.tta))
     for start in range(0, len(paths), args.batch_size):  # a chunk at a time: memory does not grow with the count
-        out.add(from_files(store, predictor, paths[start:start + args.batch_size], args.top_k, args.batch_size))
+        out.add(from_files(store, predictor, paths[start:start + args.batch_size], args.top_k, args.batch_size,
+                           args.tta))
     out.close()
     return 1 if out.failed else 0
 

@@ -25,7 +25,8 @@ def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
         size=request.get("size"), dtype=request.get("dtype") or "float32", split=request.get("split"),
         seed=request.get("seed"), batch_size=s.extract_batch_size, workers=s.extract_workers, device=s.device,
         limits=Limits(max_pixels=s.max_pixels), flush_seconds=s.flush_seconds, confine=True,
-        add=bool(request.get("add")), redefine=bool(request.get("redefine")))
+        add=bool(request.get("add")), redefine=bool(request.get("redefine")), augment=request.get("augment"),
+        views=int(request.get("views") or 0))
     last, deadline, timed_out = [0.0], time.monotonic() + (s.extract_max_seconds or float("inf")), []
 
     def progress(p: Progress) -> None:

@@ -88,7 +88,8 @@ class JobRunner:
         if request.get("labels_csv"):
             self.confine(request["labels_csv"])
         fp = resolve(request["backbone"], request["weights"], request.get("size")).fingerprint
-        return self.submit("extract", f"extract:{request['dataset']}:{fp.id}", request)
+        views = f":{request['augment']}:{request['views']}" if request.get("augment") else ""
+        return self.submit("extract", f"extract:{request['dataset']}:{fp.id}{views}", request)
 
     def submit_train(self, request: dict) -> tuple[str, bool]:
         check_train(self.store, self.settings, request)  # bad params, caps, missing features: before queueing

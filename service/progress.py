@@ -1,46 +1,41 @@
-"""Terminal progress bar for extraction: images, img/s, ETA, failures; silent when not on a terminal."""
+"""Terminal progress for extraction and training, drawn by tqdm: one bar per phase (hashing files, extracting
+images, views), with done/total, rate, ETA and failures; silent when stderr is not a terminal."""
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
 
-from extractor.pipeline import Progress
+from tqdm import tqdm
 
+from extractor.summary import Progress
 
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60:02d}:{seconds % 60:02d}"
+UNITS = {"hashing": "files", "extracting": "img", "views": "views", "training": "epochs"}
 
 
 class ProgressBar:
-    """Callable for `extract(progress=...)`; redraws at most 10 times a second."""
+    """Callable for `extract(progress=...)`: `bar(Progress)`; a new phase closes the bar and starts another."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
-        self.label, self.stream, self.width = label, stream or sys.stderr, width
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self.label, self.stream = label, stream or sys.stderr
         self.enabled = self.stream.isatty()
-        self._last = 0.0
-        self._drawn = False
+        self.phase: str | None = None
+        self.bar: tqdm | None = None
 
     def __call__(self, p: Progress) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.1 and p.done < p.total):
+        if not self.enabled:
             return
-        self._last = now
-        filled = int(self.width * p.done / p.total) if p.total else self.width
-        bar = "#" * filled + "-" * (self.width - filled)
-        unit = "files/s" if p.phase == "hashing" else "img/s"
-        line = (f"\r{self.label} {p.phase:<10} [{bar}] {p.done}/{p.total} {p.rate:6.1f} {unit} "
-                f"ETA {_clock(p.eta)} failed {p.failed}")
-        self.stream.write(line)
-        self.stream.flush()
-        self._drawn = True
+        if p.phase != self.phase or self.bar is None:
+            self.close()
+            self.phase = p.phase
+            self.bar = tqdm(total=p.total, desc=f"{self.label} {p.phase}", unit=UNITS.get(p.phase, "it"),
+                            file=self.stream, dynamic_ncols=True, mininterval=0.1, leave=True)
+        self.bar.total = p.total
+        self.bar.n = p.done
+        self.bar.set_postfix(failed=p.failed, refresh=False)
+        self.bar.refresh()
 
     def close(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -130,7 +130,8 @@ async def create_head(body: HeadRequest, request: Request):
 
 
 def _public(manifest: dict) -> dict:
-    keep = ("name", "kind", "params", "classes", "backbone", "dataset", "dim", "metrics", "created", "split_sizes")
+    keep = ("name", "kind", "params", "classes", "backbone", "dataset", "dim", "metrics", "created", "split_sizes",
+            "views")
     out = {k: manifest.get(k) for k in keep}
     out["fingerprint"] = manifest["fingerprint"]["id"]
     out["weights"] = manifest["weights"] if not manifest["weights"].startswith("/") else "file"

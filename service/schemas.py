@@ -22,6 +22,19 @@ def valid_name(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+def valid_recipe(value: str | None) -> str | None:
+    """An augmentation recipe (extractor.augment) as a validation error."""
+    from extractor.augment import parse
+
+    if value is None:
+        return None
+    try:
+        parse(value)
+    except HeadstartError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 def known_backbone(value: str) -> str:
     from extractor.backbones import REGISTRY
 
@@ -51,11 +64,16 @@ class ExtractRequest(BaseModel):
     dtype: Literal["float32", "float16"] = "float32"
     split: str | None = Field(default=None, max_length=64, description="train,val,test fractions, e.g. 0.6,0.2,0.2")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    augment: str | None = Field(default=None, max_length=200,
+                                description="also cache augmented views of every train image: classic, crop, or "
+                                            "terms like flip,rotate=30,shift=0.1,zoom=0.2,crop=0.5")
+    views: int = Field(default=0, ge=0, le=64, description="views per train image (with augment)")
     add: bool = Field(default=False, description="add this folder to an existing dataset's folders")
     redefine: bool = Field(default=False, description="replace what an existing dataset is made of with this")
 
     _backbone = field_validator("backbone")(known_backbone)
     _names = field_validator("dataset")(valid_name)
+    _recipe = field_validator("augment")(lambda value: valid_recipe(value))
 
     @field_validator("weights")
     @classmethod
@@ -74,11 +92,14 @@ class HeadRequest(BaseModel):
     head: str = Field(default="logreg", pattern=r"^[a-z0-9_]{1,32}$")
     weights: str | None = Field(default=None, pattern=r"^(imagenet|random(:\d{1,9})?)$")
     params: dict[str, ParamValue] = Field(default_factory=dict, max_length=32)
+    views: int = Field(default=0, ge=0, le=64, description="also train on this many cached views per train image")
+    augment: str | None = Field(default=None, max_length=200, description="which recipe's views (when several)")
     background: bool = Field(default=False, description="run as a job and answer 202 with its id")
 
     _backbone = field_validator("backbone")(known_backbone)
     _head = field_validator("head")(known_head)
     _names = field_validator("name", "dataset")(valid_name)
+    _recipe = field_validator("augment")(lambda value: valid_recipe(value))
 
     @field_validator("params")
     @classmethod

@@ -75,7 +75,8 @@ def train(store: FeatureStore, settings: Settings, request: dict, should_stop: C
     try:
         return train_head(store, request["dataset"], request["backbone"], request["head"], request["name"],
                           request.get("params") or {}, request.get("weights"), settings.device,
-                          Monitor(should_stop=stop, on_epoch=on_epoch))
+                          Monitor(should_stop=stop, on_epoch=on_epoch), views=int(request.get("views") or 0),
+                          augment=request.get("augment"))
     except Stopped:
         if timed_out:
             raise OverLimit(f"training stopped after {settings.train_max_seconds:g} s, the limit of "

@@ -184,3 +184,23 @@ def test_answers_show_the_first_100_failures_and_count_all(served):
     assert job["state"] == "succeeded" and job["result"]["failed"] == 103 and len(job["failures"]) == 100
     listed = next(d for d in c.get("/datasets").json() if d["name"] == "mostly-junk")
     assert listed["failed"] == 103 and len(listed["failures"]) == 100
+
+
+def test_views_round_trip_through_the_api(served):
+    c = served.client
+    body = {"dataset": "colors", "path": "colors", "backbone": "tiny", "weights": "random", "augment": "crop",
+            "views": 2}
+    job = served.wait_job(c.post("/extract", json=body).json()["job_id"])
+    assert job["state"] == "succeeded" and job["result"]["views"]["per_image"] == 2, job["result"]
+    train = next(d for d in c.get("/datasets").json() if d["name"] == "colors")
+    listed = [v for v in train["views"] if v["recipe_name"] == "crop"]
+    assert listed and listed[0]["complete"] == 2 and listed[0]["images"] == train["splits"]["train"]
+    head = c.post("/heads", json={"name": "colors-views", "dataset": "colors", "backbone": "tiny", "views": 2,
+                                  "augment": "crop"})
+    assert head.status_code == 201, head.text
+    assert head.json()["views"]["per_image"] == 2 and head.json()["views"]["rows"] == 2 * train["splits"]["train"]
+    for bad in ({**body, "augment": "twirl"}, {**body, "views": 65}):
+        assert c.post("/extract", json=bad).status_code == 422
+    missing = c.post("/heads", json={"name": "x", "dataset": "colors", "backbone": "tiny", "views": 9,
+                                     "augment": "crop"})
+    assert missing.status_code == 400 and '"views": 9' in missing.json()["detail"]

@@ -77,11 +77,18 @@ def test_progress_bar_names_the_phase_and_its_unit():
     out = Terminal()
     bar = ProgressBar("pets/vgg16", stream=out)
     bar(Progress(3, 9, 0, 1.0, phase="hashing"))
-    assert "hashing" in out.getvalue() and "3/9" in out.getvalue() and "3.0 files/s" in out.getvalue()
+    assert "pets/vgg16 hashing" in out.getvalue() and "3/9" in out.getvalue() and "files" in out.getvalue()
+    bar(Progress(5, 20, 1, 2.0, phase="views"))
+    bar.close()
+    text = out.getvalue()
+    assert "pets/vgg16 views" in text and "5/20" in text and "failed=1" in text
+    quiet = io.StringIO()  # not a terminal: nothing drawn
+    ProgressBar("x", stream=quiet)(Progress(1, 2, 0, 1.0))
+    assert quiet.getvalue() == ""
     bar(Progress(9, 9, 1, 3.0))
     bar.close()
     last = out.getvalue().split("\r")[-1]
-    assert "extracting" in last and "9/9" in last and "img/s" in last and "failed 1" in last and last.endswith("\n")
+    assert "extracting" in last and "9/9" in last and "img/s" in last and "failed=1" in last and last.endswith("\n")
     quiet = io.StringIO()  # not a terminal: nothing drawn
     ProgressBar("x", stream=quiet)(Progress(1, 2, 0, 1.0))
     assert quiet.getvalue() == ""

@@ -114,8 +114,10 @@ def test_the_queue_is_bounded(data, monkeypatch):
     monkeypatch.setattr(JobRunner, "_execute", lambda self, job: release.wait(30) and ("succeeded", {}, None))
     runner = runner_for(data, max_queued_jobs=2)
     runner.start()
-    ids = [runner.submit("extract", f"k{i}", {})[0] for i in range(3)]  # one running, two queued
-    wait(runner, ids[0], ("running",))
+    first = runner.submit("extract", "k0", {})[0]
+    wait(runner, first, ("running",))  # taken by the worker: the queue is empty again
+    for i in (1, 2):
+        runner.submit("extract", f"k{i}", {})  # two queued: the bound
     with pytest.raises(TooBusy, match="HEADSTART_MAX_QUEUED_JOBS") as refused:
         runner.submit("extract", "k-extra", {})
     assert refused.value.retry_after > 0

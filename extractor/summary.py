@@ -1,0 +1,89 @@
+"""What an extraction reports: progress events while it runs, and its summary with warnings when it ends."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from extractor.datasets import Listing
+    from extractor.pipeline import ExtractOptions
+    from extractor.store import FeatureStore
+
+
+@dataclass
+class Progress:
+    """One progress event: images done of total in this run, failures, rate and ETA.
+
+    `phase` is "hashing" while new files are read to find their content keys (then done/total count
+    files), "extracting" while images go through the backbone, and "views" while augmented views do."""
+
+    done: int
+    total: int
+    failed: int
+    elapsed: float
+    phase: str = "extracting"
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        return (self.total - self.done) / self.rate if self.rate > 0 else None
+
+
+@dataclass
+class ExtractSummary:
+    """What one extraction did; `to_dict()` is the CLI's --json line and the job result."""
+
+    dataset: str
+    backbone: str
+    fingerprint: str
+    files: int
+    extracted: int
+    cached: int
+    failed: int
+    duplicates: int
+    skipped: int
+    seconds: float
+    device: str
+    stopped: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # said on the terminal, kept in --json
+    repaired: int = 0  # cached vectors whose shard file was missing or damaged, computed again
+    views: dict | None = None  # with --augment: what the views run did (extractor.views.ViewsSummary)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["images_per_second"] = round(self.images_per_second, 2)
+        out["seconds"] = round(self.seconds, 3)
+        out["failures"] = [{"path": p, "reason": r} for p, r in self.failures]
+        return out
+
+
+def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, members: list,
+             summary: ExtractSummary) -> list[str]:
+    """What the user should know although nothing failed: skipped files, one class, a no-op option, repairs."""
+    out = []
+    if summary.repaired:
+        out.append(f"{summary.repaired} cached vectors were in shard files that are missing or damaged; they were "
+                   f"dropped from the catalog and computed again")
+    if listing.top_level:
+        out.append(f"{listing.top_level} files at the top level of {listing.root} were not read: a dataset of class "
+                   f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
+    if listing.skipped:
+        out.append(f"{listing.skipped} files without an image suffix (.jpg, .png, ...) were skipped")
+    labels = {m[2] for m in members if m[2] is not None}
+    if len(labels) == 1:
+        out.append(f"dataset {opts.dataset!r} has one class ({labels.pop()!r}); training a head needs at least two")
+    if summary.extracted == 0 and not summary.stopped:
+        stored = {s["dtype"] for s in store.catalog.shards(summary.fingerprint, opts.dataset)}
+        if stored and opts.dtype not in stored:
+            out.append(f"the cached vectors are stored as {', '.join(sorted(stored))}; --dtype {opts.dtype} applies "
+                       f"only to vectors computed from now on, so nothing changed (export --dtype converts a copy)")
+    return out

@@ -1,0 +1,123 @@
+"""Augmented views in the cache: K views of each train image (or test-time views of val/test images), computed
+once and stored beside the clean vectors under the same fingerprint and writer lock. Only missing views are
+computed: raising K from 4 to 8 computes views 4-7, new images get theirs, nothing is computed twice."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from extractor import augment
+from extractor.augment import Recipe
+from extractor.decode import DecodeError, Limits, preprocess, read_file
+from extractor.model import LoadedBackbone, Resolved
+from extractor.store import FeatureStore
+from extractor.summary import Progress
+
+
+@dataclass
+class ViewsSummary:
+    """What one views run did (the `views` part of an extract summary)."""
+
+    recipe: str
+    per_image: int
+    split: str
+    images: int  # images of the split that needed views
+    computed: int  # views computed in this run
+    cached: int  # views of the split already in the cache
+    failed: int
+    stopped: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ViewDataset(Dataset):
+    """Reads and verifies one file, decodes it once, and makes its missing views (in a DataLoader worker)."""
+
+    def __init__(self, jobs: list[tuple[str, Path, list[int]]], size: int, limits: Limits, recipe: Recipe) -> None:
+        self.jobs, self.size, self.limits, self.recipe = jobs, size, limits, recipe
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, DecodeError | None]:
+        sha, path, indices = self.jobs[i]
+        try:
+            data = read_file(path, self.limits)
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise DecodeError("file changed since it was hashed; run the extraction again", content=False)
+            clean = preprocess(data, self.size, self.limits)
+            return i, np.stack([augment.view(clean, self.recipe, sha, j) for j in indices]), None
+        except DecodeError as exc:
+            return i, None, exc
+        except Exception as exc:  # one bad file is a recorded failure, never a crashed job
+            return i, None, DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
+
+
+def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, DecodeError]]]:
+    """(job index of each view row, the views as one NHWC batch, failures)."""
+    owners = [i for i, arr, _ in items if arr is not None for _ in range(len(arr))]
+    arrays = [arr for _, arr, _ in items if arr is not None]
+    bad = [(i, error) for i, arr, error in items if arr is None]
+    return owners, (torch.from_numpy(np.concatenate(arrays)) if arrays else None), bad
+
+
+def compute_views(store: FeatureStore, dataset: str, resolved: Resolved, recipe: Recipe, count: int,
+                  files: dict[str, Path], model: Callable[[], LoadedBackbone], *, split: str = "train",
+                  dtype: str = "float32", batch_size: int = 32, workers: int = 0, limits: Limits | None = None,
+                  flush_seconds: float = 60.0, shard_rows: int | None = None, skip: set[str] = frozenset(),
+                  progress: Callable | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> tuple[ViewsSummary, dict[str, DecodeError]]:
+    """Bring views 0..count-1 of the split's images into the cache; `model()` gives the loaded backbone."""
+    fp = resolved.fingerprint
+    needed = {s: v for s, v in store.catalog.missing_views(dataset, fp.id, recipe.text, count, split).items()
+              if s not in skip and s in files}
+    summary = ViewsSummary(recipe.name, count, split, len(needed), 0, 0, 0)
+    bad: dict[str, DecodeError] = {}
+    if needed:
+        with store.writer(fp, dtype, shard_rows, flush_seconds, recipe=recipe.text) as writer:
+            needed = {s: v for s, v in store.catalog.missing_views(dataset, fp.id, recipe.text, count, split).items()
+                      if s not in skip and s in files}  # again, under the lock
+            jobs = [(sha, files[sha], indices) for sha, indices in needed.items()]
+            total, done, started = sum(len(j[2]) for j in jobs), 0, time.monotonic()
+            per_image = max((len(j[2]) for j in jobs), default=1)
+            loader = DataLoader(ViewDataset(jobs, resolved.size, limits or Limits(), recipe),
+                                batch_size=max(1, batch_size // per_image), num_workers=workers, collate_fn=collate,
+                                prefetch_factor=2 if workers else None)
+            backbone = model() if jobs else None
+            for owners, batch, failed in loader:
+                bad.update((jobs[i][0], error) for i, error in failed)
+                if batch is not None:
+                    rows = _rows(jobs, owners)
+                    writer.add([jobs[i][0] for i in owners], backbone.embed(batch), views=rows)
+                    done += len(owners)
+                done += sum(len(jobs[i][2]) for i, _ in failed)
+                if progress:
+                    progress(Progress(done, total, len(bad), time.monotonic() - started, phase="views"))
+                if should_stop and should_stop():
+                    summary.stopped = True
+                    break
+            writer.flush()
+            summary.computed = writer.written
+    summary.failed = len(bad)
+    summary.cached = store.catalog.count_views(dataset, fp.id, recipe.text, count, split) - summary.computed
+    return summary, bad
+
+
+def _rows(jobs: list[tuple[str, Path, list[int]]], owners: list[int]) -> list[int]:
+    """The view index of each row: the i-th row owned by a job is that job's i-th missing index."""
+    seen: dict[int, int] = {}
+    out = []
+    for job in owners:
+        k = seen.get(job, 0)
+        out.append(jobs[job][2][k])
+        seen[job] = k + 1
+    return out

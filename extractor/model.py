@@ -25,7 +25,7 @@ class Resolved:
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.size)
+        return self.spec.preprocess(self.size)
 
 
 def resolve(backbone: str, weights: str = "imagenet", size: int | None = None) -> Resolved:

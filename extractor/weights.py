@@ -61,9 +61,9 @@ def identity(choice: WeightsChoice, spec: BackboneSpec) -> str:
     """The weights part of the fingerprint; random and ImageNet features can never share one."""
     if choice.kind == "imagenet":
         if spec.imagenet is None:
-            raise HeadstartError(
-                f"backbone {spec.name} has no ImageNet weights; use --weights random or a weights file"
-            )
+            hint = f" ({spec.weights_hint})" if spec.weights_hint else ""
+            raise HeadstartError(f"backbone {spec.name} has no ImageNet weights in torchvision; use --weights random "
+                                 f"or a weights file{hint}")
         return f"imagenet:{spec.imagenet}"
     if choice.kind == "random":
         return f"random:seed={choice.seed}:init={RANDOM_INIT}"
@@ -166,7 +166,8 @@ def init_random(model, seed: int) -> None:
                 module.named_buffers(recurse=False)
             ):
                 if isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight":
-                    fan_out = tensor.shape[0] * math.prod(tensor.shape[2:])
+                    # per group: a depthwise conv's fan-out is its kernel's size (no earlier backbone had groups)
+                    fan_out = tensor.shape[0] // getattr(module, "groups", 1) * math.prod(tensor.shape[2:])
                     tensor.copy_(torch.randn(tensor.shape, generator=gen) * math.sqrt(2.0 / fan_out))
                 elif name in ("weight", "running_var"):
                     tensor.fill_(1)

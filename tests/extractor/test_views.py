@@ -148,3 +148,26 @@ def test_bad_recipes_and_view_counts_are_one_line_errors(tmp_path, capsys):
     for extra, expected in ((["--tta", "9"], "--tta 9: expected an integer from 1 to 8"),):
         code, _, err = run_main(capsys, "predict", "h", "x.jpg", *extra, "--home", str(tmp_path / "home"))
         assert code == 1 and ("no head" in err or expected in err)
+
+
+def test_the_edge_filled_affine_agrees_with_torchvisions_wherever_no_fill_is_involved():
+    import torch
+    import torchvision.transforms.v2.functional as F
+    from torchvision import tv_tensors
+
+    from extractor.augment import _EdgeAffine
+
+    image = tv_tensors.Image(torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8, generator=torch.Generator()
+                                           .manual_seed(0)))
+    affine = _EdgeAffine(rotate=12, shift=0.05, shear=5, zoom=0.1)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        p = affine.draw.make_params([image])
+        torch.manual_seed(seed)
+        ours = affine(image)
+        theirs = F.affine(image, angle=p["angle"], translate=list(p["translate"]), scale=p["scale"],
+                          shear=list(p["shear"]), interpolation=F.InterpolationMode.BILINEAR)
+        inner = (slice(None), slice(24, 72), slice(24, 72))  # the centre never samples outside the image here
+        assert torch.equal(ours[inner], theirs[inner])
+    corner = affine(image)[:, 0, 0]
+    assert corner.sum() > 0  # filled with the nearest edge pixel, never the black of a constant fill

@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from classifiers import params
 from extractor.errors import Diverged, HeadstartError, NotFound, Stopped
-
-Rule = tuple[Callable[[Any], bool], str]
-
-
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def integer(lo: int, hi: int) -> Rule:
-    return (lambda v: _integer(v) and lo <= v <= hi), f"an integer from {lo} to {hi}"
-
-
-def number(lo: float, hi: float, low_open: bool = False) -> Rule:
-    """A finite number in [lo, hi] (or (lo, hi] with `low_open`)."""
-    return ((lambda v: _number(v) and (v > lo if low_open else v >= lo) and v <= hi),
-            f"a number {'>' if low_open else '>='} {lo:g} and <= {hi:g}")
-
-
-POSITIVE: Rule = number(0, 1e6, low_open=True)
-NON_NEGATIVE: Rule = number(0, 1e6)
-CLASS_WEIGHT: Rule = (lambda v: v in (None, "balanced"), "balanced or null")
 
 
 @dataclass
@@ -52,23 +27,17 @@ class Monitor:
 
 
 class Head:
-    """fit(X, y) -> self with classes_; predict_proba; predict; state()/set_state() for safe persistence."""
+    """fit(X, y) -> self with classes_; predict_proba; predict; state()/set_state() for safe persistence.
+
+    `Params` (classifiers.params) says what each parameter accepts; it is checked before any training."""
 
     kind: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]]
-    rules: ClassVar[dict[str, Rule]] = {}  # what each parameter accepts, checked before any training
+    Params: ClassVar[type[params.Params]]
     description: ClassVar[str]
+    on_device: ClassVar[bool] = False  # takes a `device` (not a parameter: where it runs is no part of the head)
 
-    def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise HeadstartError(f"head {self.kind} has no parameter {unknown[0]!r}; "
-                                 f"expected some of: {', '.join(sorted(self.defaults))}")
-        for name, value in params.items():
-            accepts, expected = self.rules.get(name, (lambda v: True, ""))
-            if not accepts(value):
-                raise HeadstartError(f"head {self.kind} parameter {name}={json.dumps(value)}: expected {expected}")
-        self.params = {**self.defaults, **params}
+    def __init__(self, **values: Any) -> None:
+        self.params = params.check(f"head {self.kind}", self.Params, values).model_dump()
         self.classes_: np.ndarray | None = None
         self.history: list[dict] = []
         self.monitor = Monitor()
@@ -126,8 +95,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 class LogRegHead(Head):
     kind = "logreg"
-    defaults = {"C": 1.0, "max_iter": 1000, "tol": 1e-4, "class_weight": None}
-    rules = {"C": POSITIVE, "max_iter": integer(1, 1_000_000), "tol": POSITIVE, "class_weight": CLASS_WEIGHT}
+    Params = params.LogRegParams
     description = "standardised multinomial logistic regression (scikit-learn, lbfgs)"
 
     def fit(self, X, y, X_val=None, y_val=None):
@@ -165,9 +133,7 @@ class LogRegHead(Head):
 
 class CentroidHead(Head):
     kind = "centroid"
-    defaults = {"temperature": None}
-    rules = {"temperature": ((lambda v: v is None or number(0, 1e4, True)[0](v)),
-                             "a number > 0 and <= 10000, or null to fit it on val")}
+    Params = params.CentroidParams
     description = "cosine nearest class mean, temperature fitted on val (strong with very few labels)"
 
     def fit(self, X, y, X_val=None, y_val=None):
@@ -222,23 +188,30 @@ def get_head_class(kind: str) -> type[Head]:
     return heads[kind]
 
 
+def defaults(cls: type[Head]) -> dict[str, Any]:
+    return cls.Params().model_dump()
+
+
 def device_param(cls: type[Head], device: str | None) -> dict[str, str]:
     """{"device": device} for a head that runs on a device (mlp), else nothing."""
-    return {"device": device} if device and "device" in cls.defaults else {}
+    return {"device": device} if device and cls.on_device else {}
 
 
 def parse_params(items: list[str], kind: str) -> dict[str, Any]:
-    """`key=value` strings -> typed params (numbers, lists, null as JSON; anything else a string)."""
-    defaults = get_head_class(kind).defaults
-    params: dict[str, Any] = {}
+    """`key=value` strings -> typed params (numbers, lists, null as JSON; anything else a string); `device` is
+    taken too for a head that runs on one."""
+    cls = get_head_class(kind)
+    fields = cls.Params.model_fields
+    known = sorted([*fields, *(["device"] if cls.on_device else [])])
+    out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or key not in defaults:
-            raise HeadstartError(f"--param {item!r}: expected key=value with key one of {', '.join(sorted(defaults))}")
-        if isinstance(defaults[key], list):
-            text = "[" + text + "]" if not text.startswith("[") else text
+        if not sep or key not in known:
+            raise HeadstartError(f"--param {item!r}: expected key=value with key one of {', '.join(known)}")
+        if key in fields and isinstance(fields[key].default, list) and not text.startswith("["):
+            text = "[" + text + "]"
         try:
-            params[key] = json.loads(text)
+            out[key] = json.loads(text)
         except json.JSONDecodeError:
-            params[key] = text
-    return params
+            out[key] = text
+    return out

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from classifiers.heads import CLASS_WEIGHT, NON_NEGATIVE, Head, encode, integer, number, standardiser
+from classifiers import params
+from classifiers.heads import Head, encode, standardiser
 from extractor.errors import Diverged, HeadstartError
 from extractor.model import resolve_device
 
@@ -25,23 +26,20 @@ def build_net(dim: int, hidden: list[int], dropout: float, n_classes: int) -> nn
 
 class MLPHead(Head):
     kind = "mlp"
-    defaults = {"hidden": [512, 512], "dropout": 0.3, "lr": 1e-3, "weight_decay": 0.0, "batch_size": "auto",
-                "epochs": 30, "patience": 5, "class_weight": None, "seed": 0, "device": "auto"}
-    rules = {
-        "hidden": ((lambda v: isinstance(v, list) and 1 <= len(v) <= 8 and all(integer(1, 16384)[0](w) for w in v)),
-                   "1 to 8 layer widths, each an integer from 1 to 16384 (e.g. 512,512)"),
-        "dropout": ((lambda v: NON_NEGATIVE[0](v) and v < 1), "a number from 0 up to (not including) 1"),
-        "lr": number(0, 10, low_open=True), "weight_decay": number(0, 10),
-        "batch_size": ((lambda v: v == "auto" or integer(1, 1 << 20)[0](v)), "auto or an integer >= 1"),
-        "epochs": integer(1, 100_000), "patience": integer(1, 100_000), "class_weight": CLASS_WEIGHT,
-        "seed": integer(0, 2**63 - 1), "device": ((lambda v: isinstance(v, str)), "auto, cpu, cuda or cuda:N"),
-    }
+    Params = params.MLPParams
+    on_device = True
     description = "dense head (512 relu, dropout 0.3, 512 relu, dropout 0.3, softmax) in PyTorch, early stopping"
 
+    def __init__(self, device: str = "auto", **values) -> None:
+        super().__init__(**values)
+        self.device = device
+
     def _device(self, loading: bool = False) -> torch.device:
-        """The `device` param: auto, cpu, cuda[:N]. A head trained on CUDA loads on the CPU where there is none."""
+        """Where it runs: auto, cpu, cuda[:N]. A head trained on CUDA loads on the CPU where there is none."""
         try:
-            return resolve_device(str(self.params["device"]))
+            if not isinstance(self.device, str):
+                raise HeadstartError(f"device {self.device!r}: expected auto, cpu, cuda or cuda:N")
+            return resolve_device(self.device)
         except HeadstartError:
             if loading:  # trained on a GPU this host lacks: run where it can
                 return resolve_device("auto")

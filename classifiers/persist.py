@@ -211,7 +211,9 @@ def load(heads_dir: Path, name: str, fingerprint: str | None = None, device: str
     if _sha256(weights) != manifest["weights_sha256"]:
         raise HeadCorrupt(f"head {name!r}: weights file does not match its manifest (sha256); retrain the head")
     cls = get_head_class(manifest["kind"])
-    head = cls(**{**manifest["params"], **device_param(cls, device)})
+    values = dict(manifest["params"])
+    values.pop("device", None)  # heads saved before device stopped being a parameter
+    head = cls(**values, **device_param(cls, device))
     head.classes_ = np.array(manifest["classes"])
     head.history = manifest.get("history", [])
     head.set_state(load_file(str(weights)))

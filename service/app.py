@@ -23,6 +23,7 @@ from service.decoding import Decoder
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import router
+from service.schemas import params_error
 from service.settings import Settings, load_settings
 
 log = logging.getLogger("headstart.api")
@@ -39,6 +40,9 @@ def _error_handlers(app: FastAPI, scrub: security.Scrubber) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """422 with where and why; the offending input is not echoed (it may be NaN, which JSON cannot carry)."""
+        one_line = params_error(exc.errors())
+        if one_line:  # bad head or fine-tuning parameters: 400 and the command line's words
+            return JSONResponse({"detail": one_line}, 400)
         detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, 422)

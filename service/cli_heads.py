@@ -47,11 +47,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
 
 def _head_params_help() -> str:
-    from classifiers.heads import registry
+    from classifiers.heads import defaults, registry
 
     lines = ["head parameters (--param KEY=VALUE) and their defaults:"]
     for kind, cls in registry().items():
-        lines.append(f"  {kind}: " + ", ".join(f"{k}={_plain(v)}" for k, v in cls.defaults.items()))
+        lines.append(f"  {kind}: " + ", ".join(f"{k}={_plain(v)}" for k, v in defaults(cls).items())
+                     + (", device=auto" if cls.on_device else ""))
     return "\n".join(lines)
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
+from classifiers.params import CentroidParams, FinetuneParams, LogRegParams, MLPParams
 from extractor.errors import HeadstartError
 from extractor.names import NAME_PATTERN, check_name
 
 NAME = NAME_PATTERN
-ParamValue = float | int | str | bool | None | list[int] | list[float]
+WEIGHTS = r"^(imagenet|random(:\d{1,9})?|head:[A-Za-z0-9][A-Za-z0-9._-]{0,63})$"
 
 
 def valid_name(value: str) -> str:
@@ -40,14 +42,6 @@ def known_backbone(value: str) -> str:
 
     if value not in REGISTRY:
         raise ValueError(f"unknown backbone {value!r}; expected one of: {', '.join(sorted(REGISTRY))}")
-    return value
-
-
-def known_head(value: str) -> str:
-    from classifiers.heads import registry
-
-    if value not in registry():
-        raise ValueError(f"unknown head {value!r}; expected one of: {', '.join(sorted(registry()))}")
     return value
 
 
@@ -83,30 +77,63 @@ class ExtractRequest(BaseModel):
         return value
 
 
-class HeadRequest(BaseModel):
+class HeadBase(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=NAME)
     dataset: str = Field(pattern=NAME)
     backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
-    head: str = Field(default="logreg", pattern=r"^[a-z0-9_]{1,32}$")
-    weights: str | None = Field(default=None, pattern=r"^(imagenet|random(:\d{1,9})?)$")
-    params: dict[str, ParamValue] = Field(default_factory=dict, max_length=32)
+    weights: str | None = Field(default=None, pattern=WEIGHTS,
+                                description="which cached features: imagenet, random[:SEED] or head:NAME")
     views: int = Field(default=0, ge=0, le=64, description="also train on this many cached views per train image")
     augment: str | None = Field(default=None, max_length=200, description="which recipe's views (when several)")
     background: bool = Field(default=False, description="run as a job and answer 202 with its id")
 
     _backbone = field_validator("backbone")(known_backbone)
-    _head = field_validator("head")(known_head)
     _names = field_validator("name", "dataset")(valid_name)
     _recipe = field_validator("augment")(lambda value: valid_recipe(value))
 
-    @field_validator("params")
-    @classmethod
-    def _params(cls, value: dict) -> dict:
-        if "device" in value:
-            raise ValueError("device is set by the service, not per request")
-        return value
+
+class LogRegRequest(HeadBase):
+    head: Literal["logreg"] = "logreg"
+    params: LogRegParams = Field(default_factory=LogRegParams)
+
+
+class MLPRequest(HeadBase):
+    head: Literal["mlp"]
+    params: MLPParams = Field(default_factory=MLPParams)
+
+
+class CentroidRequest(HeadBase):
+    head: Literal["centroid"]
+    params: CentroidParams = Field(default_factory=CentroidParams)
+
+
+def _head_kind(body: object) -> str:
+    """The head kind of a request body (logreg when it names none)."""
+    return body.get("head", "logreg") if isinstance(body, dict) else getattr(body, "head", "logreg")
+
+
+HeadRequest = Annotated[Annotated[LogRegRequest, Tag("logreg")] | Annotated[MLPRequest, Tag("mlp")]
+                        | Annotated[CentroidRequest, Tag("centroid")], Discriminator(_head_kind)]
+PARAMS_OF = {"logreg": LogRegParams, "mlp": MLPParams, "centroid": CentroidParams}
+
+
+def params_error(errors: list[dict]) -> str | None:
+    """One line for a request whose only problems are in `params`, as the command line says it; else None."""
+    located = [e for e in errors if len(e.get("loc", ())) >= 4 and e["loc"][2] == "params"]
+    if not located or len(located) != len(errors):
+        return None
+    e = located[0]
+    kind, name = str(e["loc"][1]), str(e["loc"][3])
+    model = PARAMS_OF.get(kind) or FinetuneParams
+    what = f"head {kind}" if kind in PARAMS_OF else "finetune"
+    field = model.model_fields.get(name)
+    if e["type"] == "extra_forbidden":
+        return f"{what} has no parameter {name!r}; expected some of: {', '.join(model.model_fields)}"
+    given = e["input"] if len(e["loc"]) == 4 else f"[... {e['input']!r} ...]"
+    expected = field.description if field else e["msg"]
+    return f"{what} parameter {name}={json.dumps(given, default=str)}: expected {expected}"
 
 
 class JobAccepted(BaseModel):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from classifiers.heads import Monitor, get_head_class
+from classifiers.heads import Monitor, defaults, get_head_class
 from classifiers.training import train_head
 from extractor.errors import OverLimit, Stopped, TooBusy
 from extractor.store import FeatureStore
@@ -34,7 +34,7 @@ class TrainingSlot:
 
 def check_caps(kind: str, params: dict, settings: Settings) -> None:
     """Refuse parameters beyond the server's caps, naming the setting that sets each."""
-    merged = {**get_head_class(kind).defaults, **params}
+    merged = {**defaults(get_head_class(kind)), **params}
     limits = []
     if isinstance(merged.get("epochs"), int):
         limits.append(("epochs", merged["epochs"], settings.max_epochs, "HEADSTART_MAX_EPOCHS"))

@@ -59,6 +59,7 @@ class MLPHead(Head):
         codes = self._set_classes(y)
         self.mean_, self.scale_ = standardiser(X)
         device = self._device()
+        self.trained_on = str(device)
         p = self.params
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):

@@ -45,7 +45,11 @@ def _checksum(manifest: dict) -> str:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _lock(heads_dir: Path, name: str) -> FileLock:
@@ -53,8 +57,10 @@ def _lock(heads_dir: Path, name: str) -> FileLock:
     return FileLock(Path(heads_dir) / ".locks" / f"{name}.lock")
 
 
-def save(head: Head, info: dict, heads_dir: Path, name: str) -> dict:
+def save(head: Head, info: dict, heads_dir: Path, name: str, files: dict[str, Path] | None = None) -> dict:
     """Write a new version of head `name` and make it current; the version it replaces stays for a rollback.
+    `files` (name in the version folder -> a file to copy there: a fine-tuned trunk) are part of the version
+    and checked by their SHA-256 like the weights.
 
     Disk full while writing leaves the current version untouched and raises StorageFull."""
     folder = Path(heads_dir) / check_name(name)
@@ -63,7 +69,7 @@ def save(head: Head, info: dict, heads_dir: Path, name: str) -> dict:
         version = f"v-{time.time_ns()}"
         tmp = folder / f".{version}.tmp"
         try:
-            manifest = _write_version(head, info, name, tmp)
+            manifest = _write_version(head, info, name, tmp, files or {})
             publish(tmp, folder / version)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -77,9 +83,13 @@ def save(head: Head, info: dict, heads_dir: Path, name: str) -> dict:
     return manifest
 
 
-def _write_version(head: Head, info: dict, name: str, tmp: Path) -> dict:
+def _write_version(head: Head, info: dict, name: str, tmp: Path, files: dict[str, Path]) -> dict:
     tmp.mkdir()
     save_file({k: np.ascontiguousarray(v) for k, v in head.state().items()}, str(tmp / WEIGHTS))
+    for file_name, source in files.items():
+        shutil.copyfile(source, tmp / file_name)
+        fsync_path(tmp / file_name)
+    info = {**info, "files": {f: _sha256(tmp / f) for f in files}} if files else info
     manifest = {**info, "format": FORMAT, "name": name, "kind": head.kind, "params": head.params,
                 "classes": [str(c) for c in head.classes_], "history": head.history,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -210,6 +220,11 @@ def load(heads_dir: Path, name: str, fingerprint: str | None = None, device: str
         raise HeadCorrupt(f"head {name!r} is missing its weights file {weights}; retrain the head")
     if _sha256(weights) != manifest["weights_sha256"]:
         raise HeadCorrupt(f"head {name!r}: weights file does not match its manifest (sha256); retrain the head")
+    for file_name, sha in (manifest.get("files") or {}).items():
+        path = version_dir / file_name
+        if not path.is_file() or _sha256(path) != sha:
+            raise HeadCorrupt(f"head {name!r}: {file_name} is missing or does not match its manifest (sha256); "
+                              f"fine-tune the head again")
     cls = get_head_class(manifest["kind"])
     values = dict(manifest["params"])
     values.pop("device", None)  # heads saved before device stopped being a parameter

@@ -14,10 +14,13 @@ from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, Resolved, resolve
 
 
-def backbone_for(manifest: dict) -> Resolved:
-    """The backbone configuration a head was trained on; refuses one whose fingerprint differs now."""
+def backbone_for(manifest: dict, version_dir: Path | None = None) -> Resolved:
+    """The backbone configuration a head was trained on; refuses one whose fingerprint differs now. A fine-tuned
+    head brings its own trunk weights (`trunk` in its version folder)."""
     spec = manifest["fingerprint"]["spec"]
-    resolved = resolve(manifest["backbone"], manifest["weights"], spec.get("input_size"))
+    weights = str(Path(version_dir) / manifest["trunk"]) if manifest.get("trunk") and version_dir else \
+        manifest["weights"]
+    resolved = resolve(manifest["backbone"], weights, spec.get("input_size"))
     if resolved.fingerprint.id != manifest["fingerprint"]["id"]:
         raise HeadstartError(
             f"head {manifest['name']!r} needs features {manifest['fingerprint']['id']} but backbone "
@@ -37,8 +40,9 @@ class Predictor:
 
     def __init__(self, heads_dir: Path, name: str, device: str = "auto", limits: Limits | None = None,
                  backbone: LoadedBackbone | None = None) -> None:
-        manifest = read_manifest(head_dir(heads_dir, name))
-        self.resolved = backbone_for(manifest)
+        version = head_dir(heads_dir, name)
+        manifest = read_manifest(version)
+        self.resolved = backbone_for(manifest, version)
         self.head, self.manifest = load(heads_dir, name, fingerprint=self.resolved.fingerprint.id, device=device)
         self.device, self._backbone = device, backbone
         self.limits = limits or Limits()

@@ -67,7 +67,8 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
     metrics["fit_seconds"] = fit_seconds
     info = {"fingerprint": {"id": fp_id, "spec": table.fingerprint}, "weights": table.source,
             "backbone": table.fingerprint["backbone"], "dataset": dataset, "dim": int(X.shape[1]),
-            "metrics": metrics, "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used}
+            "metrics": metrics, "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used,
+            "trained_on": getattr(head, "trained_on", "cpu")}
     return save(head, info, heads_dir(store), name)
 
 
@@ -86,12 +87,14 @@ def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir
     result = {"head": name, "dataset": manifest["dataset"], "split": split,
               "metrics": evaluate(y, proba, head.classes_), "plots": []}
     if tta:
+        from classifiers.persist import head_dir
         from classifiers.predict import backbone_for
         from classifiers.tta import dataset_proba
 
         shas = [s for s, lab, sp in zip(table.sha256, table.labels, table.splits, strict=True)
                 if sp == split and lab is not None]
-        averaged = dataset_proba(store, head, backbone_for(manifest), manifest["dataset"], split, shas, tta, device)
+        resolved = backbone_for(manifest, head_dir(heads_dir(store), name))
+        averaged = dataset_proba(store, head, resolved, manifest["dataset"], split, shas, tta, device)
         result["tta"] = {"views": tta, "metrics": evaluate(y, averaged, head.classes_)}
     if plots_dir is not None:
         title = f"{name} on {manifest['dataset']} ({split})"

@@ -33,8 +33,9 @@ class JobTable:
         return cur.rowcount == 1
 
     def finish_job(self, job_id: str, state: str, from_states: tuple[str, ...] = ("running", "cancelling"),
-                   result: dict | None = None, error: str | None = None) -> bool:
-        fields = {"error": error, **({"result": json.dumps(result)} if result is not None else {})}
+                   result: dict | None = None, error: str | None = None, progress: dict | None = None) -> bool:
+        fields = {"error": error, **({"result": json.dumps(result)} if result is not None else {}),
+                  **({"progress": json.dumps(progress)} if progress is not None else {})}
         return self.transition_job(job_id, state, from_states, **fields)
 
     def update_job(self, job_id: str, **fields: str | None) -> None:

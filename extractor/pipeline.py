@@ -6,7 +6,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from extractor.store import FeatureStore, check_dtype
 from extractor.summary import ExtractSummary, Progress, warnings
 from extractor.verify import heal
 from extractor.views import compute_views
+from extractor.weights import head_weights
 
 
 @dataclass
@@ -118,6 +119,7 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     A dataset that this run registers is forgotten again when the run fails before any vector exists for it."""
     _check(opts)
     store = store or FeatureStore()
+    opts = replace(opts, weights=head_weights(opts.weights, store.home))  # head:NAME -> its trunk file
     resolved = resolve(opts.backbone, opts.weights, opts.size)
     created = store.catalog.dataset(opts.dataset) is None
     try:

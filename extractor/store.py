@@ -18,7 +18,7 @@ from extractor.catalog import Catalog
 from extractor.durable import publish, storage_error
 from extractor.errors import CacheDamaged, Conflict, HeadstartError, NotFound
 from extractor.locks import Busy, FileLock
-from extractor.weights import identity, parse_weights
+from extractor.weights import head_weights, identity, parse_weights
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 SHARD_BYTES = 64 * 1024 * 1024
@@ -150,17 +150,19 @@ class FeatureStore:
                            api="POST /extract first")
         spec = get_spec(backbone)
         if weights is not None:
-            return make_fingerprint(spec, resolve_size(spec, size), identity(parse_weights(weights), spec)).id
-        found = [(fp, json.loads(s)["weights"]) for fp, b, s, _, _ in
+            choice = parse_weights(head_weights(weights, self.home))
+            return make_fingerprint(spec, resolve_size(spec, size), identity(choice, spec)).id
+        found = [(fp, src or json.loads(s)["weights"]) for fp, b, s, _, src in
                  self.catalog.dataset_summary(dataset)["fingerprints"] if b == backbone]
         if not found:
             raise NotFound(f"dataset {dataset!r} has no {backbone} features",
                            cli=f"run `headstart extract DATA_DIR --dataset {dataset} --backbone {backbone}`",
                            api=f'POST /extract with "dataset": "{dataset}", "backbone": "{backbone}" first')
         if len(found) > 1:
-            options = "; ".join(f"{fp} ({w})" for fp, w in found)
+            options = "; ".join(f"{fp} (weights {w})" for fp, w in found)
             raise HeadstartError(f"dataset {dataset!r} has {backbone} features from several weights: {options}",
-                                 cli="pass --weights to choose", api='send "weights" to choose')
+                                 cli=f"pass --weights to choose (e.g. --weights {found[0][1]})",
+                                 api='send "weights" to choose')
         return found[0][0]
 
 

@@ -192,3 +192,22 @@ def load_into(model, state: dict, spec: BackboneSpec, source: str) -> None:
             f"expected {tuple(own[k].shape)} for {spec.name}"
         )
     model.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+TRUNK = "trunk.safetensors"  # a fine-tuned head's trunk weights, in its current version folder
+
+
+def head_weights(text: str | None, home: Path) -> str | None:
+    """`head:NAME` -> the trunk weights file of fine-tuned head NAME in this home; anything else unchanged."""
+    if not text or not text.startswith("head:"):
+        return text
+    name = text.removeprefix("head:")
+    folder = Path(home) / "heads" / name
+    trunk = folder / "CURRENT" / TRUNK
+    if not (folder / "CURRENT").exists():
+        raise HeadstartError(f"weights {text!r}: there is no head {name!r} in {home}",
+                             cli="fine-tune one with `headstart finetune` first", api="POST /finetune first")
+    if not trunk.is_file():
+        raise HeadstartError(f"weights {text!r}: head {name!r} is not fine-tuned (it has no trunk weights); "
+                             f"expected a head made by finetune")
+    return str(trunk.resolve())

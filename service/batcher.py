@@ -133,8 +133,9 @@ class Models:
                 self.heads.move_to_end(key)
                 head, manifest = self.heads[key]
                 return head, manifest, self._batcher(manifest)
-            resolved = backbone_for(read_manifest(version))
+            resolved = backbone_for(read_manifest(version), version)
             head, manifest = load(self.heads_dir, name, fingerprint=resolved.fingerprint.id, device=self.device)
+            manifest = {**manifest, "version_dir": str(version)}
             self.heads[key] = (head, manifest)
             while len(self.heads) > self.max_heads:
                 self.heads.popitem(last=False)
@@ -145,7 +146,7 @@ class Models:
         if fp in self.backbones:
             self.backbones.move_to_end(fp)
             return self.backbones[fp]
-        backbone = LoadedBackbone(backbone_for(manifest), self.device).setup()
+        backbone = LoadedBackbone(backbone_for(manifest, Path(manifest["version_dir"])), self.device).setup()
         self.backbones[fp] = MicroBatcher(backbone, self.max_batch, self.max_wait, self.metrics)
         while len(self.backbones) > self.max_backbones:
             _, evicted = self.backbones.popitem(last=False)

@@ -119,7 +119,8 @@ def cmd_heads(args: argparse.Namespace) -> int:
         if "error" in m:
             rows.append({"name": m["name"], "error": m["error"]})
             continue
-        rows.append({"name": m["name"], "kind": m["kind"], "backbone": m["backbone"], "dataset": m["dataset"],
+        rows.append({"name": m["name"], "kind": m["kind"] + ("+trunk" if m.get("trunk") else ""),
+                     "backbone": m["backbone"], "dataset": m["dataset"],
                      "classes": len(m["classes"]), "val_accuracy": m["metrics"].get("val", {}).get("accuracy"),
                      "test_accuracy": m["metrics"].get("test", {}).get("accuracy"),
                      "created": m["created"], "fingerprint": m["fingerprint"]["id"]})

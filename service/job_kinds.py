@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from extractor.decode import Limits
+from extractor.errors import Stopped
 from extractor.pipeline import ExtractOptions, Progress
 from extractor.pipeline import extract as run_extract
 from service import work
@@ -74,3 +75,44 @@ def train(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | No
         runner.report(job_id, {"phase": "training", "done": 0, "total": None}, last, final=True)
         manifest = work.train(runner.store, runner.settings, request, lambda: runner.should_stop(job_id), on_epoch)
     return "succeeded", {"name": manifest["name"], "metrics": manifest["metrics"]}, None
+
+
+def finetune(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | None, str | None]:
+    """A fine-tuning job: its checkpoint makes cancel + resume, and a restart, continue from the last epoch."""
+    from classifiers.finetune import Request
+    from classifiers.finetune import finetune as run_finetune
+    from classifiers.heads import Monitor
+
+    s, started, last, timed_out = runner.settings, time.monotonic(), [0.0], []
+    state = {"val_accuracy": None}
+
+    def should_stop() -> bool:
+        if time.monotonic() - started > s.finetune_max_seconds:
+            timed_out.append(True)
+            return True
+        return runner.should_stop(job_id)
+
+    def on_epoch(row: dict, epochs: int) -> None:
+        state["val_accuracy"] = row["val_acc"]
+
+    def progress(e) -> None:
+        rate = e.batch / e.elapsed if e.elapsed > 0 else 0.0
+        runner.report(job_id, {"phase": "finetuning", "epoch": e.epoch, "done": e.epoch - 1, "total": e.epochs,
+                               "batch": e.batch, "batches": e.batches, "train_loss": round(e.loss, 6),
+                               "val_accuracy": state["val_accuracy"],
+                               "eta_seconds": round((e.batches - e.batch) / rate, 1) if rate else None}, last)
+
+    with runner.slot.hold(wait=True):
+        try:
+            manifest = run_finetune(runner.store, Request(request["dataset"], request["backbone"], request["name"],
+                                                          request.get("weights"), request.get("params") or {},
+                                                          s.device, s.extract_workers, bool(request.get("restart"))),
+                                    Monitor(should_stop=should_stop, on_epoch=on_epoch), progress)
+        except Stopped:
+            if timed_out:
+                return "failed", None, (f"stopped after {s.finetune_max_seconds:g} s, the limit of "
+                                        f"HEADSTART_FINETUNE_MAX_SECONDS; the last finished epoch is kept: resume "
+                                        f"the job to go on")
+            raise
+    return "succeeded", {"name": manifest["name"], "metrics": manifest["metrics"],
+                         "fingerprint": manifest["fingerprint"]["id"], "finetune": manifest["finetune"]}, None

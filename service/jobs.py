@@ -20,7 +20,7 @@ from extractor.store import FeatureStore
 from service import job_kinds
 from service.metrics import Metrics
 from service.settings import Settings
-from service.work import TrainingSlot, check_train
+from service.work import TrainingSlot, check_finetune, check_train
 
 log = logging.getLogger("headstart.jobs")
 MAX_FAILURES_SHOWN = job_kinds.MAX_FAILURES_SHOWN
@@ -91,6 +91,10 @@ class JobRunner:
         views = f":{request['augment']}:{request['views']}" if request.get("augment") else ""
         return self.submit("extract", f"extract:{request['dataset']}:{fp.id}{views}", request)
 
+    def submit_finetune(self, request: dict) -> tuple[str, bool]:
+        check_finetune(self.store, self.settings, request)
+        return self.submit("finetune", f"finetune:{request['name']}", request)
+
     def submit_train(self, request: dict) -> tuple[str, bool]:
         check_train(self.store, self.settings, request)  # bad params, caps, missing features: before queueing
         return self.submit("train", f"train:{request['name']}", request)
@@ -140,7 +144,7 @@ class JobRunner:
         if pending:  # the catalog could not be written yet: memory has the truth
             job = {**job, "state": pending["state"], "error": pending["error"],
                    "result": json.dumps(pending["result"]) if pending["result"] is not None else job["result"]}
-        progress = self.live.get(job["id"]) or json.loads(job["progress"] or "{}")
+        progress = self.live.get(job["id"]) or (pending or {}).get("progress") or json.loads(job["progress"] or "{}")
         result = json.loads(job["result"]) if job["result"] else None
         return {"id": job["id"], "kind": job["kind"], "state": job["state"], "request": json.loads(job["request"]),
                 "phase": progress.get("phase"), "done": progress.get("done", 0), "total": progress.get("total"),
@@ -191,6 +195,8 @@ class JobRunner:
             return job_kinds.extract(self, job_id, request)
         if job["kind"] == "train":
             return job_kinds.train(self, job_id, request)
+        if job["kind"] == "finetune":
+            return job_kinds.finetune(self, job_id, request)
         return "failed", None, f"unknown job kind {job['kind']!r}"
 
     def should_stop(self, job_id: str) -> bool:
@@ -207,9 +213,9 @@ class JobRunner:
                 log.warning("job %s: progress not written (catalog not writable)", job_id)
 
     def _finish(self, job_id: str, kind: str, state: str, result: dict | None, error: str | None) -> None:
-        self.live.pop(job_id, None)
+        progress = self.live.pop(job_id, None)  # the last progress, which the catalog may not have yet
         self.cancelled.discard(job_id)
-        self.pending[job_id] = {"state": state, "result": result, "error": error}
+        self.pending[job_id] = {"state": state, "result": result, "error": error, "progress": progress}
         self._flush_pending()
         self.metrics.inc("headstart_jobs_total", {"kind": kind, "state": state})
 
@@ -217,7 +223,8 @@ class JobRunner:
         """Write final states kept in memory; False while the catalog refuses (they are kept and shown)."""
         for job_id, fields in list(self.pending.items()):
             try:
-                self.store.catalog.finish_job(job_id, fields["state"], RUNNING, fields["result"], fields["error"])
+                self.store.catalog.finish_job(job_id, fields["state"], RUNNING, fields["result"], fields["error"],
+                                              fields["progress"])
             except (sqlite3.Error, OSError) as exc:
                 log.warning("job %s: final state %s not written yet (%s); will retry", job_id, fields["state"], exc)
                 return False

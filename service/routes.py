@@ -19,7 +19,7 @@ from extractor.decode import DecodeError, Limits
 from service import work
 from service.batcher import ModelFailure
 from service.jobs import MAX_FAILURES_SHOWN
-from service.schemas import ERROR_RESPONSES, NAME, ExtractRequest, HeadRequest, JobAccepted
+from service.schemas import ERROR_RESPONSES, NAME, ExtractRequest, FinetuneRequest, HeadRequest, JobAccepted
 
 router = APIRouter(responses=ERROR_RESPONSES)
 JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted"]
@@ -131,11 +131,19 @@ async def create_head(body: HeadRequest, request: Request):
 
 def _public(manifest: dict) -> dict:
     keep = ("name", "kind", "params", "classes", "backbone", "dataset", "dim", "metrics", "created", "split_sizes",
-            "views")
+            "views", "trained_on")
     out = {k: manifest.get(k) for k in keep}
     out["fingerprint"] = manifest["fingerprint"]["id"]
     out["weights"] = manifest["weights"] if not manifest["weights"].startswith("/") else "file"
     return out
+
+
+@router.post("/finetune", status_code=202, response_model=JobAccepted, tags=["jobs"])
+async def finetune(body: FinetuneRequest, request: Request) -> JobAccepted:
+    """Fine-tune the last stages of a backbone with a dense head, as a job (progress per epoch; cancel and resume
+    continue from the last finished epoch; a restart too). The result is a head like the others."""
+    job_id, created = await run_in_threadpool(state(request).runner.submit_finetune, body.model_dump())
+    return JobAccepted(job_id=job_id, status_url=f"/jobs/{job_id}", created=created)
 
 
 @router.get("/heads", tags=["heads"])

@@ -121,19 +121,35 @@ PARAMS_OF = {"logreg": LogRegParams, "mlp": MLPParams, "centroid": CentroidParam
 
 def params_error(errors: list[dict]) -> str | None:
     """One line for a request whose only problems are in `params`, as the command line says it; else None."""
-    located = [e for e in errors if len(e.get("loc", ())) >= 4 and e["loc"][2] == "params"]
+    located = [e for e in errors if "params" in e.get("loc", ())[:3] and e["loc"].index("params") < len(e["loc"]) - 1]
     if not located or len(located) != len(errors):
         return None
     e = located[0]
-    kind, name = str(e["loc"][1]), str(e["loc"][3])
+    at = e["loc"].index("params")
+    kind, name = (str(e["loc"][1]) if at == 2 else "finetune"), str(e["loc"][at + 1])
     model = PARAMS_OF.get(kind) or FinetuneParams
     what = f"head {kind}" if kind in PARAMS_OF else "finetune"
     field = model.model_fields.get(name)
     if e["type"] == "extra_forbidden":
         return f"{what} has no parameter {name!r}; expected some of: {', '.join(model.model_fields)}"
-    given = e["input"] if len(e["loc"]) == 4 else f"[... {e['input']!r} ...]"
+    given = e["input"] if len(e["loc"]) == at + 2 else f"[... {e['input']!r} ...]"
     expected = field.description if field else e["msg"]
     return f"{what} parameter {name}={json.dumps(given, default=str)}: expected {expected}"
+
+
+class FinetuneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(pattern=NAME, description="name to save the fine-tuned head under")
+    dataset: str = Field(pattern=NAME)
+    backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
+    weights: str | None = Field(default=None, pattern=WEIGHTS,
+                                description="the weights to start from (default: those of the cached features)")
+    params: FinetuneParams = Field(default_factory=FinetuneParams)
+    restart: bool = Field(default=False, description="discard an unfinished run's checkpoint and start afresh")
+
+    _backbone = field_validator("backbone")(known_backbone)
+    _names = field_validator("name", "dataset")(valid_name)
 
 
 class JobAccepted(BaseModel):

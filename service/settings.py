@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_epochs: int = Field(1000, ge=1)
     max_hidden_width: int = Field(4096, ge=1)
     max_hidden_layers: int = Field(4, ge=1)
+    max_finetune_batch: int = Field(256, ge=1)  # fine-tuning: batch size (epochs: HEADSTART_MAX_EPOCHS)
+    finetune_max_seconds: float = Field(86400.0, gt=0)  # a fine-tuning job still running after this stops
     train_max_seconds: float = Field(3600.0, gt=0)
     extract_max_seconds: float = Field(0.0, ge=0)  # 0: no limit (a big dataset takes as long as it takes)
     # connections (uvicorn): idle keep-alive connections close after this; at most this many at once (more get

@@ -50,6 +50,25 @@ def check_caps(kind: str, params: dict, settings: Settings) -> None:
             raise OverLimit(f"{name}={value}: this server allows at most {most} ({setting}); ask for less")
 
 
+def check_finetune(store: FeatureStore, settings: Settings, request: dict) -> None:
+    """Everything about a fine-tuning request that can be checked before it is queued."""
+    from classifiers.params import FinetuneParams, check
+    from extractor import augment
+    from extractor.names import check_name
+
+    check_name("head", request["name"])
+    p = check("finetune", FinetuneParams, request.get("params") or {})
+    if p.augment:
+        augment.parse(p.augment)
+    for name, value, most, setting in (("epochs", p.epochs, settings.max_epochs, "HEADSTART_MAX_EPOCHS"),
+                                       ("batch_size", p.batch_size, settings.max_finetune_batch,
+                                        "HEADSTART_MAX_FINETUNE_BATCH")):
+        if value > most:
+            raise OverLimit(f"{name}={value}: this server allows at most {most} ({setting}); ask for less")
+    if store.catalog.dataset(request["dataset"]) is None:
+        store.resolve(request["dataset"], request["backbone"])  # NotFound naming the known datasets
+
+
 def check_train(store: FeatureStore, settings: Settings, request: dict) -> None:
     """Everything about a training request that can be checked before it runs (or is queued)."""
     cls = get_head_class(request["head"])

@@ -204,3 +204,39 @@ def test_views_round_trip_through_the_api(served):
     missing = c.post("/heads", json={"name": "x", "dataset": "colors", "backbone": "tiny", "views": 9,
                                      "augment": "crop"})
     assert missing.status_code == 400 and '"views": 9' in missing.json()["detail"]
+
+
+def test_finetune_job_cancels_and_resumes_through_the_api(served):
+    c = served.client
+    served.wait_job(c.post("/extract", json={"dataset": "colors", "path": "colors", "backbone": "tiny",
+                                             "weights": "random"}).json()["job_id"])
+    body = {"name": "colors-ft", "dataset": "colors", "backbone": "tiny", "weights": "random",
+            "params": {"epochs": 400, "patience": 400, "unfreeze": 1, "lr": 1e-3, "batch_size": 4}}
+    accepted = c.post("/finetune", json=body)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    view = served.wait_job(job_id, states=("running",))
+    while view["phase"] != "finetuning" or view["done"] < 2:  # two epochs finished (checkpointed)
+        view = c.get(f"/jobs/{job_id}").json()
+        assert view["state"] == "running", view
+    assert c.delete(f"/jobs/{job_id}").json()["state"] in ("cancelling", "cancelled")
+    stopped = served.wait_job(job_id, states=("cancelled",))
+    assert c.post(f"/jobs/{job_id}/resume").json()["state"] in ("queued", "running")
+    assert (served.home / "finetune" / "colors-ft" / "checkpoint.pt").is_file()
+    resumed = served.wait_job(job_id, states=("running",))
+    while resumed["phase"] != "finetuning" or resumed["train_loss"] is None:
+        resumed = c.get(f"/jobs/{job_id}").json()
+    assert resumed["done"] >= 2, resumed  # it went on from its checkpoint, not from the first epoch
+    assert stopped["state"] == "cancelled" and c.delete(f"/jobs/{job_id}").status_code == 200
+    served.wait_job(job_id, states=("cancelled",))
+    for params, status in (({"lr": 0}, 400), ({"unfreeze": "two"}, 400), ({"epochs": 5000}, 422)):
+        answer = c.post("/finetune", json={**body, "name": "bad", "params": params})
+        assert answer.status_code == status, answer.text
+    done = served.wait_job(c.post("/finetune", json={**body, "name": "colors-ft2", "params": {
+        "epochs": 2, "unfreeze": 1, "lr": 1e-3}}).json()["job_id"])
+    assert done["state"] == "succeeded", done
+    head = c.get("/heads/colors-ft2").json()
+    assert head["fingerprint"] == done["result"]["fingerprint"]
+    image = next((served.data / "colors" / "red").iterdir()).read_bytes()
+    answer = c.post("/predict", data={"head": "colors-ft2"}, files={"files": ("r.jpg", image, "image/jpeg")})
+    assert answer.status_code == 200 and answer.json()["results"][0]["top"], answer.text

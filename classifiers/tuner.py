@@ -1,0 +1,125 @@
+"""The model being fine-tuned: a backbone whose last N stages train, under the dense head; and the data of one
+epoch, read, verified, decoded and augmented in DataLoader workers (view `epoch` of each image: a pure function
+of its content, the recipe and the epoch, so a resumed run sees the same pixels)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from classifiers.mlp import build_net
+from extractor import augment
+from extractor.augment import Recipe
+from extractor.decode import DecodeError, Limits, preprocess, read_file
+from extractor.model import LoadedBackbone, Resolved, amp_dtype
+from extractor.stages import Stage, run, split
+
+
+class EpochImages(Dataset):
+    """Item i: (i, uint8 HWC image or None, the reason when None). `recipe` None: the clean image."""
+
+    def __init__(self, items: list[tuple[str, Path, int]], size: int, recipe: Recipe | None, epoch: int,
+                 limits: Limits) -> None:
+        self.items, self.size, self.recipe, self.epoch, self.limits = items, size, recipe, epoch, limits
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        sha, path, _ = self.items[i]
+        try:
+            data = read_file(path, self.limits)
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise DecodeError("file changed since it was extracted; run extract again", content=False)
+            image = preprocess(data, self.size, self.limits)
+            if self.recipe is not None:
+                image = augment.view(image, self.recipe, sha, self.epoch)
+            return i, image, None
+        except DecodeError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # one bad file is a recorded failure, never a crashed job
+            return i, None, f"unexpected decode error: {type(exc).__name__}: {exc}"
+
+
+def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    good = [(i, a) for i, a, _ in items if a is not None]
+    return ([i for i, _ in good], torch.from_numpy(np.stack([a for _, a in good])) if good else None,
+            [(i, r) for i, a, r in items if a is None])
+
+
+def loader(items: list, order: list[int], size: int, recipe: Recipe | None, epoch: int, batch: int, workers: int,
+           limits: Limits) -> DataLoader:
+    """Batches of the items in `order` (workers are forked, as in extraction)."""
+    return DataLoader(EpochImages([items[i] for i in order], size, recipe, epoch, limits), batch_size=batch,
+                      num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
+
+
+class Tuner:
+    """Backbone stages (the frozen prefix runs without autograd; BatchNorm there stays in eval mode) and a dense
+    head on standardised features."""
+
+    def __init__(self, resolved: Resolved, unfreeze: int, device: str, classes: int, hidden: list[int],
+                 dropout: float, mean: np.ndarray, scale: np.ndarray) -> None:
+        self.backbone = LoadedBackbone(resolved, device).setup()
+        self.device = self.backbone.device
+        self.frozen, self.trainable = split(resolved.spec.name, self.backbone.model, unfreeze)
+        for _, modules, _ in self.trainable:
+            modules.requires_grad_(True)
+        self.mean = torch.as_tensor(mean, device=self.device)
+        self.scale = torch.as_tensor(scale, device=self.device)
+        self.head = build_net(len(mean), hidden, dropout, classes).to(self.device)
+        self.amp = amp_dtype(self.device, "auto")
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [modules for _, modules, _ in self.trainable]
+
+    def parameter_groups(self, lr: float, head_lr: float) -> list[dict]:
+        trunk = [p for m in self.trainable_modules() for p in m.parameters()]
+        return [{"params": trunk, "lr": lr}, {"params": list(self.head.parameters()), "lr": head_lr}]
+
+    def train(self, on: bool = True) -> None:
+        for module in self.trainable_modules():
+            module.train(on)
+        self.head.train(on)
+
+    def prefix(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> the frozen stages' output (no autograd: nothing is kept for a backward pass)."""
+        with torch.no_grad(), self._autocast():
+            return run(self.frozen, self.backbone.normalize(batch))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            features = run(self.trainable, hidden.to(self.device))
+        return self.head((features.float() - self.mean) / self.scale)
+
+    def _autocast(self):
+        if self.amp is None:
+            from contextlib import nullcontext
+
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp)
+
+    def state(self) -> dict[str, dict]:
+        return {"trainable": {f"{i}.{k}": v.detach().cpu().clone() for i, m in enumerate(self.trainable_modules())
+                              for k, v in m.state_dict().items()},
+                "head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}}
+
+    def load(self, state: dict[str, dict]) -> None:
+        for i, module in enumerate(self.trainable_modules()):
+            prefix = f"{i}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state["trainable"].items()
+                                    if k.startswith(prefix)})
+        self.head.load_state_dict(state["head"])
+
+    def trunk_state(self) -> dict[str, torch.Tensor]:
+        """The whole trunk's tensors, as a weights file for the backbone (all stages, trained or not)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.backbone.model.state_dict().items()}
+
+
+def stage_names(stages: list[Stage]) -> list[str]:
+    return [s[0] for s in stages]

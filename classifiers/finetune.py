@@ -62,6 +62,10 @@ class Epoch:
 
 def _base(store: FeatureStore, req: Request) -> tuple[str, str]:
     """The fingerprint and weights of the features the run starts from (extracting them when they are missing)."""
+    plain = [fp for fp, b, _, _, src in store.catalog.dataset_summary(req.dataset)["fingerprints"]
+             if b == req.backbone and not src.startswith("head:")] if store.catalog.dataset(req.dataset) else []
+    if req.weights is None and len(plain) == 1:  # fine-tuned features are no default starting point
+        return plain[0], store.catalog.fingerprint(plain[0])["source"]
     try:
         fp_id = store.resolve(req.dataset, req.backbone, req.weights)
     except NotFound:
@@ -126,11 +130,11 @@ def finetune(store: FeatureStore, req: Request, monitor: Monitor | None = None,
     try:
         best = run.epochs(history, best, lambda **s: ckpt.save({"model": tuner.state(), "mean": mean,
                                                                "scale": scale, **s}))
-    except KeyboardInterrupt:  # Ctrl-C keeps the best epoch so far
-        if best is None:
+    except KeyboardInterrupt:  # Ctrl-C keeps the best epoch so far (the checkpoint stays for a resume)
+        if run.best is None:
             raise
-        tuner.load(best["model"])
-        _finish(store, req, tuner, classes, p, fp_id, history, best, run.failures, table)
+        tuner.load(run.best["model"])
+        _finish(store, req, tuner, classes, p, fp_id, history, run.best, run.failures, table)
         raise
     tuner.load(best["model"])
     manifest = _finish(store, req, tuner, classes, p, fp_id, history, best, run.failures, table)
@@ -160,11 +164,15 @@ class Run:
         self.workers = default_workers() if req.workers is None else req.workers
         self.failures: dict[str, str] = {}
         self.cached: dict[str, list] = {}  # frozen-prefix outputs of clean images, reused every epoch
+        self.best: dict | None = None  # the best epoch so far (also while interrupted)
 
     def epochs(self, history: list, best: dict | None, checkpoint: Callable) -> dict:
-        waited = 0 if best is None else len(history) - best["epoch"]
+        if best is None:  # the starting point (the warm-started head) is epoch 0: fine-tuning must beat it
+            best = {"epoch": 0, "val_acc": self._score("val")[1], "model": self.tuner.state()}
+        self.best = best
+        waited = len(history) - best["epoch"]
         for epoch in range(len(history), self.p.epochs):
-            if best is not None and waited >= self.p.patience:
+            if waited >= self.p.patience:
                 break
             started = time.monotonic()
             with torch.random.fork_rng(devices=self._devices()):
@@ -174,10 +182,11 @@ class Run:
             row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
                    "val_acc": val_acc, "seconds": time.monotonic() - started}
             history.append(row)
-            if best is None or val_acc > best["val_acc"]:
+            if val_acc > best["val_acc"]:
                 best, waited = {"epoch": epoch + 1, "val_acc": val_acc, "model": self.tuner.state()}, 0
             else:
                 waited += 1
+            self.best = best
             checkpoint(optimizer=self.optimizer.state_dict(), history=history, best=best)
             self.monitor.on_epoch(row, self.p.epochs)
         return best

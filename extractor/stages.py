@@ -65,13 +65,94 @@ def _lite0(m: nn.Module) -> list[Stage]:
     return [stem, *stages, head]
 
 
+def _pooled(m: nn.Module, *after: Callable) -> Callable:
+    """The tail of a torchvision classifier forward: average pool, flatten, then `after` (what is left of the
+    classifier once its last layer is identity)."""
+    def tail(x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        for fn in after:
+            x = fn(x)
+        return x
+
+    return tail
+
+
+def _features(m: nn.Module, cuts: tuple[int, ...], names: tuple[str, ...], tail: Callable) -> list[Stage]:
+    stages = [_seq(n, *m.features[a:b]) for n, a, b in zip(names, cuts, cuts[1:], strict=False)]
+    name, modules, run_ = stages[-1]
+    stages[-1] = (name, modules, lambda x: tail(run_(x)))
+    return stages
+
+
+def _mobilenet_v2(m: nn.Module) -> list[Stage]:
+    return _features(m, (0, 2, 4, 7, 14, 17, 19), ("stem", "stage2", "stage3", "stage4", "stage5", "head"),
+                     _pooled(m, m.classifier))
+
+
+def _efficientnet_v2_s(m: nn.Module) -> list[Stage]:
+    return _features(m, tuple(range(9)), ("stem", *(f"stage{i}" for i in range(1, 7)), "head"),
+                     _pooled(m, m.classifier))
+
+
+def _convnext(m: nn.Module) -> list[Stage]:
+    def tail(x: torch.Tensor) -> torch.Tensor:
+        return m.classifier(m.avgpool(x))
+
+    stages = _features(m, (0, 1, 2, 4, 6, 8), ("stem", "stage1", "stage2", "stage3", "stage4"), tail)
+    name, modules, run_ = stages[-1]
+    return [*stages[:-1], (name, nn.ModuleList([modules, m.classifier]), run_)]
+
+
+def _regnet(m: nn.Module) -> list[Stage]:
+    blocks = list(m.trunk_output)
+    return [_seq("stem", m.stem), *[_seq(f"block{i}", b) for i, b in enumerate(blocks[:-1], 1)],
+            _seq(f"block{len(blocks)}", blocks[-1], after=lambda x: m.fc(torch.flatten(m.avgpool(x), 1)))]
+
+
+class _Holder(nn.Module):
+    """Modules and loose parameters of one stage (a ViT's class token and position embedding)."""
+
+    def __init__(self, modules: list[nn.Module], params: dict[str, nn.Parameter]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+        for name, param in params.items():
+            self.register_parameter(name, param)
+
+
+def _vit(m: nn.Module) -> list[Stage]:
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        x = m._process_input(x)
+        x = torch.cat([m.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return m.encoder.dropout(x + m.encoder.pos_embedding)
+
+    layers = m.encoder.layers
+    step = max(1, len(layers) // 4)
+    cuts = [*range(0, len(layers), step)][:4] + [len(layers)]
+    stages = [("embed", _Holder([m.conv_proj, m.encoder.dropout], {"class_token": m.class_token,
+                                                                  "pos_embedding": m.encoder.pos_embedding}), embed)]
+    stages += [_seq(f"blocks{i + 1}", *layers[a:b]) for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
+    name, modules, run_ = stages[-1]
+    stages[-1] = (name, nn.ModuleList([modules, m.encoder.ln]), lambda x: m.heads(m.encoder.ln(run_(x))[:, 0]))
+    return stages
+
+
+def _swin(m: nn.Module) -> list[Stage]:
+    def tail(x: torch.Tensor) -> torch.Tensor:
+        return m.head(m.flatten(m.avgpool(m.permute(m.norm(x)))))
+
+    stages = _features(m, (0, 1, 2, 4, 6, 8), ("embed", "stage1", "stage2", "stage3", "stage4"), tail)
+    name, modules, run_ = stages[-1]
+    return [*stages[:-1], (name, nn.ModuleList([modules, m.norm]), run_)]
+
+
 def _tiny(m: nn.Module) -> list[Stage]:
     return [_seq("block1", m[0], m[1]), _seq("block2", *m[2:])]
 
 
 STAGES: dict[str, Callable[[nn.Module], list[Stage]]] = {
     "vgg16": _vgg16, "resnet50": _resnet50, "inception_v3": _inception_v3, "efficientnet_lite0": _lite0,
-    "tiny": _tiny,
+    "mobilenet_v2": _mobilenet_v2, "efficientnet_v2_s": _efficientnet_v2_s, "convnext_tiny": _convnext,
+    "regnet_y_16gf": _regnet, "vit_b_16": _vit, "swin_v2_t": _swin, "tiny": _tiny,
 }
 
 

@@ -169,6 +169,8 @@ def init_random(model, seed: int) -> None:
                     # per group: a depthwise conv's fan-out is its kernel's size (no earlier backbone had groups)
                     fan_out = tensor.shape[0] // getattr(module, "groups", 1) * math.prod(tensor.shape[2:])
                     tensor.copy_(torch.randn(tensor.shape, generator=gen) * math.sqrt(2.0 / fan_out))
+                elif tensor.ndim >= 2 and "running" not in name:  # attention projections, tokens, embeddings
+                    tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.02)  # (no earlier backbone had any)
                 elif name in ("weight", "running_var"):
                     tensor.fill_(1)
                 else:

@@ -24,7 +24,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--no-views", action="store_true", help="leave out the cached augmented views")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
+    p = sub.add_parser("backbones", parents=[common],
+                       help="list the curated backbones (--all: every torchvision classification model too)")
+    p.add_argument("--all", action="store_true", help="also every torchvision model, by name, with dims and sizes")
     p.set_defaults(func=cmd_backbones)
 
     p = sub.add_parser("weights", parents=[common], help="manage pretrained weights")
@@ -166,8 +168,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_backbones(args: argparse.Namespace) -> int:
     from extractor.backbones import describe
 
-    rows = describe()
-    emit(args, rows, "\n".join(f"{r['name']:<13} {r['input_size']:>3}px -> {r['dim']:>5}-d  {r['description']}"
+    rows = describe(every=args.all)
+    width = max(len(r["name"]) for r in rows)
+    emit(args, rows, "\n".join(f"{r['name']:<{width}} {r['input_size']:>3}px -> {r['dim']:>5}-d  {r['description']}"
                                for r in rows))
     return 0
 

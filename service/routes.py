@@ -58,8 +58,8 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 
 @router.get("/backbones", tags=["catalog"])
-async def backbones() -> list[dict]:
-    return describe()
+async def backbones(every: bool = Query(False, alias="all", description="every torchvision model too")) -> list[dict]:
+    return describe(every)
 
 
 @router.get("/datasets", tags=["catalog"])

@@ -38,10 +38,13 @@ def valid_recipe(value: str | None) -> str | None:
 
 
 def known_backbone(value: str) -> str:
-    from extractor.backbones import REGISTRY
+    """A registry backbone or any torchvision classification model (the error names close matches)."""
+    from extractor.backbones import get_spec
 
-    if value not in REGISTRY:
-        raise ValueError(f"unknown backbone {value!r}; expected one of: {', '.join(sorted(REGISTRY))}")
+    try:
+        get_spec(value)
+    except HeadstartError as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 

@@ -39,7 +39,7 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):
         (["extract", str(tmp_path / "missing"), "--dataset", "x", "--weights", "random", "--backbone", "tiny"],
          "does not exist"),
         (["extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "resnet50"], "headstart weights fetch"),
-        (["extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "vgg99"], "expected one of"),
+        (["extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "vgg99"], "did you mean vgg19"),
         (["export", "--dataset", "nope", "--backbone", "vgg16", "--out", str(tmp_path / "o.h5")], "no dataset"),
         (["weights", "fetch", "tiny"], "no ImageNet weights"),
         (["extract", str(tmp_path / "empty"), "--dataset", "x", "--weights", "random", "--backbone", "tiny"],

@@ -75,7 +75,7 @@ def _base(store: FeatureStore, req: Request) -> tuple[str, str]:
     if fp_id is None or not store.catalog.dataset_rows(req.dataset, fp_id):
         sources = store.catalog.sources(req.dataset)
         extract(ExtractOptions(data_dir=Path(sources[0]["root"]), dataset=req.dataset, backbone=req.backbone,
-                               weights=req.weights or "imagenet", device=req.device), store)
+                               weights=req.weights or "imagenet", device=req.device, decode="cpu"), store)
         fp_id = store.resolve(req.dataset, req.backbone, req.weights)
     return fp_id, store.catalog.fingerprint(fp_id)["source"]
 
@@ -273,7 +273,8 @@ def _finish(store: FeatureStore, req: Request, tuner: Tuner, classes: list[str],
         save_file(tuner.trunk_state(), str(trunk))
         summary = extract(ExtractOptions(data_dir=Path(store.catalog.sources(req.dataset)[0]["root"]),
                                          dataset=req.dataset, backbone=req.backbone, weights=str(trunk),
-                                         size=table.fingerprint["input_size"], device=req.device), store)
+                                         size=table.fingerprint["input_size"], device=req.device, decode="cpu"),
+                          store)  # the pixels fine-tuning saw: the CPU path's
         tuned = store.table(req.dataset, summary.fingerprint)
         head = MLPHead(device=req.device, hidden=list(p.hidden), dropout=p.dropout, seed=p.seed, lr=p.head_lr)
         head.classes_, head.mean_, head.scale_ = np.array(classes), tuner.mean.cpu().numpy(), tuner.scale.cpu().numpy()

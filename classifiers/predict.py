@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers.persist import head_dir, load, read_manifest
+from extractor.backbones import PREPROCESS_METHOD
 from extractor.decode import DecodeError, Limits, preprocess
 from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, Resolved, resolve
@@ -20,7 +21,8 @@ def backbone_for(manifest: dict, version_dir: Path | None = None) -> Resolved:
     spec = manifest["fingerprint"]["spec"]
     weights = str(Path(version_dir) / manifest["trunk"]) if manifest.get("trunk") and version_dir else \
         manifest["weights"]
-    resolved = resolve(manifest["backbone"], weights, spec.get("input_size"))
+    resolved = resolve(manifest["backbone"], weights, spec.get("input_size"),
+                       spec.get("preprocess", {}).get("method", PREPROCESS_METHOD))
     if resolved.fingerprint.id != manifest["fingerprint"]["id"]:
         raise HeadstartError(
             f"head {manifest['name']!r} needs features {manifest['fingerprint']['id']} but backbone "
@@ -58,7 +60,12 @@ class Predictor:
         return self._backbone
 
     def prepare(self, data: bytes) -> np.ndarray:
-        """Bytes -> the backbone's uint8 input (raises DecodeError with the reason)."""
+        """Bytes -> the backbone's uint8 input (raises DecodeError with the reason), decoded the way the head's
+        features were (Pillow, or the device-decode path)."""
+        if self.resolved.device_decode:
+            from extractor.devicedecode import preprocess_on
+
+            return preprocess_on(data, self.resolved.size, self.limits, self.resolved.preprocess.method)
         return preprocess(data, self.resolved.size, self.limits)
 
     def predict_vectors(self, vectors: np.ndarray, k: int = 5) -> list[list[dict]]:

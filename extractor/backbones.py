@@ -51,8 +51,8 @@ class BackboneSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     weights_hint: str = ""  # where pretrained weights come from when torchvision has none
 
-    def preprocess(self, size: int) -> Preprocess:
-        return Preprocess(size, self.mean, self.std)
+    def preprocess(self, size: int, method: str = PREPROCESS_METHOD) -> Preprocess:
+        return Preprocess(size, self.mean, self.std, method)
 
     def output_dim(self, size: int) -> int:
         return self.dim(size)
@@ -220,8 +220,10 @@ def _torchvision_version() -> str:
     return version("torchvision").split("+")[0]  # CPU and CUDA builds of one release compute the same
 
 
-def make_fingerprint(spec: BackboneSpec, size: int, weights_identity: str) -> Fingerprint:
-    pre = spec.preprocess(size)
+def make_fingerprint(spec: BackboneSpec, size: int, weights_identity: str,
+                     method: str = PREPROCESS_METHOD) -> Fingerprint:
+    """`method` names how pixels are made (the CPU path's by default; the device-decode path has its own)."""
+    pre = spec.preprocess(size, method)
     body = {
         "backbone": spec.name,
         "cut": spec.cut,

@@ -30,6 +30,7 @@ class Item:
     sha256: str | None = None
     file: Path | None = None  # the absolute path to read
     source: int = 0  # index of the dataset source (folder or CSV) it comes from
+    stat: tuple[int, int] | None = None  # (size, mtime_ns) when its hash was taken or checked
 
     @classmethod
     def at(cls, root: Path, path: Path, label: str | None) -> "Item":
@@ -173,6 +174,9 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+HASH_CHUNK = 16
+
+
 def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bool = False,
                progress: Callable[[int, int], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> None:
@@ -197,21 +201,27 @@ def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bo
             continue
         hit = cache.get(str(path))
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            item.sha256 = hit[2]
+            item.sha256, item.stat = hit[2], (st.st_size, st.st_mtime_ns)
             keep.append(item)
         else:
             todo.append((item, path, st.st_size, st.st_mtime_ns))
 
-    def work(entry: tuple[Item, Path, int, int]) -> tuple[Item, Path, int, int, str | None, str]:
+    def one(entry: tuple[Item, Path, int, int]) -> tuple[Item, Path, int, int, str | None, str]:
         try:
             return (*entry, _sha256_file(entry[1]), "")
         except OSError as exc:
             return (*entry, None, f"cannot read file: {exc.strerror or exc}")
 
+    def work(chunk: list) -> list:
+        return [one(entry) for entry in chunk]
+
+    # a task hashes a chunk of files: one future per file costs more than hashing a small file
+    chunks = [todo[i:i + HASH_CHUNK] for i in range(0, len(todo), HASH_CHUNK)]
     last = 0.0
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for done, (item, path, size, mtime, sha, error) in enumerate(pool.map(work, todo), 1):
+            results = (entry for chunk in pool.map(work, chunks) for entry in chunk)
+            for done, (item, path, size, mtime, sha, error) in enumerate(results, 1):
                 if done == len(todo) or time.monotonic() - last > 0.1:
                     last = time.monotonic()
                     if progress:
@@ -222,7 +232,7 @@ def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bo
                 if sha is None:
                     listing.failures.append((item.rel, error))
                     continue
-                item.sha256 = sha
+                item.sha256, item.stat = sha, (size, mtime)
                 keep.append(item)
                 fresh.append((str(path), size, mtime, sha))
     finally:

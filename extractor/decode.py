@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -53,6 +54,28 @@ def read_file(path: Path, limits: Limits) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}", content=False) from None
+
+
+def file_stat(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns), or None when the file cannot be stat'ed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def read_verified(sha256: str, path: Path, stat: tuple[int, int] | None, limits: Limits) -> bytes:
+    """A member's bytes, checked to be the content its hash names. Unchanged size and mtime before and after the
+    read (the hash cache's own rule) mean the same bytes; otherwise they are hashed again and refused if they
+    differ."""
+    before = file_stat(path)
+    data = read_file(path, limits)
+    if stat is not None and before == stat == file_stat(path):
+        return data
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise DecodeError("file changed while extracting; run the extraction again", content=False)
+    return data
 
 
 def open_image(data: bytes, limits: Limits) -> Image.Image:

@@ -7,7 +7,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from extractor.backbones import BackboneSpec, Fingerprint, Preprocess, get_spec, make_fingerprint, resolve_size
+from extractor.backbones import (
+    PREPROCESS_METHOD,
+    BackboneSpec,
+    Fingerprint,
+    Preprocess,
+    get_spec,
+    make_fingerprint,
+    resolve_size,
+)
 from extractor.errors import HeadstartError
 from extractor.weights import WeightsChoice, identity, init_random, load_into, load_state_dict, parse_weights
 
@@ -25,15 +33,36 @@ class Resolved:
 
     @property
     def preprocess(self) -> Preprocess:
-        return self.spec.preprocess(self.size)
+        return self.spec.preprocess(self.size, self.fingerprint.spec["preprocess"]["method"])
+
+    @property
+    def device_decode(self) -> bool:
+        """Whether JPEGs are decoded on the device (extractor.devicedecode) for this fingerprint."""
+        return self.preprocess.method.startswith("tv-decode_jpeg")
 
 
-def resolve(backbone: str, weights: str = "imagenet", size: int | None = None) -> Resolved:
+def resolve(backbone: str, weights: str = "imagenet", size: int | None = None,
+            method: str = PREPROCESS_METHOD) -> Resolved:
     spec = get_spec(backbone)
     size = resolve_size(spec, size)
     choice = parse_weights(weights)
-    fingerprint = replace(make_fingerprint(spec, size, identity(choice, spec)), source=choice.label)
+    fingerprint = replace(make_fingerprint(spec, size, identity(choice, spec), method), source=choice.label)
     return Resolved(spec, size, choice, fingerprint)
+
+
+DECODE_CHOICES = ("auto", "cpu", "gpu")
+
+
+def decode_method(decode: str, device: str) -> str:
+    """The preprocessing method of a decode choice: auto is gpu on a CUDA device (JPEGs decoded there), else cpu."""
+    if decode not in DECODE_CHOICES:
+        raise HeadstartError(f"--decode {decode!r}: expected one of {', '.join(DECODE_CHOICES)}")
+    target = resolve_device(device)
+    if decode == "cpu" or (decode == "auto" and target.type != "cuda"):
+        return PREPROCESS_METHOD
+    from extractor.devicedecode import method
+
+    return method(target)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -14,10 +13,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from extractor import augment
-from extractor.decode import DecodeError, Limits, preprocess, read_file
+from extractor.decode import DecodeError, Limits, preprocess, read_verified
 from extractor.definition import Wanted, collect
+from extractor.devicedecode import ByteDataset, to_batch
+from extractor.devicedecode import collate as bytes_collate
 from extractor.errors import HeadstartError, Stopped
-from extractor.model import LoadedBackbone, Resolved, amp_dtype, resolve, resolve_device
+from extractor.model import LoadedBackbone, Resolved, amp_dtype, decode_method, resolve, resolve_device
 from extractor.names import check_name
 from extractor.splits import register
 from extractor.store import FeatureStore, check_dtype
@@ -56,6 +57,7 @@ class ExtractOptions:
     add: bool = False  # add this folder to the dataset's recorded sources
     augment: str | None = None  # a recipe: also compute `views` augmented views of every train image
     views: int = 0
+    decode: str = "auto"  # auto, cpu or gpu (JPEGs decoded on the device; part of the fingerprint)
 
     def wanted(self) -> Wanted:
         return Wanted(self.data_dir, self.labels_csv, self.path_column, self.label_column, self.unlabeled,
@@ -65,19 +67,15 @@ class ExtractOptions:
 class DecodeDataset(Dataset):
     """Reads, verifies and preprocesses one file per item inside a DataLoader worker."""
 
-    def __init__(self, jobs: list[tuple[str, Path]], size: int, limits: Limits) -> None:
+    def __init__(self, jobs: list[tuple[str, Path, tuple[int, int] | None]], size: int, limits: Limits) -> None:
         self.jobs, self.size, self.limits = jobs, size, limits
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, DecodeError | None]:
-        sha, path = self.jobs[i]
         try:
-            data = read_file(path, self.limits)
-            if hashlib.sha256(data).hexdigest() != sha:
-                raise DecodeError("file changed while extracting; run the extraction again", content=False)
-            return i, preprocess(data, self.size, self.limits), None
+            return i, preprocess(read_verified(*self.jobs[i], self.limits), self.size, self.limits), None
         except DecodeError as exc:
             return i, None, exc
         except Exception as exc:  # one bad file is a recorded failure, never a crashed job
@@ -91,8 +89,26 @@ def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int
     return [i for i, _ in good], batch, bad
 
 
+def _resolved(opts: ExtractOptions, store: FeatureStore) -> Resolved:
+    """The features this run brings into the cache. `auto` decodes JPEGs on a CUDA device, except where views
+    are wanted (they are made from the CPU path's pixels) or where the dataset already has the CPU path's
+    features for this backbone, weights and size: a rerun keeps adding to the features that exist."""
+    if opts.augment and opts.decode == "gpu":
+        raise HeadstartError("--decode gpu with --augment: views are made from the CPU path's pixels; pass "
+                             "--decode cpu (or auto) to compute views")
+    cpu = resolve(opts.backbone, opts.weights, opts.size)
+    method = decode_method(opts.decode, opts.device)
+    if method == cpu.preprocess.method or opts.augment or (
+            opts.decode == "auto" and any(fp == cpu.fingerprint.id for fp, *_ in
+                                           store.catalog.dataset_summary(opts.dataset)["fingerprints"])):
+        return cpu
+    return resolve(opts.backbone, opts.weights, opts.size, method)
+
+
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """Decoding processes: the cores this process may use, less one for the main process (the forward, the
+    writer); no fixed cap, so a 16-core GPU host decodes on 15."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def _check(opts: ExtractOptions) -> None:
@@ -120,7 +136,7 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     _check(opts)
     store = store or FeatureStore()
     opts = replace(opts, weights=head_weights(opts.weights, store.home))  # head:NAME -> its trunk file
-    resolved = resolve(opts.backbone, opts.weights, opts.size)
+    resolved = _resolved(opts, store)
     created = store.catalog.dataset(opts.dataset) is None
     try:
         return _extract(opts, store, resolved, progress, should_stop)
@@ -152,9 +168,10 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
     missing = [s for s in store.catalog.missing_vectors(opts.dataset, fp_id) if s not in known_bad]
     extracted, new_bad, stopped = 0, {}, False
     files = {item.sha256: item.file for item in listing.items}
+    stats = {item.sha256: item.stat for item in listing.items}
     model = Model(resolved, opts.device, opts.amp)
     if missing:
-        extracted, new_bad, stopped = _compute(opts, store, resolved, files, set(known_bad), model, progress,
+        extracted, new_bad, stopped = _compute(opts, store, resolved, files, stats, set(known_bad), model, progress,
                                                should_stop)
     content_bad = [(sha, str(err)) for sha, err in new_bad.items() if err.content]
     if content_bad:
@@ -208,7 +225,7 @@ def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> 
 
 
 def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path_of: dict[str, Path],
-             skip: set[str], model: Model, progress: Callable | None,
+             stats: dict[str, tuple[int, int] | None], skip: set[str], model: Model, progress: Callable | None,
              should_stop: Callable | None) -> tuple[int, dict, bool]:
     """Hold the writer lock, load the model, stream decoded batches through it into shards.
 
@@ -216,7 +233,7 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
     once."""
     with store.writer(resolved.fingerprint, opts.dtype, opts.shard_rows, opts.flush_seconds) as writer:
         todo = store.catalog.missing_vectors(opts.dataset, resolved.fingerprint.id)  # again, under the lock
-        jobs = [(sha, path_of[sha]) for sha in todo if sha not in skip]
+        jobs = [(sha, path_of[sha], stats.get(sha)) for sha in todo if sha not in skip]
         if not jobs:  # another writer finished them while we were starting
             return 0, {}, False
         backbone = model()
@@ -224,12 +241,18 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
         # Workers are forked, also from the threaded service. A forkserver was tried: its workers are children
         # of the forkserver, so torch's parent watchdog never fires and they outlive a kill -9 of the service
         # (tests/service/test_api.py checks); it also pickles the whole job list to every worker.
-        loader = DataLoader(DecodeDataset(jobs, resolved.size, opts.limits), batch_size=opts.batch_size,
-                            num_workers=workers, collate_fn=collate, pin_memory=backbone.device.type == "cuda",
+        if resolved.device_decode:  # the workers read and sniff bytes; JPEGs are decoded on the device
+            dataset, batches = ByteDataset(jobs, resolved.size, opts.limits), bytes_collate
+        else:
+            dataset, batches = DecodeDataset(jobs, resolved.size, opts.limits), collate
+        loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=workers, collate_fn=batches,
+                            pin_memory=backbone.device.type == "cuda" and not resolved.device_decode,
                             prefetch_factor=4 if workers else None)
         bad: dict[str, DecodeError] = {}
         done, started, stopped = 0, time.monotonic(), False
-        for idx, batch, failed in loader:
+        for items in loader:
+            idx, batch, failed = to_batch(items, resolved.size, backbone.device, opts.limits) \
+                if resolved.device_decode else items
             bad.update((jobs[i][0], error) for i, error in failed)
             if batch is not None:
                 writer.add([jobs[i][0] for i in idx], backbone.embed(batch))

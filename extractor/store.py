@@ -151,7 +151,11 @@ class FeatureStore:
         spec = get_spec(backbone)
         if weights is not None:
             choice = parse_weights(head_weights(weights, self.home))
-            return make_fingerprint(spec, resolve_size(spec, size), identity(choice, spec)).id
+            wanted = make_fingerprint(spec, resolve_size(spec, size), identity(choice, spec))
+            same = [fp for fp, b, s, _, _ in self.catalog.dataset_summary(dataset)["fingerprints"]
+                    if b == backbone and _same_but_decode(json.loads(s), wanted.spec)]
+            # the CPU path's features when they exist, else those of the one decode method there is
+            return wanted.id if wanted.id in same or len(same) != 1 else same[0]
         found = [(fp, src or json.loads(s)["weights"]) for fp, b, s, _, src in
                  self.catalog.dataset_summary(dataset)["fingerprints"] if b == backbone]
         if not found:
@@ -179,6 +183,14 @@ class WriterLock(FileLock):
         except Busy as busy:
             raise Conflict(f"another extraction is already writing {self.fp_id} features ({busy.holder}); wait "
                            f"for it to finish, or stop it, then run again") from None
+
+
+def _same_but_decode(spec: dict, wanted: dict) -> bool:
+    """Whether two fingerprint specs differ at most in how the pixels were decoded."""
+    def strip(s: dict) -> dict:
+        return {**s, "preprocess": {k: v for k, v in s.get("preprocess", {}).items() if k != "method"}}
+
+    return strip(spec) == strip(wanted)
 
 
 def _damaged(file: str, count: int, exc: Exception) -> CacheDamaged:
@@ -231,23 +243,36 @@ class ShardWriter:
         self._shas.extend(shas)
         self._views.extend(views or [])
         self._vectors.append(np.asarray(vectors))
-        if len(self._shas) >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
+        elif len(self._shas) >= self.shard_rows:
+            self.flush(full_only=True)
 
-    def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self._shas:
-            return
-        data = np.concatenate(self._vectors).astype(np.float32, copy=False)
+    def flush(self, full_only: bool = False) -> None:
+        """Write the buffered rows as shards of `shard_rows` (`full_only`: keep a last partial one buffered). The
+        buffered batches are written as they are, with no copy of a whole shard first."""
+        if not full_only:
+            self._last_flush = time.monotonic()
+        cut = len(self._shas) - len(self._shas) % self.shard_rows if full_only else len(self._shas)
+        while cut:
+            n, parts, got, queue = min(self.shard_rows, cut), [], 0, list(self._vectors)
+            while got < n:
+                head = queue.pop(0)
+                parts.append(head[:n - got])
+                got += len(parts[-1])
+                if len(parts[-1]) < len(head):
+                    queue.insert(0, head[len(parts[-1]):])
+            self._write(self._shas[:n], parts, self._views[:n] if self.recipe else None)
+            # only a committed shard leaves the buffer (a failed write keeps its rows for the next flush)
+            self._shas, self._views, self._vectors, cut = self._shas[n:], self._views[n:], queue, cut - n
+
+    def _stored(self, part: np.ndarray) -> np.ndarray:
+        part = np.asarray(part, dtype=np.float32)
         if self.dtype == np.float16:
-            data = np.clip(data, -FLOAT16_MAX, FLOAT16_MAX)
-        data = data.astype(self.dtype, copy=False)
-        for start in range(0, len(self._shas), self.shard_rows):
-            end = start + self.shard_rows
-            self._write(self._shas[start:end], data[start:end], self._views[start:end] if self.recipe else None)
-        self._shas, self._vectors, self._views = [], [], []
+            part = np.clip(part, -FLOAT16_MAX, FLOAT16_MAX)
+        return part.astype(self.dtype, copy=False)
 
-    def _write(self, shas: list[str], data: np.ndarray, views: list[int] | None = None) -> None:
+    def _write(self, shas: list[str], parts: list[np.ndarray], views: list[int] | None = None) -> None:
         """Write one shard file (tmp, fsync, rename), then commit it; on a failed write or commit nothing stays
         that a reader could see, and a full or read-only disk is one line (StorageFull)."""
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.h5"
@@ -255,7 +280,11 @@ class ShardWriter:
         doing = f"writing shard {final.relative_to(self.store.home)}"
         try:
             with h5py.File(tmp, "w") as fh:
-                fh.create_dataset("features", data=data)
+                features = fh.create_dataset("features", shape=(len(shas), self.fp.dim), dtype=self.dtype)
+                row = 0
+                for part in parts:
+                    features[row:row + len(part)] = self._stored(part)
+                    row += len(part)
                 fh.create_dataset("sha256", data=np.array(shas, dtype="S64"))
                 fh.attrs["fingerprint"] = self.fp.id
                 if self.recipe:

@@ -78,6 +78,11 @@ def compute_views(store: FeatureStore, dataset: str, resolved: Resolved, recipe:
                   should_stop: Callable[[], bool] | None = None) -> tuple[ViewsSummary, dict[str, DecodeError]]:
     """Bring views 0..count-1 of the split's images into the cache; `model()` gives the loaded backbone."""
     fp = resolved.fingerprint
+    if resolved.device_decode:
+        from extractor.errors import HeadstartError
+
+        raise HeadstartError("views are made from the CPU path's pixels, and these features were decoded on the "
+                             "device (--decode gpu); use features extracted with --decode cpu")
     needed = {s: v for s, v in store.catalog.missing_views(dataset, fp.id, recipe.text, count, split).items()
               if s not in skip and s in files}
     summary = ViewsSummary(recipe.name, count, split, len(needed), 0, 0, 0)

@@ -49,9 +49,12 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="replace what an existing dataset is made of (its folders, CSV, labels) with this run's")
     _backbone_args(p)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, max 8)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: usable cores - 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="auto", help="mixed precision on CUDA: auto, off, bf16, fp16")
+    p.add_argument("--decode", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="where JPEGs are decoded: cpu (Pillow in the workers), gpu (nvJPEG on the device; its own "
+                        "features), auto (gpu on CUDA unless the dataset has cpu-path features already)")
     p.add_argument("--dtype", default="float32", help="storage: float32 or float16")
     p.add_argument("--augment", metavar="RECIPE",
                    help="also cache augmented views of every train image: classic, crop, or terms like "
@@ -106,7 +109,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         dtype=args.dtype, split=args.split, seed=args.seed, resplit=args.resplit,
         limits=Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels), shard_rows=args.shard_rows,
         flush_seconds=args.flush_seconds, add=args.add, redefine=args.redefine, augment=args.augment,
-        views=args.views)
+        views=args.views, decode=args.decode)
     bar = ProgressBar(f"{args.dataset}/{args.backbone}")
     try:
         summary = extract(opts, FeatureStore(args.home), progress=bar)

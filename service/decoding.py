@@ -55,9 +55,14 @@ class Decoder:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def image(self, data: bytes, size: int, limits: Limits) -> np.ndarray:
+    async def image(self, data: bytes, size: int, limits: Limits, method: str | None = None) -> np.ndarray:
+        """`method`: a device-decode preprocessing method when the head's features were made that way."""
         cost = await self.run(probe, data, size, limits)  # the header only: cheap
         async with self.budget.hold(cost):
+            if method:
+                from extractor.devicedecode import preprocess_on
+
+                return await self.run(preprocess_on, data, size, limits, method)
             return await self.run(preprocess, data, size, limits)
 
     def close(self) -> None:

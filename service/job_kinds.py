@@ -27,7 +27,7 @@ def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
         seed=request.get("seed"), batch_size=s.extract_batch_size, workers=s.extract_workers, device=s.device,
         limits=Limits(max_pixels=s.max_pixels), flush_seconds=s.flush_seconds, confine=True,
         add=bool(request.get("add")), redefine=bool(request.get("redefine")), augment=request.get("augment"),
-        views=int(request.get("views") or 0))
+        views=int(request.get("views") or 0), decode=request.get("decode") or "auto")
     last, deadline, timed_out = [0.0], time.monotonic() + (s.extract_max_seconds or float("inf")), []
 
     def progress(p: Progress) -> None:

@@ -189,12 +189,13 @@ async def predict(request: Request, files: list[UploadFile] = File(...), head: s
     model, _, batcher = await run_in_threadpool(s.models.head, head)
     limits = Limits(max_bytes=s.settings.max_upload_bytes, max_pixels=s.settings.max_upload_pixels)
     size = batcher.backbone.resolved.size
+    method = batcher.backbone.resolved.preprocess.method if batcher.backbone.resolved.device_decode else None
     batcher.announce(len(files))
 
     async def one(upload: UploadFile) -> dict:
         name = Path(upload.filename or "upload").name[:200]
         try:
-            array = await s.decoder.image(await upload.read(), size, limits)
+            array = await s.decoder.image(await upload.read(), size, limits, method)
         except DecodeError as exc:
             batcher.announce(-1)
             return {"file": name, "error": str(exc), "status": exc.status}

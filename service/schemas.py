@@ -65,6 +65,9 @@ class ExtractRequest(BaseModel):
                                 description="also cache augmented views of every train image: classic, crop, or "
                                             "terms like flip,rotate=30,shift=0.1,zoom=0.2,crop=0.5")
     views: int = Field(default=0, ge=0, le=64, description="views per train image (with augment)")
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto", description="where JPEGs are decoded: cpu (Pillow), gpu (nvJPEG on the server's GPU; features "
+                                    "of their own), auto (gpu on a CUDA server unless cpu-path features exist)")
     add: bool = Field(default=False, description="add this folder to an existing dataset's folders")
     redefine: bool = Field(default=False, description="replace what an existing dataset is made of with this")
 

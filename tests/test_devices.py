@@ -51,7 +51,8 @@ def test_extract_on_the_device_stores_what_the_cpu_computes(device, tmp_path):
     for role, where, amp in (("reference", "cpu", "off"), ("device", device, "auto")):
         stores[role] = FeatureStore(tmp_path / f"home-{role}")
         summary = extract(ExtractOptions(data_dir=tmp_path / "data", dataset="d", backbone="tiny", weights="random",
-                                         device=where, amp=amp, workers=1, batch_size=4), stores[role])
+                                         device=where, amp=amp, workers=1, batch_size=4, decode="cpu"),
+                          stores[role])
         assert summary.extracted == 10 and summary.failed == 0 and summary.device.startswith(where)
     ref, got = stores["reference"].table("d", summary.fingerprint), stores["device"].table("d", summary.fingerprint)
     assert got.sha256 == ref.sha256

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import os
 import shutil
 
 import h5py
@@ -143,23 +143,23 @@ def test_export_round_trip_through_plain_h5py(tmp_path, monkeypatch):
 def test_changed_file_between_hash_and_decode_is_not_cached_under_the_old_key(tmp_path, monkeypatch):
     make_folder(tmp_path / "data", {"a": 2})
     target = tmp_path / "data" / "a" / "a_0000.jpg"
-    import extractor.pipeline as pipeline
+    import extractor.decode as decode
 
-    real = pipeline.read_file
+    real = decode.read_file
 
-    def swapped(path, limits):
-        if path == target:
-            buf = io.BytesIO()
-            Image.new("RGB", (10, 10), (1, 2, 3)).save(buf, "PNG")
-            return buf.getvalue()
+    def swapped(path, limits):  # the file is rewritten after it was hashed, just before it is read
+        if path == target and not getattr(swapped, "done", False):
+            swapped.done = True
+            Image.new("RGB", (10, 10), (1, 2, 3)).save(path, "PNG")
+            os.utime(path, ns=(1, 1))  # another mtime, whatever the filesystem's clock resolution
         return real(path, limits)
 
-    monkeypatch.setattr(pipeline, "read_file", swapped)
+    monkeypatch.setattr(decode, "read_file", swapped)
     store = FeatureStore(tmp_path / "home")
     summary = extract(opts(tmp_path / "data", workers=1), store)
     assert summary.extracted == 1 and "changed while extracting" in dict(summary.failures)["a/a_0000.jpg"]
     assert store.catalog.bad_content(Limits().signature()) == {}  # the bytes on disk may be fine: retried
-    monkeypatch.setattr(pipeline, "read_file", real)
+    monkeypatch.setattr(decode, "read_file", real)
     assert extract(opts(tmp_path / "data"), store).extracted == 1
 
 

@@ -120,3 +120,23 @@ def test_kill_9_at_many_moments_never_corrupts_and_rerun_matches(tmp_path):
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         shard_rows = con.execute("SELECT SUM(rows) FROM shards").fetchone()[0]
     assert shard_rows == 600  # no shard holds a vector computed twice
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_batches_of_any_size_split_into_full_shards_row_for_row(tmp_path, dtype):
+    store = FeatureStore(tmp_path)
+    fp = fake_fp()
+    rng = np.random.default_rng(0)
+    sizes = [2, 5, 1, 0, 4, 3]  # batches straddle the 3-row shard boundary, an empty one too
+    vectors = rng.normal(size=(sum(sizes), 64)).astype(np.float32)
+    shas = [f"{i:064x}" for i in range(len(vectors))]
+    with store.writer(fp, dtype=dtype, shard_rows=3, flush_seconds=3600) as writer:
+        start = 0
+        for n in sizes:
+            writer.add(shas[start:start + n], vectors[start:start + n])
+            start += n
+    with store.catalog.connect() as con:
+        rows = sorted(r for (r,) in con.execute("SELECT rows FROM shards"))
+    assert rows == [3, 3, 3, 3, 3] and writer.written == 15
+    np.testing.assert_allclose(store.read(fp.id, shas[::-1], 64), vectors[::-1], rtol=1e-3 if dtype == "float16"
+                               else 0)

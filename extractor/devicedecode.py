@@ -1,0 +1,153 @@
+"""Decoding on the device (`--decode gpu`): the CPU side reads, verifies and sniffs bytes only; batches of JPEG
+bytes are decoded (torchvision.io.decode_jpeg, nvJPEG on CUDA) and resized on the device. Files that are no
+JPEG, or that the device decoder refuses, go through the CPU path (Pillow), one by one.
+
+Its pixels are not the CPU path's (a full-resolution decode, then an antialiased bilinear resize, against
+Pillow's reduced-scale DCT decode), so it has its own preprocessing identity, per device type: nvJPEG and
+libjpeg-turbo differ in their last bits. On a CPU device the same code runs with libjpeg-turbo: that is how it
+is tested without a GPU."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from extractor.decode import DecodeError, Limits, open_image, preprocess, read_verified
+
+METHOD = "tv-decode_jpeg-squash-bilinear-antialias/1"
+
+
+def method(device: torch.device) -> str:
+    return f"{METHOD}@{device.type}"
+
+
+class ByteDataset(Dataset):
+    """Item i: (i, "jpeg", raw bytes) for a JPEG the device decodes, (i, "pixels", HWC uint8) for a file that the
+    CPU decoded instead, or (i, "error", DecodeError)."""
+
+    def __init__(self, jobs: list[tuple[str, Path, tuple[int, int] | None]], size: int, limits: Limits) -> None:
+        self.jobs, self.size, self.limits = jobs, size, limits
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, *prepare(read_verified(*self.jobs[i], self.limits), self.size, self.limits)
+        except DecodeError as exc:
+            return i, "error", exc
+        except Exception as exc:  # one bad file is a recorded failure, never a crashed job
+            return i, "error", DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
+
+
+def prepare(data: bytes, size: int, limits: Limits) -> tuple[str, object]:
+    """("jpeg", bytes) when the device can decode it (an RGB or greyscale JPEG within the limits: checked from
+    the header), else ("pixels", the CPU path's array)."""
+    img = open_image(data, limits)  # format by content, byte and pixel limits, from the header only
+    if img.format == "JPEG" and img.mode in ("RGB", "L"):
+        return "jpeg", data
+    return "pixels", preprocess(data, size, limits)
+
+
+def collate(items: list) -> tuple[list, torch.Tensor]:
+    """A batch: its JPEG bytes packed into one tensor (one shared-memory segment crosses from the worker, not one
+    per image), each JPEG item holding its (offset, length) in it."""
+    total = sum(len(payload) for _, kind, payload in items if kind == "jpeg")
+    packed = torch.empty(total, dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        packed.share_memory_()  # filled in place: the batch crosses to the main process without another copy
+    view, out, offset = packed.numpy(), [], 0
+    for i, kind, payload in items:
+        if kind == "jpeg":
+            view[offset:offset + len(payload)] = np.frombuffer(payload, np.uint8)
+            out.append((i, kind, (offset, len(payload))))
+            offset += len(payload)
+        else:
+            out.append((i, kind, payload))
+    return out, packed
+
+
+def _as_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
+def decode_batch(payloads: list[torch.Tensor | bytes], size: int, device: torch.device) -> list[torch.Tensor | None]:
+    """JPEG bytes -> size x size x 3 uint8 tensors on `device` (None for one the decoder refuses)."""
+    import torchvision.io
+
+    tensors = [p if isinstance(p, torch.Tensor) else _as_tensor(p) for p in payloads]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 announces TorchCodec in every call
+        try:
+            images = torchvision.io.decode_jpeg(tensors, mode=torchvision.io.ImageReadMode.RGB, device=device,
+                                                apply_exif_orientation=True)
+        except RuntimeError:  # one bad file fails the batch: decode one by one to find it
+            images = []
+            for t in tensors:
+                try:
+                    images.append(torchvision.io.decode_jpeg(t, mode=torchvision.io.ImageReadMode.RGB, device=device,
+                                                             apply_exif_orientation=True))
+                except RuntimeError:
+                    images.append(None)
+    return [None if img is None else _resize(img, size) for img in images]
+
+
+def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """CHW uint8 -> size x size HWC uint8, squash-resized with an antialiased bilinear filter."""
+    out = torch.nn.functional.interpolate(image[None].float(), size=(size, size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+    return out[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
+def to_batch(batch: tuple[list, torch.Tensor], size: int, device: torch.device,
+             limits: Limits) -> tuple[list[int], torch.Tensor | None, list[tuple[int, DecodeError]]]:
+    """One loader batch -> (item indices, NHWC uint8 on `device`, failures): JPEGs decoded together on the device,
+    the files the device refuses decoded on the CPU instead."""
+    items, packed = batch
+    good: dict[int, torch.Tensor] = {}
+    bad: list[tuple[int, DecodeError]] = []
+    jpegs = [(i, packed[start:start + length]) for i, kind, (start, length) in
+             ((i, kind, payload) for i, kind, payload in items if kind == "jpeg")]
+    decoded = decode_batch([p for _, p in jpegs], size, device) if jpegs else []
+    for (i, payload), image in zip(jpegs, decoded, strict=True):
+        if image is not None:
+            good[i] = image
+            continue
+        try:  # the device decoder refused it: the CPU path decides
+            good[i] = torch.from_numpy(preprocess(payload.numpy().tobytes(), size, limits)).to(device)
+        except DecodeError as exc:
+            bad.append((i, exc))
+    for i, kind, payload in items:
+        if kind == "pixels":
+            good[i] = torch.tensor(payload, device=device)  # a copy: the decoded array may be read-only
+        elif kind == "error":
+            bad.append((i, payload))
+    order = sorted(good)
+    return order, (torch.stack([good[i] for i in order]) if order else None), bad
+
+
+def device_of(method_name: str) -> torch.device:
+    """The device a device-decode method decodes on; one line when this machine has none of that kind."""
+    kind = method_name.rsplit("@", 1)[-1]
+    if kind == "cuda" and not torch.cuda.is_available():
+        from extractor.errors import HeadstartError
+
+        raise HeadstartError("these features were decoded with nvJPEG on a GPU (extract --decode gpu on CUDA); "
+                             "predicting needs a CUDA device to decode the same way, or extract again with "
+                             "--decode cpu and retrain")
+    return torch.device(kind)
+
+
+def preprocess_on(data: bytes, size: int, limits: Limits, method_name: str) -> np.ndarray:
+    """One image -> the pixels the device-decode path gives it (for predicting with heads trained on them)."""
+    kind, payload = prepare(data, size, limits)
+    if kind == "pixels":
+        return payload
+    image = decode_batch([payload], size, device_of(method_name))[0]
+    if image is None:
+        return preprocess(data, size, limits)
+    return image.cpu().numpy()

@@ -1,0 +1,168 @@
+"""The device-decode path (`--decode gpu`) run with CPU decoding of the same byte batches, and on CUDA where there
+is one; the worker default; decode modes in the fingerprint."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from extractor import pipeline
+from extractor.decode import DecodeError, Limits, preprocess
+from extractor.devicedecode import ByteDataset, collate, method, preprocess_on, to_batch
+from extractor.model import LoadedBackbone, decode_method, resolve
+from extractor.pipeline import ExtractOptions, extract
+from extractor.store import FeatureStore
+from tests.conftest import assert_one_line_error, make_folder, run_main
+from tests.test_devices import cosines
+
+CPU_BYTES = method(torch.device("cpu"))
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+
+
+def opts(data, **kw) -> ExtractOptions:
+    base = dict(data_dir=data, dataset="d", backbone="tiny", weights="random", workers=0, batch_size=4, device="cpu")
+    return ExtractOptions(**{**base, **kw})
+
+
+def mixed_folder(root) -> dict[str, str]:
+    """JPEGs (RGB and greyscale), a PNG, a CMYK JPEG (CPU fallback), a corrupt JPEG; returns name -> kind."""
+    make_folder(root, {"a": 3, "b": 3}, size=(120, 90))
+    Image.new("L", (80, 60), 90).save(root / "a" / "grey.jpg", "JPEG")
+    Image.new("RGB", (70, 50), (10, 200, 30)).save(root / "b" / "plain.png", "PNG")
+    Image.new("CMYK", (60, 60), (0, 80, 160, 10)).save(root / "b" / "cmyk.jpg", "JPEG")
+    data = bytearray((root / "a" / "a_0000.jpg").read_bytes())
+    data[400:700] = b"\x00" * 300  # the header stays valid, the scan is damaged
+    (root / "a" / "broken.jpg").write_bytes(bytes(data))
+    return {"grey.jpg": "jpeg", "plain.png": "pixels", "cmyk.jpg": "pixels", "broken.jpg": "jpeg"}
+
+
+def test_default_workers_follow_the_affinity_mask(monkeypatch):
+    for cores, expected in (({0}, 1), ({0, 1}, 1), (set(range(16)), 15), (set(range(64)), 63)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, cores=cores: cores)
+        assert pipeline.default_workers() == expected  # no fixed cap: a 16-core GPU host decodes on 15
+
+
+def test_byte_batches_keep_order_fall_back_per_file_and_record_failures(tmp_path):
+    kinds = mixed_folder(tmp_path / "data")
+    files = sorted((tmp_path / "data").rglob("*.*"))
+    import hashlib
+
+    jobs = [(hashlib.sha256(p.read_bytes()).hexdigest(), p, None) for p in files]
+    dataset = ByteDataset(jobs, 32, Limits())
+    items = [dataset[i] for i in range(len(dataset))]
+    for (_, kind, _), path in zip(items, files, strict=True):
+        assert kind == kinds.get(path.name, "jpeg"), path.name  # sniffed from content, not from the name
+    order, batch, bad = to_batch(collate(items[::-1]), 32, torch.device("cpu"), Limits())  # any order in a batch
+    broken = [i for i, p in enumerate(files) if p.name == "broken.jpg"]
+    assert [i for i, _ in bad] == broken and isinstance(bad[0][1], DecodeError)  # nvJPEG/libjpeg refuse, Pillow too
+    assert order == sorted(set(range(len(files))) - set(broken))
+    assert batch.shape == (len(order), 32, 32, 3) and batch.dtype == torch.uint8
+    for row, i in enumerate(order):  # each image's pixels are its own, decoded the device way
+        expected = preprocess_on(files[i].read_bytes(), 32, Limits(), CPU_BYTES)
+        assert np.array_equal(batch[row].numpy(), expected), files[i].name
+    png = files.index(next(p for p in files if p.name == "plain.png"))
+    assert np.array_equal(batch[order.index(png)].numpy(), preprocess(files[png].read_bytes(), 32, Limits()))
+
+
+def test_the_device_path_pixels_are_close_to_the_cpu_path_but_their_own(tmp_path):
+    make_folder(tmp_path, {"a": 4}, size=(500, 375))
+    diffs = []
+    for path in sorted(tmp_path.rglob("*.jpg")):
+        data = path.read_bytes()
+        cpu, dev = preprocess(data, 150, Limits()), preprocess_on(data, 150, Limits(), CPU_BYTES)
+        diffs.append(np.abs(cpu.astype(int) - dev).mean())
+    assert 0 < max(diffs) < 8  # the same picture (noisy test images: mean |diff| of a few levels), other pixels
+
+
+def test_decode_modes_have_their_own_fingerprints_and_caches(tmp_path):
+    mixed_folder(tmp_path / "data")
+    store = FeatureStore(tmp_path / "home")
+    cpu = extract(opts(tmp_path / "data", decode="cpu"), store)
+    dev = extract(opts(tmp_path / "data", decode="gpu", workers=2), store)
+    assert cpu.fingerprint != dev.fingerprint and dev.extracted == cpu.extracted == 9
+    assert dict(dev.failures).keys() == dict(cpu.failures).keys() == {"a/broken.jpg"}
+    spec = store.catalog.fingerprint(dev.fingerprint)["spec"]
+    assert f'"method": "{CPU_BYTES}"' in spec
+    again = extract(opts(tmp_path / "data", decode="gpu"), store)
+    assert again.extracted == 0 and again.fingerprint == dev.fingerprint
+    auto = extract(opts(tmp_path / "data", decode="auto"), store)  # a CPU device: auto is cpu
+    assert auto.fingerprint == cpu.fingerprint and auto.extracted == 0
+    tables = store.table("d", cpu.fingerprint), store.table("d", dev.fingerprint)
+    assert tables[0].sha256 == tables[1].sha256
+    assert cosines(tables[0].features, tables[1].features).min() > 0.98  # the same images, slightly other pixels
+    # the vectors stored are those of each image's own device-path pixels, in order
+    model = LoadedBackbone(resolve("tiny", "random", None, CPU_BYTES), "cpu", amp="off").setup()
+    paths = {r[1]: tmp_path / "data" / r[0] for r in store.catalog.dataset_rows("d", dev.fingerprint)}
+    direct = model.embed_arrays([preprocess_on(paths[s].read_bytes(), model.resolved.size, Limits(), CPU_BYTES)
+                                 for s in tables[1].sha256])
+    assert np.allclose(direct, tables[1].features, atol=1e-4)
+
+
+def test_auto_on_cuda_keeps_adding_to_cpu_path_features(tmp_path, monkeypatch):
+    make_folder(tmp_path / "data", {"a": 2, "b": 2})
+    store = FeatureStore(tmp_path / "home")
+    first = extract(opts(tmp_path / "data", decode="cpu"), store)
+    monkeypatch.setattr(pipeline, "decode_method", lambda decode, device: CPU_BYTES)  # as auto on a CUDA host
+    make_folder(tmp_path / "data", {"a": 1}, seed=5, start=10)
+    assert extract(opts(tmp_path / "data"), store).fingerprint == first.fingerprint  # the cache's own kind
+    fresh = FeatureStore(tmp_path / "home2")
+    assert extract(opts(tmp_path / "data"), fresh).fingerprint != first.fingerprint  # nothing cached: the device
+
+
+def test_device_decode_refusals_are_one_line(tmp_path, capsys):
+    make_folder(tmp_path / "data", {"a": 2, "b": 2})
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
+                            "--weights", "random", "--home", str(tmp_path / "h"), "--decode", "gpu",
+                            "--augment", "crop", "--views", "2")
+    assert_one_line_error(code, err, "--decode cpu")
+    assert decode_method("cpu", "cpu") != decode_method("gpu", "cpu") == CPU_BYTES
+    with pytest.raises(Exception, match="expected one of auto, cpu, gpu"):
+        decode_method("nvjpeg", "cpu")
+
+
+def test_a_head_on_device_decoded_features_predicts_with_the_same_pixels(tmp_path):
+    from classifiers.predict import Predictor
+    from classifiers.training import heads_dir, train_head
+
+    make_folder(tmp_path / "data", {"a": 6, "b": 6})
+    store = FeatureStore(tmp_path / "home")
+    summary = extract(opts(tmp_path / "data", decode="gpu"), store)
+    train_head(store, "d", "tiny", "logreg", "h")
+    predictor = Predictor(heads_dir(store), "h", device="cpu")
+    image = next((tmp_path / "data" / "a").iterdir()).read_bytes()
+    assert predictor.resolved.fingerprint.id == summary.fingerprint
+    assert np.array_equal(predictor.prepare(image), preprocess_on(image, 32, Limits(), CPU_BYTES))
+
+
+@CUDA
+def test_nvjpeg_features_match_the_cpu_byte_path(tmp_path):
+    make_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(500, 375))
+    cuda, cpu = FeatureStore(tmp_path / "cuda"), FeatureStore(tmp_path / "cpu")
+    got = extract(opts(tmp_path / "data", backbone="vgg16", device="cuda", decode="gpu", amp="off", workers=2), cuda)
+    ref = extract(opts(tmp_path / "data", backbone="vgg16", decode="gpu", workers=2), cpu)
+    assert got.extracted == ref.extracted == 12 and got.fingerprint != ref.fingerprint  # nvJPEG has its own identity
+    a, b = cuda.table("d", got.fingerprint), cpu.table("d", ref.fingerprint)
+    assert a.sha256 == b.sha256 and cosines(a.features, b.features).min() >= 0.999
+    plain = FeatureStore(tmp_path / "plain")
+    pil = extract(opts(tmp_path / "data", backbone="vgg16", decode="cpu"), plain)
+    print("cosine nvJPEG vs Pillow path:", cosines(a.features, plain.table("d", pil.fingerprint).features).min())
+
+
+@CUDA
+def test_auto_decodes_on_the_gpu_on_cuda():
+    assert decode_method("auto", "cuda") == method(torch.device("cuda"))
+    assert decode_method("auto", "cpu") == decode_method("cpu", "cuda")
+
+
+def test_bad_image_bytes_in_a_batch_are_not_a_crash():
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "JPEG")
+    good = buf.getvalue()
+    items = [(0, "jpeg", good), (1, "jpeg", good[:60]), (2, "error", DecodeError("empty file (0 bytes)"))]
+    order, batch, bad = to_batch(collate(items), 16, torch.device("cpu"), Limits())
+    assert order == [0] and batch.shape == (1, 16, 16, 3) and sorted(i for i, _ in bad) == [1, 2]

@@ -33,7 +33,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from bench.bench_extract import make_jpegs  # noqa: E402  (from this checkout)
 from extractor.decode import Limits, preprocess  # noqa: E402
 from extractor.model import LoadedBackbone  # noqa: E402
-from extractor.pipeline import ExtractOptions, default_workers, extract  # noqa: E402
+from extractor.pipeline import ExtractOptions, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def instant_forward(decode_too: bool) -> None:
         import extractor.devicedecode as devicedecode
         import extractor.pipeline as pipeline
 
-        def instant_decode(payloads, size, device):  # images without data: stacking them is device work
+        def instant_decode(payloads, size, device, orientations=None):  # no data: stacking them is device work
             return [torch.empty((size, size, 3), dtype=torch.uint8, device="meta") for _ in payloads]
 
         devicedecode.decode_batch = instant_decode

@@ -99,18 +99,49 @@ class LogRegHead(Head):
     description = "standardised multinomial logistic regression (scikit-learn, lbfgs)"
 
     def fit(self, X, y, X_val=None, y_val=None):
-        from sklearn.linear_model import LogisticRegression
 
         codes = self._set_classes(y)
         self.mean_, self.scale_ = standardiser(X)
-        model = LogisticRegression(C=float(self.params["C"]), max_iter=int(self.params["max_iter"]),
-                                   tol=float(self.params["tol"]), class_weight=self.params["class_weight"])
-        self.monitor.check()
-        model.fit((X - self.mean_) / self.scale_, codes)
+        Xs = (X - self.mean_) / self.scale_
+        if self.params["C"] != "auto":
+            model = self._fit_one(Xs, codes, float(self.params["C"]))
+        else:
+            model = self._sweep(Xs, codes, X_val, y_val)
         self.coef_ = model.coef_.astype(np.float32)
         self.intercept_ = model.intercept_.astype(np.float32)
         self.check_finite(X)
         return self
+
+    C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+    def _fit_one(self, Xs: np.ndarray, codes: np.ndarray, C: float, start=None):
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=C, max_iter=int(self.params["max_iter"]), tol=float(self.params["tol"]),
+                                   class_weight=self.params["class_weight"], warm_start=start is not None)
+        if start is not None:  # continue from the last C's solution: the sweep costs little more than one fit
+            model.coef_, model.intercept_ = start.coef_.copy(), start.intercept_.copy()
+        self.monitor.check()
+        return model.fit(Xs, codes)
+
+    def _sweep(self, Xs, codes, X_val, y_val):
+        """C=auto: fit each C of the grid on train, keep the one with the best val accuracy (ties: the smaller C,
+        the stronger regularisation). Only train and val are seen; the sweep is kept as `self.sweep_`."""
+        if X_val is None or not len(X_val):
+            raise HeadstartError("C=auto chooses C on the val split, and this dataset has no labeled val images; "
+                                 "pass a number for C, or give the dataset a val split (extract --split)")
+        val_codes, known = encode(self.classes_, y_val)
+        Xv = (np.asarray(X_val, np.float32)[known] - self.mean_) / self.scale_
+        best, model, self.sweep_ = None, None, []
+        for C in self.C_GRID:
+            model = self._fit_one(Xs, codes, C, model)
+            acc = float((model.predict(Xv) == val_codes).mean()) if len(Xv) else 0.0
+            self.sweep_.append({"C": C, "val_accuracy": acc})
+            if best is None or acc > best[0]:
+                best = (acc, C, model.coef_.copy(), model.intercept_.copy())
+        self.chosen_C_ = best[1]
+        model.coef_, model.intercept_ = best[2], best[3]
+        return model
 
     def predict_proba(self, X):
         z = ((np.asarray(X, np.float32) - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_

@@ -25,7 +25,9 @@ CLASS_WEIGHT = "balanced or null (weigh classes by their inverse frequency, or n
 
 
 class LogRegParams(Params):
-    C: float = Field(1.0, gt=0, le=1e6, description="a number > 0 and <= 1e6 (inverse regularisation strength)")
+    C: Annotated[float, Field(gt=0, le=1e6)] | Literal["auto"] = Field(
+        1.0, description="a number > 0 and <= 1e6 (inverse regularisation strength), or auto: chosen on the val split "
+                         "from a sweep (the linear-probe protocol)")
     max_iter: int = Field(1000, ge=1, le=1_000_000, description="an integer from 1 to 1000000")
     tol: float = Field(1e-4, gt=0, le=1, description="a number > 0 and <= 1")
     class_weight: ClassWeight = Field(None, description=CLASS_WEIGHT)

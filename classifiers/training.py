@@ -69,6 +69,8 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
             "backbone": table.fingerprint["backbone"], "dataset": dataset, "dim": int(X.shape[1]),
             "metrics": metrics, "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used,
             "trained_on": getattr(head, "trained_on", "cpu")}
+    if getattr(head, "sweep_", None):  # C=auto: the C chosen on val, and the sweep it came from
+        info["chosen"] = {"C": head.chosen_C_, "sweep": head.sweep_}
     return save(head, info, heads_dir(store), name)
 
 

@@ -58,6 +58,7 @@ class ExtractOptions:
     augment: str | None = None  # a recipe: also compute `views` augmented views of every train image
     views: int = 0
     decode: str = "auto"  # auto, cpu or gpu (JPEGs decoded on the device; part of the fingerprint)
+    only: frozenset[str] | None = None  # compute vectors for these content hashes only (a sample of the dataset)
 
     def wanted(self) -> Wanted:
         return Wanted(self.data_dir, self.labels_csv, self.path_column, self.label_column, self.unlabeled,
@@ -165,7 +166,8 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
     repaired = heal(store, fp_id, opts.dataset)
     limits_sig = opts.limits.signature()
     known_bad = store.catalog.bad_content(limits_sig)
-    missing = [s for s in store.catalog.missing_vectors(opts.dataset, fp_id) if s not in known_bad]
+    missing = [s for s in store.catalog.missing_vectors(opts.dataset, fp_id) if s not in known_bad and
+               (opts.only is None or s in opts.only)]
     extracted, new_bad, stopped = 0, {}, False
     files = {item.sha256: item.file for item in listing.items}
     stats = {item.sha256: item.stat for item in listing.items}
@@ -233,7 +235,8 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
     once."""
     with store.writer(resolved.fingerprint, opts.dtype, opts.shard_rows, opts.flush_seconds) as writer:
         todo = store.catalog.missing_vectors(opts.dataset, resolved.fingerprint.id)  # again, under the lock
-        jobs = [(sha, path_of[sha], stats.get(sha)) for sha in todo if sha not in skip]
+        jobs = [(sha, path_of[sha], stats.get(sha)) for sha in todo if sha not in skip and
+                (opts.only is None or sha in opts.only)]
         if not jobs:  # another writer finished them while we were starting
             return 0, {}, False
         backbone = model()

@@ -39,7 +39,7 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service import cli_admin, cli_extract, cli_finetune, cli_heads, cli_predict, cli_serve
+    from service import cli_admin, cli_compare, cli_extract, cli_finetune, cli_heads, cli_predict, cli_serve
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="store and catalog folder (default: $HEADSTART_HOME or ~/.headstart)")
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_heads.add_commands(sub, common)
     cli_predict.add_commands(sub, common)
     cli_finetune.add_commands(sub, common)
+    cli_compare.add_commands(sub, common)
     cli_admin.add_commands(sub, common)
     cli_serve.add_commands(sub, common)
     return parser

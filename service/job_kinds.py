@@ -116,3 +116,21 @@ def finetune(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict |
             raise
     return "succeeded", {"name": manifest["name"], "metrics": manifest["metrics"],
                          "fingerprint": manifest["fingerprint"]["id"], "finetune": manifest["finetune"]}, None
+
+
+def compare(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | None, str | None]:
+    """A compare job: extraction per backbone (cancel stops it between batches), then a probe on each."""
+    from classifiers.compare import compare as run_compare
+
+    last = [0.0]
+
+    def progress(name: str, done: int, total: int) -> None:
+        runner.report(job_id, {"phase": f"backbone {name}", "done": done, "total": total}, last, final=True)
+
+    with runner.slot.hold(wait=True):
+        rows = run_compare(runner.store, request["dataset"], request["backbones"], request.get("sample"),
+                           request["weights"], runner.settings.device, progress,
+                           should_stop=lambda: runner.should_stop(job_id))
+    if runner.should_stop(job_id):
+        raise Stopped("compare stopped")
+    return "succeeded", {"dataset": request["dataset"], "sample": request.get("sample"), "rows": rows}, None

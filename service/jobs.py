@@ -95,6 +95,13 @@ class JobRunner:
         check_finetune(self.store, self.settings, request)
         return self.submit("finetune", f"finetune:{request['name']}", request)
 
+    def submit_compare(self, request: dict) -> tuple[str, bool]:
+        if self.store.catalog.dataset(request["dataset"]) is None:
+            raise NotFound(f"no dataset {request['dataset']!r}", api="POST /extract first")
+        key = f"compare:{request['dataset']}:{','.join(request['backbones'])}:{request.get('sample')}:" \
+              f"{request['weights']}"
+        return self.submit("compare", key, request)
+
     def submit_train(self, request: dict) -> tuple[str, bool]:
         check_train(self.store, self.settings, request)  # bad params, caps, missing features: before queueing
         return self.submit("train", f"train:{request['name']}", request)
@@ -197,6 +204,8 @@ class JobRunner:
             return job_kinds.train(self, job_id, request)
         if job["kind"] == "finetune":
             return job_kinds.finetune(self, job_id, request)
+        if job["kind"] == "compare":
+            return job_kinds.compare(self, job_id, request)
         return "failed", None, f"unknown job kind {job['kind']!r}"
 
     def should_stop(self, job_id: str) -> bool:

@@ -19,7 +19,15 @@ from extractor.decode import DecodeError, Limits
 from service import work
 from service.batcher import ModelFailure
 from service.jobs import MAX_FAILURES_SHOWN
-from service.schemas import ERROR_RESPONSES, NAME, ExtractRequest, FinetuneRequest, HeadRequest, JobAccepted
+from service.schemas import (
+    ERROR_RESPONSES,
+    NAME,
+    CompareRequest,
+    ExtractRequest,
+    FinetuneRequest,
+    HeadRequest,
+    JobAccepted,
+)
 
 router = APIRouter(responses=ERROR_RESPONSES)
 JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted"]
@@ -143,6 +151,14 @@ async def finetune(body: FinetuneRequest, request: Request) -> JobAccepted:
     """Fine-tune the last stages of a backbone with a dense head, as a job (progress per epoch; cancel and resume
     continue from the last finished epoch; a restart too). The result is a head like the others."""
     job_id, created = await run_in_threadpool(state(request).runner.submit_finetune, body.model_dump())
+    return JobAccepted(job_id=job_id, status_url=f"/jobs/{job_id}", created=created)
+
+
+@router.post("/compare", status_code=202, response_model=JobAccepted, tags=["jobs"])
+async def compare(body: CompareRequest, request: Request) -> JobAccepted:
+    """Rank backbones on a dataset, as a job: each backbone's features (extracted once, cached), a logreg probe
+    with C chosen on val; the result holds the ranked rows (val/test accuracy, F1, dim, img/s, cache size)."""
+    job_id, created = await run_in_threadpool(state(request).runner.submit_compare, body.model_dump())
     return JobAccepted(job_id=job_id, status_url=f"/jobs/{job_id}", created=created)
 
 

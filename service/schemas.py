@@ -158,6 +158,31 @@ class FinetuneRequest(BaseModel):
     _names = field_validator("name", "dataset")(valid_name)
 
 
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    dataset: str = Field(pattern=NAME)
+    backbones: list[str] = Field(min_length=1, max_length=12, description="backbones to rank, e.g. [\"vgg16\", "
+                                                                        "\"resnet50\", \"convnext_tiny\"]")
+    sample: int | None = Field(default=None, ge=1, le=10_000_000,
+                               description="use about this many of the dataset's images (the same ones every run)")
+    weights: str = Field(default="imagenet", description="imagenet, random or random:SEED")
+
+    _names = field_validator("dataset")(valid_name)
+
+    @field_validator("backbones")
+    @classmethod
+    def _backbones(cls, value: list[str]) -> list[str]:
+        return [known_backbone(v) for v in dict.fromkeys(value)]
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        if not re.fullmatch(r"imagenet|random(:\d{1,9})?", value):
+            raise ValueError("weights must be imagenet, random or random:SEED")
+        return value
+
+
 class JobAccepted(BaseModel):
     job_id: str
     status_url: str

@@ -240,3 +240,22 @@ def test_finetune_job_cancels_and_resumes_through_the_api(served):
     image = next((served.data / "colors" / "red").iterdir()).read_bytes()
     answer = c.post("/predict", data={"head": "colors-ft2"}, files={"files": ("r.jpg", image, "image/jpeg")})
     assert answer.status_code == 200 and answer.json()["results"][0]["top"], answer.text
+
+
+def test_compare_job_ranks_backbones(served):
+    c = served.client
+    served.wait_job(c.post("/extract", json={"dataset": "colors", "path": "colors", "backbone": "tiny",
+                                             "weights": "random"}).json()["job_id"])
+    body = {"dataset": "colors", "backbones": ["tiny", "vgg16"], "weights": "random", "sample": 30}
+    accepted = c.post("/compare", json=body)
+    assert accepted.status_code == 202, accepted.text
+    done = served.wait_job(accepted.json()["job_id"])
+    assert done["state"] == "succeeded", done
+    rows = done["result"]["rows"]
+    assert [r["rank"] for r in rows] == [1, 2] and {r["backbone"] for r in rows} == {"tiny", "vgg16"}
+    assert all(r["C"] > 0 and 0 <= r["val_accuracy"] <= 1 for r in rows)
+    again = served.wait_job(c.post("/compare", json=body).json()["job_id"])
+    assert all(r["extracted_now"] == 0 for r in again["result"]["rows"])
+    for bad, status in (({**body, "backbones": ["vgg61"]}, 422), ({**body, "dataset": "nope"}, 404),
+                        ({**body, "backbones": []}, 422)):
+        assert c.post("/compare", json=bad).status_code == status

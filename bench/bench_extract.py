@@ -51,9 +51,16 @@ def make_jpegs(folder: Path, n: int) -> None:
 
 def bare_forward(backbone: str, size: int, batch: int, batches: int) -> float:
     """img/s of the frozen forward alone on random uint8 batches (best settings: channels_last etc.)."""
-    model = LoadedBackbone(resolve(backbone, "random"), "auto").setup()
+    return time_forward(LoadedBackbone(resolve(backbone, "random", size), "auto").setup(), batch, batches)
+
+
+def time_forward(model: LoadedBackbone, batch: int, batches: int) -> float:
+    """img/s of a loaded backbone's forward on random uint8 batches at its input size, after a warm-up."""
+    size = model.resolved.size
     x = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
     model.embed(x)  # warm-up
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(batches):
         model.embed(x)

@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,26 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_extract import make_jpegs  # noqa: E402
+from bench.bench_extract import time_forward as bare  # noqa: E402
 from extractor.backbones import CURATED_ZOO  # noqa: E402
 from extractor.model import LoadedBackbone, resolve  # noqa: E402
 from extractor.pipeline import ExtractOptions, default_workers, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
 
 CURATED = ["vgg16", "inception_v3", "resnet50", *(row[0] for row in CURATED_ZOO)]
-
-
-def bare(model: LoadedBackbone, batch: int, batches: int) -> float:
-    size = model.resolved.size
-    x = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
-    model.embed(x)  # warm-up
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(batches):
-        model.embed(x)
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * batches / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -90,18 +90,15 @@ def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int
     return [i for i, _ in good], batch, bad
 
 
-def _resolved(opts: ExtractOptions, store: FeatureStore) -> Resolved:
-    """The features this run brings into the cache. `auto` decodes JPEGs on a CUDA device, except where views
-    are wanted (they are made from the CPU path's pixels) or where the dataset already has the CPU path's
-    features for this backbone, weights and size: a rerun keeps adding to the features that exist."""
+def _resolved(opts: ExtractOptions) -> Resolved:
+    """The features this run brings into the cache: the CPU path's, or with --decode gpu the device-decode
+    path's (views are made from the CPU path's pixels, so --augment keeps the CPU path)."""
     if opts.augment and opts.decode == "gpu":
         raise HeadstartError("--decode gpu with --augment: views are made from the CPU path's pixels; pass "
                              "--decode cpu (or auto) to compute views")
     cpu = resolve(opts.backbone, opts.weights, opts.size)
     method = decode_method(opts.decode, opts.device)
-    if method == cpu.preprocess.method or opts.augment or (
-            opts.decode == "auto" and any(fp == cpu.fingerprint.id for fp, *_ in
-                                           store.catalog.dataset_summary(opts.dataset)["fingerprints"])):
+    if method == cpu.preprocess.method or opts.augment:
         return cpu
     return resolve(opts.backbone, opts.weights, opts.size, method)
 
@@ -137,7 +134,7 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     _check(opts)
     store = store or FeatureStore()
     opts = replace(opts, weights=head_weights(opts.weights, store.home))  # head:NAME -> its trunk file
-    resolved = _resolved(opts, store)
+    resolved = _resolved(opts)
     created = store.catalog.dataset(opts.dataset) is None
     try:
         return _extract(opts, store, resolved, progress, should_stop)

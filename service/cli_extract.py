@@ -54,7 +54,7 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--amp", default="auto", help="mixed precision on CUDA: auto, off, bf16, fp16")
     p.add_argument("--decode", default="auto", choices=("auto", "cpu", "gpu"),
                    help="where JPEGs are decoded: cpu (Pillow in the workers), gpu (nvJPEG on the device; its own "
-                        "features), auto (gpu on CUDA unless the dataset has cpu-path features already)")
+                        "features), auto (the path measured faster: cpu today)")
     p.add_argument("--dtype", default="float32", help="storage: float32 or float16")
     p.add_argument("--augment", metavar="RECIPE",
                    help="also cache augmented views of every train image: classic, crop, or terms like "

@@ -48,6 +48,13 @@ def known_backbone(value: str) -> str:
     return value
 
 
+def api_weights(value: str) -> str:
+    """Weights the API accepts: no files over the API."""
+    if not re.fullmatch(r"imagenet|random(:\d{1,9})?", value):
+        raise ValueError("weights must be imagenet, random or random:SEED")
+    return value
+
+
 class ExtractRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -67,7 +74,7 @@ class ExtractRequest(BaseModel):
     views: int = Field(default=0, ge=0, le=64, description="views per train image (with augment)")
     decode: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="where JPEGs are decoded: cpu (Pillow), gpu (nvJPEG on the server's GPU; features "
-                                    "of their own), auto (gpu on a CUDA server unless cpu-path features exist)")
+                                    "of their own), auto (the path measured faster: cpu today)")
     add: bool = Field(default=False, description="add this folder to an existing dataset's folders")
     redefine: bool = Field(default=False, description="replace what an existing dataset is made of with this")
 
@@ -75,12 +82,7 @@ class ExtractRequest(BaseModel):
     _names = field_validator("dataset")(valid_name)
     _recipe = field_validator("augment")(lambda value: valid_recipe(value))
 
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, value: str) -> str:
-        if not re.fullmatch(r"imagenet|random(:\d{1,9})?", value):
-            raise ValueError("weights must be imagenet, random or random:SEED")
-        return value
+    _weights = field_validator("weights")(api_weights)
 
 
 class HeadBase(BaseModel):
@@ -175,12 +177,7 @@ class CompareRequest(BaseModel):
     def _backbones(cls, value: list[str]) -> list[str]:
         return [known_backbone(v) for v in dict.fromkeys(value)]
 
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, value: str) -> str:
-        if not re.fullmatch(r"imagenet|random(:\d{1,9})?", value):
-            raise ValueError("weights must be imagenet, random or random:SEED")
-        return value
+    _weights = field_validator("weights")(api_weights)
 
 
 class JobAccepted(BaseModel):

@@ -105,17 +105,6 @@ def test_decode_modes_have_their_own_fingerprints_and_caches(tmp_path):
     assert np.allclose(direct, tables[1].features, atol=1e-4)
 
 
-def test_auto_on_cuda_keeps_adding_to_cpu_path_features(tmp_path, monkeypatch):
-    make_folder(tmp_path / "data", {"a": 2, "b": 2})
-    store = FeatureStore(tmp_path / "home")
-    first = extract(opts(tmp_path / "data", decode="cpu"), store)
-    monkeypatch.setattr(pipeline, "decode_method", lambda decode, device: CPU_BYTES)  # as auto on a CUDA host
-    make_folder(tmp_path / "data", {"a": 1}, seed=5, start=10)
-    assert extract(opts(tmp_path / "data"), store).fingerprint == first.fingerprint  # the cache's own kind
-    fresh = FeatureStore(tmp_path / "home2")
-    assert extract(opts(tmp_path / "data"), fresh).fingerprint != first.fingerprint  # nothing cached: the device
-
-
 def test_device_decode_refusals_are_one_line(tmp_path, capsys):
     make_folder(tmp_path / "data", {"a": 2, "b": 2})
     code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
@@ -156,9 +145,9 @@ def test_nvjpeg_features_match_the_cpu_byte_path(tmp_path):
 
 
 @CUDA
-def test_auto_decodes_on_the_gpu_on_cuda():
-    assert decode_method("auto", "cuda") == method(torch.device("cuda"))
-    assert decode_method("auto", "cpu") == decode_method("cpu", "cuda")
+def test_gpu_decodes_with_nvjpeg_on_cuda_and_auto_stays_on_the_cpu_path():
+    assert decode_method("gpu", "cuda") == method(torch.device("cuda"))
+    assert decode_method("auto", "cuda") == decode_method("cpu", "cuda") == decode_method("auto", "cpu")
 
 
 def test_bad_image_bytes_in_a_batch_are_not_a_crash():

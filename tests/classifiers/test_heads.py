@@ -44,7 +44,8 @@ def test_contract_shapes_probabilities_and_round_trip(kind, n_classes, tmp_path)
     save(head, info, tmp_path, "h")
     loaded, manifest = load(tmp_path, "h")
     assert manifest["kind"] == kind and manifest["classes"] == list(head.classes_)
-    np.testing.assert_array_equal(loaded.predict_proba(X[:7]), proba)
+    # the same numbers up to float32 rounding (a head trained on CUDA may predict on the CPU after loading)
+    np.testing.assert_allclose(loaded.predict_proba(X[:7]), proba, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", sorted(registry()))

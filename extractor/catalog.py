@@ -87,6 +87,12 @@ class Catalog(JobTable, ViewTable):
             return list(con.execute("SELECT path, sha256, label, split FROM members WHERE dataset = ? "
                                     "ORDER BY path", (dataset,)))
 
+    def member_of(self, dataset: str, sha256: str) -> tuple[str, int] | None:
+        """(path, source index) of one member with this content, or None when the dataset has none."""
+        with self.connect() as con:
+            return con.execute("SELECT path, source FROM members WHERE dataset = ? AND sha256 = ? ORDER BY path "
+                               "LIMIT 1", (dataset, sha256)).fetchone()
+
     def member_sources(self, dataset: str) -> list[tuple[str, str, int]]:
         """(path, sha256, source index) of a dataset's members, sorted by path."""
         with self.connect() as con:

@@ -16,7 +16,7 @@ from classifiers.predict import top_k
 from classifiers.training import heads_dir
 from extractor.backbones import describe
 from extractor.decode import DecodeError, Limits
-from service import work
+from service import thumbnails, work
 from service.batcher import ModelFailure
 from service.jobs import MAX_FAILURES_SHOWN
 from service.schemas import (
@@ -84,6 +84,24 @@ async def datasets(request: Request) -> list[dict]:
         row["sources"] = [{"path": relative(s["root"]), "kind": s["kind"], "labels_csv": relative(s["labels_csv"]),
                            "prefix": s["prefix"]} for s in row["sources"]]
     return rows
+
+
+@router.get("/datasets/{name}/images/{sha256}/thumbnail", tags=["catalog"], response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG at most size x size"}})
+async def thumbnail(request: Request, name: str = PathParam(pattern=NAME),
+                    sha256: str = PathParam(pattern=r"^[0-9a-f]{64}$"),
+                    size: int = Query(160, ge=32, le=512, description="longest side in pixels")) -> Response:
+    """A small JPEG of a dataset's member image (by content hash): read inside the data root, checked against its
+    hash, decoded within the limits, kept on disk in the home. Only images of the dataset can be shown."""
+    s = state(request)
+    file = await run_in_threadpool(thumbnails.member_file, s.store, s.settings.data_root, name, sha256)
+    kept = thumbnails.cached(s.store, sha256, size)
+    if kept.is_file():
+        data = await run_in_threadpool(kept.read_bytes)
+    else:
+        data = await s.decoder.run(thumbnails.make, s.store, file, sha256, size,
+                                   Limits(max_pixels=s.settings.max_pixels))
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.post("/extract", status_code=202, response_model=JobAccepted, tags=["jobs"])

@@ -259,3 +259,41 @@ def test_compare_job_ranks_backbones(served):
     for bad, status in (({**body, "backbones": ["vgg61"]}, 422), ({**body, "dataset": "nope"}, 404),
                         ({**body, "backbones": []}, 422)):
         assert c.post("/compare", json=bad).status_code == status
+
+
+def test_thumbnails_of_member_images_only(served):
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    c = served.client
+    served.wait_job(c.post("/extract", json={"dataset": "colors", "path": "colors", "backbone": "tiny",
+                                             "weights": "random"}).json()["job_id"])
+    member = next((served.data / "colors" / "red").iterdir())
+    sha = hashlib.sha256(member.read_bytes()).hexdigest()
+    url = f"/datasets/colors/images/{sha}/thumbnail"
+    got = c.get(url, params={"size": 32})
+    assert got.status_code == 200, got.text
+    assert got.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(got.content))
+    assert img.format == "JPEG" and max(img.size) == 32  # 64x48 shrunk to fit, aspect kept
+    assert img.size == (32, 24)
+    assert (served.home / "thumbnails" / sha[:2] / f"{sha}-32.jpg").is_file()  # kept on disk
+    assert c.get(url, params={"size": 32}).content == got.content
+    outsider = next((served.data / "slow" / "a").iterdir())  # in the data root, in no dataset yet
+    other = hashlib.sha256(outsider.read_bytes()).hexdigest()
+    assert c.get(f"/datasets/colors/images/{other}/thumbnail").status_code == 404
+    assert c.get(f"/datasets/nope/images/{sha}/thumbnail").status_code == 404
+    for bad in ("../../etc/passwd", sha[:-1], sha.upper()):
+        assert c.get(f"/datasets/colors/images/{bad}/thumbnail").status_code in (404, 422)
+    assert c.get(url, params={"size": 4096}).status_code == 422
+    changed = sorted((served.data / "colors" / "red").iterdir())[-1]  # replaced on disk after extraction
+    old = hashlib.sha256(changed.read_bytes()).hexdigest()
+    original = changed.read_bytes()
+    changed.write_bytes(outsider.read_bytes())
+    try:
+        answer = c.get(f"/datasets/colors/images/{old}/thumbnail", params={"size": 40})
+        assert 400 <= answer.status_code < 500 and "changed" in answer.json()["detail"]  # never other bytes
+    finally:
+        changed.write_bytes(original)

@@ -106,3 +106,30 @@ def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir
             written.append(plots.training(head.history, Path(plots_dir) / f"{name}-training.png", name))
         result["plots"] = [str(p) for p in written]
     return result
+
+
+def mistakes(store: FeatureStore, name: str, split: str = "test", true: str | None = None,
+             predicted: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+    """A saved head's misclassified images on one split of its dataset's cached features, most confident first:
+    {"total", "rows": [{path, sha256, true, predicted, confidence}]}; `true` / `predicted` filter to one cell of
+    the confusion matrix."""
+    if split not in SPLIT_NAMES:
+        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    head, manifest = load(heads_dir(store), name)
+    table = store.table(manifest["dataset"], manifest["fingerprint"]["id"])
+    rows = [i for i, (lab, sp) in enumerate(zip(table.labels, table.splits, strict=True))
+            if sp == split and lab is not None]
+    if not rows:
+        return {"head": name, "dataset": manifest["dataset"], "split": split, "total": 0, "rows": []}
+    proba = head.predict_proba(table.features[rows])
+    picked = proba.argmax(axis=1)
+    found = []
+    for k, i in enumerate(rows):
+        guess = str(head.classes_[picked[k]])
+        if guess != table.labels[i] and (true is None or table.labels[i] == true) and \
+                (predicted is None or guess == predicted):
+            found.append({"path": table.paths[i], "sha256": table.sha256[i], "true": table.labels[i],
+                          "predicted": guess, "confidence": float(proba[k, picked[k]])})
+    found.sort(key=lambda r: (-r["confidence"], r["path"]))
+    return {"head": name, "dataset": manifest["dataset"], "split": split, "total": len(found),
+            "rows": found[offset:offset + limit]}

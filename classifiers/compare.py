@@ -1,13 +1,12 @@
 """Pick the backbone by measurement: each backbone's features of one dataset (extracted once, cached), a linear
 probe on each (logreg, C chosen on val from a sweep), ranked by val accuracy.
 
-Extraction rates are kept per fingerprint in `<home>/compare/rates.json` when a run computes enough vectors to
-time, so a second compare (nothing to extract) still shows what extraction cost on this machine."""
+Extraction rates come from `FeatureStore.rates()`: every extract that computes enough vectors keeps its rate per
+fingerprint, so a compare with nothing to extract still shows what extraction cost on this machine."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -19,12 +18,9 @@ from classifiers.heads import LogRegHead
 from classifiers.metrics import evaluate
 from classifiers.training import split_arrays
 from extractor.backbones import get_spec
-from extractor.durable import publish
 from extractor.errors import HeadstartError, NotFound
 from extractor.pipeline import ExtractOptions, extract
 from extractor.store import FeatureStore
-
-MIN_TIMED = 16  # fewer vectors computed than this give no rate worth keeping
 
 
 def sample_members(store: FeatureStore, dataset: str, n: int) -> frozenset[str]:
@@ -60,7 +56,6 @@ def compare(store: FeatureStore, dataset: str, backbones: list[str], sample: int
         raise HeadstartError(f"--sample {sample}: expected at least 1 image")
     root = Path(store.catalog.sources(dataset)[0]["root"])
     only = sample_members(store, dataset, sample) if sample is not None else None
-    rates = _rates(store)
     rows = []
     for k, name in enumerate(names):
         if progress:
@@ -70,11 +65,8 @@ def compare(store: FeatureStore, dataset: str, backbones: list[str], sample: int
                           should_stop=should_stop)
         if summary.stopped:
             break
-        if summary.extracted >= MIN_TIMED:
-            rates[summary.fingerprint] = round(summary.extracted / summary.seconds, 2)
-            _save_rates(store, rates)
         rows.append(_probe(store, dataset, name, summary.fingerprint, only, summary.extracted,
-                           rates.get(summary.fingerprint)))
+                           store.rates().get(summary.fingerprint)))
     rows.sort(key=lambda r: (-r["val_accuracy"], -(r["test_accuracy"] or 0.0), -(r["extract_img_s"] or 0.0)))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -107,25 +99,6 @@ def _probe(store: FeatureStore, dataset: str, backbone: str, fp_id: str, only: f
             "images": {s: int(len(data[s][0])) for s in data}, "extracted_now": extracted,
             "extract_img_s": rate, "cache_mb": round(len(table.sha256) * dim * table.features.itemsize / 2**20, 2),
             "fit_seconds": round(fit_seconds, 3)}
-
-
-def _rates_file(store: FeatureStore) -> Path:
-    return store.home / "compare" / "rates.json"
-
-
-def _save_rates(store: FeatureStore, rates: dict) -> None:
-    final = _rates_file(store)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rates, indent=1, sort_keys=True))
-    publish(tmp, final)
-
-
-def _rates(store: FeatureStore) -> dict:
-    try:
-        return json.loads(_rates_file(store).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def table_lines(rows: list[dict]) -> list[str]:

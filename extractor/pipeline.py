@@ -193,6 +193,8 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
             shard_rows=opts.shard_rows, skip=set(bad), progress=progress, should_stop=should_stop)
         summary.views, summary.stopped = views.to_dict(), views.stopped
     summary.device, summary.seconds = model.device_name, time.monotonic() - start
+    if extracted and not stopped and not opts.augment:  # (views' time would count against the clean vectors)
+        store.record_rate(fp_id, extracted, summary.seconds)
     summary.warnings = warnings(opts, store, listing, members, summary)
     return summary
 

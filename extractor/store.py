@@ -142,6 +142,27 @@ class FeatureStore:
         return [{**v, "recipe_name": parse(v["recipe"]).name} for v in self.catalog.view_summary(dataset)
                 if v["recipe"] != TTA]
 
+    MIN_TIMED = 16  # fewer vectors computed in one run give no extraction rate worth keeping
+
+    def rates(self) -> dict[str, float]:
+        """Extraction img/s per fingerprint on this machine, from the last run that computed enough to time."""
+        try:
+            return json.loads((self.home / "rates.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def record_rate(self, fp_id: str, vectors: int, seconds: float) -> None:
+        """Keep a run's extraction rate (best effort: a read-only home keeps none)."""
+        if vectors < self.MIN_TIMED or seconds <= 0:
+            return
+        rates = {**self.rates(), fp_id: round(vectors / seconds, 2)}
+        tmp, final = self.home / "rates.json.tmp", self.home / "rates.json"
+        try:
+            tmp.write_text(json.dumps(rates, indent=1, sort_keys=True))
+            publish(tmp, final)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
     def resolve(self, dataset: str, backbone: str, weights: str | None = None, size: int | None = None) -> str:
         """The fingerprint id of `dataset`'s features for `backbone` (and weights, when several exist)."""
         if self.catalog.dataset(dataset) is None:

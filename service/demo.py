@@ -78,6 +78,9 @@ def main() -> None:
         step("test metrics and plots", "evaluate", f"digits-{head}", "--split", "test",
              "--plots", str(OUT / "plots"), *common)
     step("saved heads", "heads", *common)
+    if weights.startswith("random"):  # offline demo weights: each backbone's own ImageNet file may be missing
+        step("rank backbones by a linear probe (C chosen on val)", "compare", "--dataset", "digits",
+             "--backbones", "vgg16,mobilenet_v2", "--weights", weights, *common)
     sample = sorted((data / "digit_7").iterdir())[-1]
     step("predict one image", "predict", "digits-mlp", str(sample), "--top-k", "3", *common)
     print("\ndemo done: outputs under demo-output/")

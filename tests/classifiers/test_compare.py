@@ -34,6 +34,7 @@ def test_compare_ranks_backbones_and_a_rerun_extracts_nothing(home, capsys):
     by = {r["backbone"]: r for r in rows}
     assert by["vgg16"]["extracted_now"] == 30 and by["tiny"]["extracted_now"] == 0  # tiny was cached already
     assert by["vgg16"]["dim"] == 8192 and by["tiny"]["dim"] == 64 and by["vgg16"]["extract_img_s"] > 0
+    assert by["tiny"]["extract_img_s"] > 0  # measured by the plain extract that computed them
     assert by["vgg16"]["C"] in LogRegHead.C_GRID and by["vgg16"]["images"] == {"train": 18, "val": 6, "test": 6}
     assert by["vgg16"]["cache_mb"] == pytest.approx(30 * 8192 * 4 / 2**20, rel=0.01)
     code, out, _ = run_main(capsys, *args, "--json")

@@ -26,11 +26,10 @@ from extractor.store import FeatureStore
 def sample_members(store: FeatureStore, dataset: str, n: int) -> frozenset[str]:
     """About n of the dataset's images, the same share of each split, chosen by content hash (the same sample on
     every run and machine)."""
-    members = store.catalog.members(dataset)
     if n < 1:
         raise HeadstartError(f"--sample {n}: expected at least 1 image")
     by_split: dict[str, list[str]] = {}
-    for _path, sha, _label, split in members:
+    for _path, sha, _label, split in store.catalog.members(dataset):
         by_split.setdefault(split, []).append(sha)
     total = sum(len(v) for v in by_split.values())
     chosen: set[str] = set()
@@ -52,8 +51,6 @@ def compare(store: FeatureStore, dataset: str, backbones: list[str], sample: int
         raise HeadstartError("--backbones: expected a comma-separated list of backbone names, e.g. vgg16,resnet50")
     for name in names:  # every name checked before any work
         get_spec(name)
-    if sample is not None and sample < 1:
-        raise HeadstartError(f"--sample {sample}: expected at least 1 image")
     root = Path(store.catalog.sources(dataset)[0]["root"])
     only = sample_members(store, dataset, sample) if sample is not None else None
     rows = []

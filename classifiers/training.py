@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import plots
-from classifiers.heads import Monitor, device_param, get_head_class
+from classifiers.heads import Head, Monitor, device_param, get_head_class
 from classifiers.metrics import evaluate
 from classifiers.persist import check_name, load, save
 from classifiers.views import pick_recipe, view_arrays
@@ -74,14 +74,19 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
     return save(head, info, heads_dir(store), name)
 
 
+def _head_and_table(store: FeatureStore, name: str, split: str) -> tuple[Head, dict, FeatureTable]:
+    """A saved head, its manifest and its dataset's cached features (after checking the split's name)."""
+    if split not in SPLIT_NAMES:
+        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    head, manifest = load(heads_dir(store), name)
+    return head, manifest, store.table(manifest["dataset"], manifest["fingerprint"]["id"])
+
+
 def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir: Path | None = None,
                   tta: int = 0, device: str = "auto") -> dict:
     """Score a saved head on one split of its dataset's cached features; optionally write PNG plots. With `tta`
     N, also score it on probabilities averaged over N test-time views (reported beside, under "tta")."""
-    if split not in SPLIT_NAMES:
-        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
-    head, manifest = load(heads_dir(store), name)
-    table = store.table(manifest["dataset"], manifest["fingerprint"]["id"])
+    head, manifest, table = _head_and_table(store, name, split)
     X, y = split_arrays(table)[split]
     if len(X) == 0:
         raise HeadstartError(f"the {split} split of {manifest['dataset']!r} is empty; choose another --split")
@@ -113,10 +118,7 @@ def mistakes(store: FeatureStore, name: str, split: str = "test", true: str | No
     """A saved head's misclassified images on one split of its dataset's cached features, most confident first:
     {"total", "rows": [{path, sha256, true, predicted, confidence}]}; `true` / `predicted` filter to one cell of
     the confusion matrix."""
-    if split not in SPLIT_NAMES:
-        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
-    head, manifest = load(heads_dir(store), name)
-    table = store.table(manifest["dataset"], manifest["fingerprint"]["id"])
+    head, manifest, table = _head_and_table(store, name, split)
     rows = [i for i, (lab, sp) in enumerate(zip(table.labels, table.splits, strict=True))
             if sp == split and lab is not None]
     if not rows:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from extractor.errors import HeadstartError
+
+T = TypeVar("T")
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 # Our own pixel check (below) is the limit; PIL's warning in between would only be noise.
@@ -76,6 +80,18 @@ def read_verified(sha256: str, path: Path, stat: tuple[int, int] | None, limits:
     if hashlib.sha256(data).hexdigest() != sha256:
         raise DecodeError("file changed while extracting; run the extraction again", content=False)
     return data
+
+
+def decode_job(job: tuple[str, Path, tuple[int, int] | None], limits: Limits,
+               convert: Callable[[bytes], T]) -> tuple[T | None, DecodeError | None]:
+    """`convert` applied to one member's verified bytes: (result, None), or (None, the reason). One bad file is a
+    recorded failure, never a crashed job."""
+    try:
+        return convert(read_verified(*job, limits)), None
+    except DecodeError as exc:
+        return None, exc
+    except Exception as exc:
+        return None, DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
 
 
 def open_image(data: bytes, limits: Limits) -> Image.Image:

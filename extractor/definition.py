@@ -167,7 +167,12 @@ def member_files(catalog: Catalog, dataset: str) -> dict[str, Path]:
     sources = catalog.sources(dataset)
     out: dict[str, Path] = {}
     for path, sha, source in catalog.member_sources(dataset):
-        prefix = sources[source]["prefix"]
-        rel = path[len(prefix) + 1:] if prefix and path.startswith(prefix + "/") else path
-        out.setdefault(sha, Path(sources[source]["root"]) / rel)
+        out.setdefault(sha, member_path(sources[source], path))
     return out
+
+
+def member_path(source: dict, path: str) -> Path:
+    """The file of a member recorded as `path` (its display path, with the source's prefix) in `source`."""
+    prefix = source["prefix"]
+    rel = path[len(prefix) + 1:] if prefix and path.startswith(prefix + "/") else path
+    return Path(source["root"]) / rel

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from extractor.decode import DecodeError, Limits, open_image, preprocess, read_verified
+from extractor.decode import DecodeError, Limits, decode_job, open_image, preprocess
 
 METHOD = "tv-decode_jpeg-squash-bilinear-antialias/1"
 
@@ -26,8 +26,8 @@ def method(device: torch.device) -> str:
 
 
 class ByteDataset(Dataset):
-    """Item i: (i, "jpeg", raw bytes) for a JPEG the device decodes, (i, "pixels", HWC uint8) for a file that the
-    CPU decoded instead, or (i, "error", DecodeError)."""
+    """Item i: (i, "jpeg", (raw bytes, EXIF orientation)) for a JPEG the device decodes, (i, "pixels", HWC uint8)
+    for a file that the CPU decoded instead, or (i, "error", DecodeError)."""
 
     def __init__(self, jobs: list[tuple[str, Path, tuple[int, int] | None]], size: int, limits: Limits) -> None:
         self.jobs, self.size, self.limits = jobs, size, limits
@@ -36,12 +36,8 @@ class ByteDataset(Dataset):
         return len(self.jobs)
 
     def __getitem__(self, i: int):
-        try:
-            return i, *prepare(read_verified(*self.jobs[i], self.limits), self.size, self.limits)
-        except DecodeError as exc:
-            return i, "error", exc
-        except Exception as exc:  # one bad file is a recorded failure, never a crashed job
-            return i, "error", DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
+        prepared, error = decode_job(self.jobs[i], self.limits, lambda data: prepare(data, self.size, self.limits))
+        return (i, "error", error) if error else (i, *prepared)
 
 
 def prepare(data: bytes, size: int, limits: Limits) -> tuple[str, object]:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from extractor import augment
-from extractor.decode import DecodeError, Limits, preprocess, read_verified
+from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.definition import Wanted, collect
 from extractor.devicedecode import ByteDataset, to_batch
 from extractor.devicedecode import collate as bytes_collate
@@ -75,12 +75,7 @@ class DecodeDataset(Dataset):
         return len(self.jobs)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, DecodeError | None]:
-        try:
-            return i, preprocess(read_verified(*self.jobs[i], self.limits), self.size, self.limits), None
-        except DecodeError as exc:
-            return i, None, exc
-        except Exception as exc:  # one bad file is a recorded failure, never a crashed job
-            return i, None, DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
+        return i, *decode_job(self.jobs[i], self.limits, lambda data: preprocess(data, self.size, self.limits))
 
 
 def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, DecodeError]]]:

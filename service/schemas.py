@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
@@ -16,36 +17,32 @@ NAME = NAME_PATTERN
 WEIGHTS = r"^(imagenet|random(:\d{1,9})?|head:[A-Za-z0-9][A-Za-z0-9._-]{0,63})$"
 
 
-def valid_name(value: str) -> str:
-    """The names rule (extractor.names) as a validation error."""
+def field_error(check: Callable[[str], object], value: str) -> str:
+    """`value` when `check` accepts it; its one-line HeadstartError as a validation error otherwise."""
     try:
-        return check_name("name", value)
+        check(value)
     except HeadstartError as exc:
         raise ValueError(str(exc)) from None
+    return value
+
+
+def valid_name(value: str) -> str:
+    """The names rule (extractor.names) as a validation error."""
+    return field_error(lambda v: check_name("name", v), value)
 
 
 def valid_recipe(value: str | None) -> str | None:
     """An augmentation recipe (extractor.augment) as a validation error."""
     from extractor.augment import parse
 
-    if value is None:
-        return None
-    try:
-        parse(value)
-    except HeadstartError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+    return None if value is None else field_error(parse, value)
 
 
 def known_backbone(value: str) -> str:
     """A registry backbone or any torchvision classification model (the error names close matches)."""
     from extractor.backbones import get_spec
 
-    try:
-        get_spec(value)
-    except HeadstartError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+    return field_error(get_spec, value)
 
 
 def api_weights(value: str) -> str:

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 from extractor.decode import Limits, decode, read_verified
+from extractor.definition import member_path
 from extractor.durable import publish
 from extractor.errors import NotFound
 from extractor.store import FeatureStore
@@ -26,10 +27,7 @@ def member_file(store: FeatureStore, data_root: Path, dataset: str, sha256: str)
     if row is None:
         raise NotFound(f"dataset {dataset!r} has no image with content {sha256}")
     path, source = row
-    spec = store.catalog.sources(dataset)[source]
-    prefix = spec["prefix"]
-    rel = path[len(prefix) + 1:] if prefix and path.startswith(prefix + "/") else path
-    target = (Path(spec["root"]) / rel).resolve()
+    target = member_path(store.catalog.sources(dataset)[source], path).resolve()
     if not target.is_relative_to(data_root.resolve()):
         raise PathRefused(403, "this image is not inside the server's data root; it cannot be shown")
     return target

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from extractor.backbones import Fingerprint, get_spec, make_fingerprint, resolve_size
+from extractor.backbones import PREPROCESS_METHOD, Fingerprint, get_spec, make_fingerprint, resolve_size
 from extractor.catalog import Catalog
 from extractor.durable import publish, storage_error
 from extractor.errors import CacheDamaged, Conflict, HeadstartError, NotFound
@@ -177,12 +177,17 @@ class FeatureStore:
                     if b == backbone and _same_but_decode(json.loads(s), wanted.spec)]
             # the CPU path's features when they exist, else those of the one decode method there is
             return wanted.id if wanted.id in same or len(same) != 1 else same[0]
-        found = [(fp, src or json.loads(s)["weights"]) for fp, b, s, _, src in
-                 self.catalog.dataset_summary(dataset)["fingerprints"] if b == backbone]
+        rows = [(fp, json.loads(s), src) for fp, b, s, _, src in self.catalog.dataset_summary(dataset)["fingerprints"]
+                if b == backbone]
+        found = [(fp, src or spec["weights"]) for fp, spec, src in rows]
         if not found:
             raise NotFound(f"dataset {dataset!r} has no {backbone} features",
                            cli=f"run `headstart extract DATA_DIR --dataset {dataset} --backbone {backbone}`",
                            api=f'POST /extract with "dataset": "{dataset}", "backbone": "{backbone}" first')
+        if len(rows) > 1 and all(_same_but_decode(spec, rows[0][1]) for _, spec, _ in rows):
+            # one set of features decoded two ways: the CPU path's, as when weights are named
+            return next((fp for fp, spec, _ in rows if spec["preprocess"].get("method") == PREPROCESS_METHOD),
+                        rows[0][0])
         if len(found) > 1:
             options = "; ".join(f"{fp} (weights {w})" for fp, w in found)
             raise HeadstartError(f"dataset {dataset!r} has {backbone} features from several weights: {options}",

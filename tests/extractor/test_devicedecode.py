@@ -14,6 +14,7 @@ from PIL import Image
 from extractor import pipeline
 from extractor.decode import DecodeError, Limits, preprocess
 from extractor.devicedecode import ByteDataset, collate, method, preprocess_on, to_batch
+from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, decode_method, resolve
 from extractor.pipeline import ExtractOptions, extract
 from extractor.store import FeatureStore
@@ -193,3 +194,16 @@ def test_images_of_one_shape_are_resized_together_to_what_each_gets_alone():
     assert together[2] is None
     for alone, got in zip(images, together[:2] + together[3:], strict=True):
         assert torch.equal(_resize(alone, 16), got)
+
+
+def test_features_of_both_decode_paths_resolve_to_the_cpu_path_without_asking_for_weights(tmp_path):
+    make_folder(tmp_path / "data", {"a": 4, "b": 4})
+    store = FeatureStore(tmp_path / "home")
+    dev = extract(opts(tmp_path / "data", decode="gpu"), store)
+    assert store.resolve("d", "tiny") == dev.fingerprint  # the one there is
+    cpu = extract(opts(tmp_path / "data", decode="cpu"), store)
+    assert store.resolve("d", "tiny") == cpu.fingerprint  # one weights, two decode paths: no "several weights"
+    assert store.resolve("d", "tiny", "random") == cpu.fingerprint
+    extract(opts(tmp_path / "data", weights="random:7"), store)
+    with pytest.raises(HeadstartError, match="several weights"):  # other weights still ask which
+        store.resolve("d", "tiny")

@@ -113,11 +113,16 @@ def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir
     return result
 
 
+MISTAKE_ORDERS = ("confident", "unsure")
+
+
 def mistakes(store: FeatureStore, name: str, split: str = "test", true: str | None = None,
-             predicted: str | None = None, limit: int = 100, offset: int = 0) -> dict:
-    """A saved head's misclassified images on one split of its dataset's cached features, most confident first:
-    {"total", "rows": [{path, sha256, true, predicted, confidence}]}; `true` / `predicted` filter to one cell of
-    the confusion matrix."""
+             predicted: str | None = None, limit: int = 100, offset: int = 0, order: str = "confident") -> dict:
+    """A saved head's misclassified images on one split of its dataset's cached features, most confident first
+    (`order` "unsure": least confident first): {"total", "rows": [{path, sha256, true, predicted, confidence}]};
+    `true` / `predicted` filter to one cell of the confusion matrix."""
+    if order not in MISTAKE_ORDERS:
+        raise HeadstartError(f"order {order!r}: expected one of {', '.join(MISTAKE_ORDERS)}")
     head, manifest, table = _head_and_table(store, name, split)
     rows = [i for i, (lab, sp) in enumerate(zip(table.labels, table.splits, strict=True))
             if sp == split and lab is not None]
@@ -132,6 +137,31 @@ def mistakes(store: FeatureStore, name: str, split: str = "test", true: str | No
                 (predicted is None or guess == predicted):
             found.append({"path": table.paths[i], "sha256": table.sha256[i], "true": table.labels[i],
                           "predicted": guess, "confidence": float(proba[k, picked[k]])})
-    found.sort(key=lambda r: (-r["confidence"], r["path"]))
+    sign = -1.0 if order == "confident" else 1.0
+    found.sort(key=lambda r: (sign * r["confidence"], r["path"]))
     return {"head": name, "dataset": manifest["dataset"], "split": split, "total": len(found),
             "rows": found[offset:offset + limit]}
+
+
+def roc_points(store: FeatureStore, name: str, split: str = "test", max_points: int = 101) -> dict:
+    """A saved head's ROC curves on one split: one per class (the positive class when binary) that has positives
+    and negatives there, each thinned to at most `max_points` points (ends kept), with its AUC."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    head, manifest, table = _head_and_table(store, name, split)
+    X, y = split_arrays(table)[split]
+    curves = []
+    if len(X):
+        proba = head.predict_proba(X)
+        classes = head.classes_
+        for k in [1] if len(classes) == 2 else range(len(classes)):
+            positive = y == str(classes[k])
+            if not (positive.any() and (~positive).any()):
+                continue
+            fpr, tpr, _ = roc_curve(positive, proba[:, k])
+            if len(fpr) > max_points:
+                keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+                fpr, tpr = fpr[keep], tpr[keep]
+            curves.append({"label": str(classes[k]), "auc": float(roc_auc_score(positive, proba[:, k])),
+                           "fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]})
+    return {"head": name, "dataset": manifest["dataset"], "split": split, "n": int(len(X)), "curves": curves}

@@ -16,7 +16,7 @@ from classifiers.training import heads_dir
 from extractor.errors import HeadstartError, TooBusy
 from extractor.model import resolve_device
 from extractor.store import FeatureStore
-from service import docs, security
+from service import docs, security, webui
 from service.batcher import Models
 from service.cli import version
 from service.decoding import Decoder
@@ -81,8 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="headstart", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Extract bottleneck features, train heads, predict images. Every endpoint but "
                               "/healthz, /docs and /openapi.json needs `Authorization: Bearer <key>` when the "
-                              "server has an API key (use the Authorize button).")
+                              "server has an API key (use the Authorize button). The web page is at /ui.")
     docs.mount(app)
+    webui.mount(app)
     app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
     app.state.runner, app.state.models, app.state.scrub, app.state.decoder = runner, models, scrub, decoder
     app.include_router(router)
@@ -92,4 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        json_limit=settings.max_json_bytes, upload_paths={"/predict"})
     app.add_middleware(security.AuthMiddleware, api_key=key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(security.HeadersMiddleware)
     return app

@@ -155,6 +155,7 @@ class JobRunner:
         result = json.loads(job["result"]) if job["result"] else None
         return {"id": job["id"], "kind": job["kind"], "state": job["state"], "request": json.loads(job["request"]),
                 "phase": progress.get("phase"), "done": progress.get("done", 0), "total": progress.get("total"),
+                "failed": progress.get("failed", 0),
                 "images_per_second": progress.get("images_per_second"), "eta_seconds": progress.get("eta_seconds"),
                 "val_accuracy": progress.get("val_accuracy"), "train_loss": progress.get("train_loss"),
                 "failures": (result or {}).get("failures", []), "result": result, "error": job["error"],

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from classifiers.persist import delete, head_dir, list_heads, read_manifest, rollback
 from classifiers.predict import top_k
-from classifiers.training import heads_dir, mistakes
+from classifiers.training import heads_dir, mistakes, roc_points
 from extractor.backbones import describe
 from extractor.decode import DecodeError, Limits
 from service import thumbnails, work
@@ -212,10 +212,20 @@ async def head_mistakes(request: Request, name: str = HEAD_NAME,
                        split: Literal["train", "val", "test"] = Query("test"),
                        true: str | None = Query(None, max_length=200, description="only images of this class"),
                        predicted: str | None = Query(None, max_length=200, description="only images predicted so"),
-                       limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10**9)) -> dict:
+                       limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10**9),
+                       order: Literal["confident", "unsure"] = Query("confident", description="most or least "
+                                                                      "confident first")) -> dict:
     """The head's misclassified images on a split of its dataset, most confident first (a confusion-matrix cell
     with `true` and `predicted`); each row's `sha256` names its thumbnail."""
-    return await run_in_threadpool(mistakes, state(request).store, name, split, true, predicted, limit, offset)
+    return await run_in_threadpool(mistakes, state(request).store, name, split, true, predicted, limit, offset,
+                                   order)
+
+
+@router.get("/heads/{name}/roc", tags=["heads"])
+async def head_roc(request: Request, name: str = HEAD_NAME,
+                   split: Literal["train", "val", "test"] = Query("test")) -> dict:
+    """The head's ROC curves on a split of its dataset (one per class, thinned to 101 points), with AUCs."""
+    return await run_in_threadpool(roc_points, state(request).store, name, split)
 
 
 @router.delete("/heads/{name}", tags=["heads"])

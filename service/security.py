@@ -11,9 +11,16 @@ from urllib.parse import unquote
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import docs
+from service import docs, webui
 
-OPEN_PATHS = {"/healthz"}  # and the docs (service.docs.is_open)
+OPEN_PATHS = {"/healthz"}  # and the docs (service.docs.is_open) and the page's static files (webui.is_open)
+
+# The page: its own scripts and styles only, images from the API or blob: URLs made from API answers, requests to
+# this origin only, never framed. Everything else (JSON, JPEGs) gets the strictest policy. The docs are left out:
+# Swagger UI's page starts itself with an inline script.
+UI_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+          "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
 async def _send_json(send: Send, status: int, detail: str, headers: list | None = None) -> None:
@@ -31,7 +38,9 @@ class AuthMiddleware:
         self.app, self.key = app, api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.key is None or scope["path"] in OPEN_PATHS or docs.is_open(scope["path"]):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or self.key is None or path in OPEN_PATHS or docs.is_open(path) or \
+                webui.is_open(path):
             return await self.app(scope, receive, send)
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
@@ -39,6 +48,29 @@ class AuthMiddleware:
             return await _send_json(send, 401, "missing or wrong API key; send Authorization: Bearer <key>",
                                     [(b"www-authenticate", b"Bearer")])
         return await self.app(scope, receive, send)
+
+
+class HeadersMiddleware:
+    """Security headers on every HTTP response: no MIME sniffing, no referrer, never framed, and a CSP (the page's
+    own on /ui, none at all allowed elsewhere but the docs)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        csp = UI_CSP if path == "/ui" or path.startswith("/ui/") else None if docs.is_open(path) else API_CSP
+        extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                 (b"x-frame-options", b"DENY")] + ([(b"content-security-policy", csp.encode())] if csp else [])
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return await self.app(scope, receive, with_headers)
 
 
 class BodyLimitMiddleware:

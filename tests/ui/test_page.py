@@ -1,0 +1,236 @@
+"""The page at /ui driven in headless Chromium: every view, the API-key flow, escaping, against a real server."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.service.server import KEY
+from tests.ui.conftest import XSS, XSS_FILE, Watch, image_b64, open_page, until
+
+pytestmark = pytest.mark.slow
+
+
+def extracted(site) -> None:
+    """The shapes dataset's tiny features (a no-op when a test before did it through the page)."""
+    job = site.client.post("/extract", json={"dataset": "shapes", "path": "shapes", "backbone": "tiny",
+                                             "weights": "random", "split": "0.5,0.25,0.25"}).json()
+    assert site.wait_job(job["job_id"])["state"] == "succeeded"
+
+
+def trained(site, name: str = "shapes-mlp", kind: str = "mlp") -> dict:
+    if site.client.get(f"/heads/{name}").status_code == 404:
+        extracted(site)
+        answer = site.client.post("/heads", json={"name": name, "dataset": "shapes", "backbone": "tiny", "head": kind})
+        assert answer.status_code == 201, answer.text
+    return site.client.get(f"/heads/{name}").json()
+
+
+def test_the_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(browser, site):
+    context = browser.new_context()
+    page = context.new_page()
+    watch = Watch(page)
+    page.goto(site.url + "/ui/")
+    page.wait_for_selector("#key-dialog[open]")
+    page.fill("#key-input", "wrong-key")
+    page.click("#key-form button")
+    page.wait_for_selector("#key-refused:not([hidden])")  # asked again, saying why
+    page.fill("#key-input", KEY)
+    page.click("#key-form button")
+    page.wait_for_selector("#key-dialog:not([open])", state="attached")
+    page.wait_for_selector("#datasets-table tbody tr, #datasets-empty:not([hidden])", state="attached")
+    assert page.evaluate("sessionStorage.getItem('headstart.apiKey')") == KEY
+    assert page.evaluate("localStorage.length") == 0 and context.cookies() == []
+    page.reload()  # the same tab: not asked again
+    page.wait_for_selector("#datasets-table tbody tr, #datasets-empty:not([hidden])", state="attached")
+    assert not page.is_visible("#key-dialog")
+    api = [(url, auth) for url, auth in watch.requests if "/ui/" not in url]
+    assert api and all(KEY not in url and "wrong-key" not in url for url, _ in watch.requests)
+    assert {auth for url, auth in api if url.endswith("/datasets")} >= {f"Bearer {KEY}"}
+    page.click("#forget-key")  # forgotten: the next request asks again
+    page.click("nav a[data-view=jobs]")
+    page.wait_for_selector("#key-dialog[open]")
+    assert page.evaluate("sessionStorage.getItem('headstart.apiKey')") is None
+    other = browser.new_context().new_page()  # another tab's session has no key
+    other.goto(site.url + "/ui/")
+    other.wait_for_selector("#key-dialog[open]")
+    assert watch.dialogs == []
+    context.close()
+    other.context.close()
+
+
+def test_extract_from_the_page_and_watch_the_job_reach_done(browser, site, shots):
+    page, watch = open_page(browser, site)
+    page.fill("#extract-form input[name=dataset]", "shapes")
+    page.fill("#extract-form input[name=path]", "shapes")
+    page.fill("#extract-form input[name=backbone]", "tiny")
+    page.select_option("#extract-form select[name=weights]", "random")
+    page.fill("#extract-form input[name=split]", "0.5,0.25,0.25")
+    page.click("#extract-form button[type=submit]")
+    page.wait_for_url(re.compile(r"#jobs$"))
+    row = page.locator("#jobs-table tbody tr").first
+    row.locator(".badge.succeeded").wait_for()
+    assert row.locator(".done").inner_text().strip() == "48/48"
+    assert row.locator("progress").get_attribute("value") == row.locator("progress").get_attribute("max") == "48"
+    page.screenshot(path=shots / "jobs.png")
+    page.click("nav a[data-view=datasets]")
+    shapes = page.locator("#datasets-table tr[data-name=shapes]")
+    shapes.wait_for()
+    cells = shapes.locator("td").all_inner_texts()
+    assert cells[:3] == ["shapes", "folders", "shapes"] and sum(map(int, cells[3:6])) == 48
+    assert "tiny" in cells[7] and ": 48" in cells[7]
+    page.screenshot(path=shots / "datasets.png")
+    watch.clean()
+    page.context.close()
+
+
+def test_a_running_job_is_cancelled_and_resumed_from_the_page(browser, site):
+    page, watch = open_page(browser, site, "/ui/#datasets")
+    page.fill("#extract-form input[name=dataset]", "big")
+    page.fill("#extract-form input[name=path]", "big")
+    page.fill("#extract-form input[name=backbone]", "vgg16")
+    page.select_option("#extract-form select[name=weights]", "random")
+    page.click("#extract-form button[type=submit]")
+    row = page.locator("#jobs-table tbody tr").first
+    row.locator(".badge.running").wait_for(timeout=60_000)
+    row.get_by_role("button", name="Cancel").click()
+    row.locator(".badge.cancelled").wait_for(timeout=60_000)
+    row.get_by_role("button", name="Resume").click()
+    row.locator(".badge.succeeded").wait_for(timeout=120_000)
+    done, total = map(int, row.locator(".done").inner_text().strip().split("/"))
+    assert done == total < 160  # what the cancelled run had committed was kept, not redone
+    job = site.client.get("/jobs?limit=1").json()[0]
+    assert job["request"]["dataset"] == "big" and job["state"] == "succeeded"
+    big = next(d for d in site.client.get("/datasets").json() if d["name"] == "big")
+    assert [f["vectors"] for f in big["features"]] == [160]
+    watch.clean()
+    page.context.close()
+
+
+def test_train_a_head_and_read_its_table_matrix_and_curves(browser, site, shots):
+    extracted(site)
+    trained(site, "shapes-centroid", "centroid")
+    page, watch = open_page(browser, site, "/ui/#heads")
+    page.wait_for_selector("#train-form select[name=dataset] option[value=shapes]", state="attached")
+    page.fill("#train-form input[name=name]", "shapes-mlp")
+    page.select_option("#train-form select[name=dataset]", "shapes")
+    page.select_option("#train-form select[name=backbone]", "tiny")
+    page.select_option("#train-form select[name=head]", "mlp")
+    page.click("#train-form button[type=submit]")
+    page.locator("#heads-table tr[data-name='shapes-mlp']").wait_for(timeout=60_000)
+    head = site.client.get("/heads/shapes-mlp").json()
+    assert head["kind"] == "mlp"
+    names = page.locator("#heads-table tbody tr td:first-child").all_inner_texts()
+    assert set(names) == {"shapes-mlp", "shapes-centroid"}
+    page.click("#heads-table th[data-key=name]")  # sorted by name, then the other way
+    assert page.locator("#heads-table tbody tr td:first-child").all_inner_texts() == ["shapes-centroid", "shapes-mlp"]
+    page.click("#heads-table th[data-key=name]")
+    assert page.locator("#heads-table tbody tr td:first-child").all_inner_texts() == ["shapes-mlp", "shapes-centroid"]
+    row = page.locator("#heads-table tr[data-name='shapes-mlp'] td").all_inner_texts()
+    assert row[1:4] == ["mlp", "tiny", "shapes"] and float(row[5]) == pytest.approx(head["metrics"]["test"]["accuracy"],
+                                                                                     abs=5e-4)
+    page.click("#heads-table tr[data-name='shapes-mlp']")
+    page.wait_for_selector("#roc svg polyline")
+    test = head["metrics"]["test"]
+    shown = [[int(c) for c in r.locator("td").all_inner_texts()] for r in page.locator("#confusion tbody tr").all()]
+    assert shown == test["confusion_matrix"]
+    assert page.locator("#confusion thead th.col").all_inner_texts() == test["labels"]
+    assert page.locator("#per-class tbody tr").count() == len(test["labels"])
+    assert page.locator("#training-curve svg polyline").count() == 2  # train and val loss
+    curves = site.client.get("/heads/shapes-mlp/roc").json()["curves"]
+    assert page.locator("#roc svg polyline").count() == len(curves) >= 2  # one curve per class with positives
+    page.screenshot(path=shots / "heads.png", full_page=True)
+    page.select_option("#head-split", "val")
+    until(page, "document.querySelector('#head-summary').textContent.startsWith("
+                           f"'{head['metrics']['val']['n']} images')")
+    watch.clean()
+    page.context.close()
+
+
+def test_a_confusion_cell_opens_its_mistakes_with_thumbnails(browser, site, shots):
+    head = trained(site)
+    split, true, predicted, count = next(
+        (s, m["labels"][i], m["labels"][j], c) for s in ("test", "val") for m in [head["metrics"][s]]
+        for i, row in enumerate(m["confusion_matrix"]) for j, c in enumerate(row) if i != j and c)
+    page, watch = open_page(browser, site, "/ui/#heads/shapes-mlp")
+    page.wait_for_selector("#confusion td")
+    page.select_option("#head-split", split)
+    cell = page.locator(f"#confusion td.clickable[data-true='{true}'][data-predicted='{predicted}']")
+    cell.click()
+    page.wait_for_url(re.compile(r"#mistakes$"))
+    cards = page.locator("#mistakes-grid figure")
+    cards.first.wait_for()
+    assert cards.count() == count
+    assert page.locator("#mistakes-filter .chip").inner_text() == f"true {true} → predicted {predicted}"
+    assert set(page.locator("#mistakes-grid .true").all_inner_texts()) == {true}
+    assert set(page.locator("#mistakes-grid .predicted").all_inner_texts()) == {predicted}
+    until(page, "[...document.querySelectorAll('#mistakes-grid img')].every(i => i.complete && "
+                           "i.naturalWidth > 0 && i.src.startsWith('blob:'))")
+    page.click("#mistakes-clear")  # every mistake of the split, most confident first, then least
+    page.wait_for_selector("#mistakes-filter", state="hidden")
+    total = site.client.get("/heads/shapes-mlp/mistakes", params={"split": split}).json()["total"]
+    until(page, f"document.querySelectorAll('#mistakes-grid figure').length === {total}")
+    first = [float(t.rstrip("%")) for t in page.locator("#mistakes-grid .confidence").all_inner_texts()]
+    assert first == sorted(first, reverse=True)
+    page.select_option("#mistakes-form select[name=order]", "unsure")
+    until(page, "document.querySelector('#mistakes-count').textContent.includes('least')")
+    until(page, f"document.querySelectorAll('#mistakes-grid figure').length === {total}")
+    second = [float(t.rstrip("%")) for t in page.locator("#mistakes-grid .confidence").all_inner_texts()]
+    assert second == sorted(second) and sorted(second) == sorted(first)
+    page.screenshot(path=shots / "mistakes.png", full_page=True)
+    watch.clean()
+    page.context.close()
+
+
+def test_drop_images_and_see_top_k_bars(browser, site, shots):
+    trained(site)
+    page, watch = open_page(browser, site, "/ui/#predict")
+    page.wait_for_selector("#predict-form select[name=head] option[value='shapes-mlp']", state="attached")
+    page.select_option("#predict-form select[name=head]", "shapes-mlp")
+    page.fill("#predict-form input[name=top_k]", "2")
+    # make_folder's class order: the HTML-named class (index 0), circle (1), square (2)
+    files = [["circle.jpg", image_b64(1, 101)], ["square.jpg", image_b64(2, 102)], ["notes.txt", ""]]
+    dropped = page.evaluate_handle("""(files) => {
+        const dt = new DataTransfer();
+        for (const [name, b64] of files) {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            dt.items.add(new File([bytes], name, {type: name.endsWith('.jpg') ? 'image/jpeg' : 'text/plain'}));
+        }
+        return dt;
+    }""", files)
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": dropped})
+    cards = page.locator("#predictions figure")
+    until(page, "document.querySelectorAll('#predictions figure').length === 2")
+    assert cards.locator(".path").all_inner_texts() == ["circle.jpg", "square.jpg"]  # the text file left out
+    assert [c.locator("ol.bars li").count() for c in cards.all()] == [2, 2]
+    tops = [c.locator("ol.bars li .label").first.inner_text() for c in cards.all()]
+    assert tops == ["circle", "square"]
+    widths = page.evaluate("[...document.querySelectorAll('#predictions .fill')].map(f => parseFloat(f.style.width))")
+    assert all(0 <= w <= 100 for w in widths) and widths[0] >= widths[1]
+    page.screenshot(path=shots / "predict.png", full_page=True)
+    watch.clean()
+    page.context.close()
+
+
+def test_html_in_class_and_file_names_is_shown_as_text(browser, site):
+    head = trained(site, "shapes-centroid", "centroid")  # a centroid cannot learn the filed circles: mistakes
+    split, rows = next((s, rows) for s in ("train", "val", "test") for rows in [site.client.get(
+        "/heads/shapes-centroid/mistakes", params={"split": s, "limit": 1000}).json()["rows"]]
+        if any(r["path"].endswith(XSS_FILE) for r in rows))
+    page, watch = open_page(browser, site, "/ui/#heads/shapes-centroid")
+    page.wait_for_selector("#confusion th.col")
+    assert XSS in page.locator("#confusion thead th.col").all_inner_texts()
+    assert XSS in page.locator("#per-class tbody td:first-child").all_inner_texts()
+    page.wait_for_selector("#roc .legend li")
+    assert page.locator("#roc .legend li", has_text=XSS).count() == 1
+    page.goto(site.url + "/ui/#mistakes")
+    page.select_option("#mistakes-form select[name=head]", "shapes-centroid")
+    page.select_option("#mistakes-form select[name=split]", split)
+    until(page, f"document.querySelector('#mistakes-count').textContent.includes('centroid on {split}')")
+    paths = page.locator("#mistakes-grid .path").all_inner_texts()
+    assert paths == [r["path"] for r in rows] and any(p.endswith(XSS_FILE) for p in paths)
+    assert page.locator("img[src='x'], img[src='y']").count() == 0  # no element was made from a name
+    assert head["classes"][0] == XSS
+    watch.clean()  # no alert ran, nothing was refused by the CSP, no script error
+    page.context.close()

@@ -27,8 +27,8 @@ def trained(site, name: str = "shapes-mlp", kind: str = "mlp") -> dict:
     return site.client.get(f"/heads/{name}").json()
 
 
-def test_the_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(browser, site):
-    context = browser.new_context()
+def test_the_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(browser, site, shots):
+    context = browser.new_context(viewport={"width": 1280, "height": 600})
     page = context.new_page()
     watch = Watch(page)
     page.goto(site.url + "/ui/")
@@ -36,6 +36,7 @@ def test_the_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(browse
     page.fill("#key-input", "wrong-key")
     page.click("#key-form button")
     page.wait_for_selector("#key-refused:not([hidden])")  # asked again, saying why
+    page.screenshot(path=shots / "api-key.png")
     page.fill("#key-input", KEY)
     page.click("#key-form button")
     page.wait_for_selector("#key-dialog:not([open])", state="attached")

@@ -10,6 +10,7 @@ from extractor.errors import Stopped
 from extractor.pipeline import ExtractOptions, Progress
 from extractor.pipeline import extract as run_extract
 from service import work
+from service.metrics import ENGINE
 
 if TYPE_CHECKING:
     from service.jobs import JobRunner
@@ -42,7 +43,12 @@ def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
         return runner.should_stop(job_id)
 
     summary = run_extract(opts, runner.store, progress=progress, should_stop=should_stop).to_dict()
-    runner.metrics.inc("headstart_images_extracted_total", {"backbone": request["backbone"]}, summary["extracted"])
+    labels = {"backbone": request["backbone"], "engine": ENGINE}
+    runner.metrics.inc("headstart_images_extracted_total", labels, summary["extracted"])
+    runner.metrics.inc("headstart_extract_seconds_total", labels, summary["seconds"])
+    if summary["extracted"]:
+        runner.metrics.set("headstart_extract_images_per_second", summary["extracted"] / max(summary["seconds"], 1e-9),
+                           labels)
     summary["failures"] = summary["failures"][:MAX_FAILURES_SHOWN]  # `failed` counts them all
     for item in summary["failures"]:
         item["path"] = runner.scrub(item["path"])

@@ -18,7 +18,7 @@ from extractor.errors import Conflict, HeadstartError, NotFound, Stopped, TooBus
 from extractor.model import resolve
 from extractor.store import FeatureStore
 from service import job_kinds
-from service.metrics import Metrics
+from service.metrics import ENGINE, Metrics
 from service.settings import Settings
 from service.work import TrainingSlot, check_finetune, check_train
 
@@ -79,7 +79,7 @@ class JobRunner:
                               f"retry when some have run")
             job_id = uuid.uuid4().hex[:16]
             catalog.create_job(job_id, kind, key, json.dumps(request))
-        self.metrics.inc("headstart_jobs_total", {"kind": kind, "state": "queued"})
+        self.metrics.inc("headstart_jobs_total", {"kind": kind, "state": "queued", "engine": ENGINE})
         self.queue.put(job_id)
         return job_id, True
 
@@ -120,7 +120,7 @@ class JobRunner:
                 if catalog.transition_job(job_id, "cancelling", ("running",)):
                     return self.get(job_id)
             elif catalog.transition_job(job_id, "cancelled", ("queued", "interrupted")):
-                self.metrics.inc("headstart_jobs_total", {"kind": job["kind"], "state": "cancelled"})
+                self.metrics.inc("headstart_jobs_total", {"kind": job["kind"], "state": "cancelled", "engine": ENGINE})
                 return self.get(job_id)
         return self.get(job_id)
 
@@ -184,7 +184,9 @@ class JobRunner:
         job = self.store.catalog.job(job_id)
         if job is None or not self.store.catalog.transition_job(job_id, "running", ("queued",)):
             return  # cancelled, or already taken, meanwhile
-        self.metrics.inc("headstart_jobs_total", {"kind": job["kind"], "state": "running"})
+        self.metrics.inc("headstart_jobs_total", {"kind": job["kind"], "state": "running", "engine": ENGINE})
+        self.metrics.inc("headstart_jobs_running", {"kind": job["kind"], "engine": ENGINE})
+        started = time.monotonic()
         try:
             state, result, error = self._execute(job)
         except Stopped:
@@ -194,6 +196,10 @@ class JobRunner:
         except Exception as exc:  # a bug or a model failure: the job fails, the service stays up
             log.exception("job %s failed", job_id)
             state, result, error = "failed", None, f"internal error ({type(exc).__name__}); see the server log"
+        finally:
+            self.metrics.dec("headstart_jobs_running", {"kind": job["kind"], "engine": ENGINE})
+        self.metrics.observe("headstart_job_seconds", time.monotonic() - started,
+                             {"kind": job["kind"], "state": state, "engine": ENGINE})
         self._finish(job_id, job["kind"], state, result, error)
 
     def _execute(self, job: dict) -> tuple[str, dict | None, str | None]:
@@ -227,7 +233,7 @@ class JobRunner:
         self.cancelled.discard(job_id)
         self.pending[job_id] = {"state": state, "result": result, "error": error, "progress": progress}
         self._flush_pending()
-        self.metrics.inc("headstart_jobs_total", {"kind": kind, "state": state})
+        self.metrics.inc("headstart_jobs_total", {"kind": kind, "state": state, "engine": ENGINE})
 
     def _flush_pending(self) -> bool:
         """Write final states kept in memory; False while the catalog refuses (they are kept and shown)."""

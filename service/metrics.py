@@ -1,74 +1,76 @@
-"""Prometheus text metrics: counters and histograms with labels, plus the request-timing ASGI middleware."""
+"""Prometheus metrics (prometheus-client, one registry per app) and the request-timing ASGI middleware.
+
+Callers name a metric by its exposed name (`inc("headstart_jobs_total", {...})`), so that the names stay the
+contract: every metric below is declared here once, with its labels and its help text."""
 
 from __future__ import annotations
 
-import bisect
-import threading
 import time
-from collections import defaultdict
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+prometheus_client.disable_created_metrics()  # no *_created series: they double every counter for nothing here
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-HELP = {
-    "headstart_requests_total": ("counter", "HTTP requests by method, route and status"),
-    "headstart_request_seconds": ("histogram", "HTTP request latency by route"),
-    "headstart_jobs_total": ("counter", "job state transitions by kind and state"),
-    "headstart_images_extracted_total": ("counter", "feature vectors computed by extract jobs"),
-    "headstart_predict_batch_size": ("histogram", "images per backbone forward in the predict micro-batcher"),
-    "headstart_predict_images_total": ("counter", "images predicted"),
+JOB_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+ENGINE = "local"  # where this server's jobs run (the only engine today; the label is there for others)
+
+# exposed name: (type, help, labels, buckets)
+DECLARED = {
+    "headstart_requests_total": ("counter", "HTTP requests by method, route and status", ("method", "route", "status")),
+    "headstart_request_seconds": ("histogram", "HTTP request latency by route", ("route",), LATENCY_BUCKETS),
+    "headstart_jobs_total": ("counter", "job state transitions by kind, state and engine", ("kind", "state", "engine")),
+    "headstart_job_seconds": ("histogram", "wall time of finished jobs by kind, final state and engine",
+                              ("kind", "state", "engine"), JOB_BUCKETS),
+    "headstart_jobs_running": ("gauge", "jobs running now by kind and engine", ("kind", "engine")),
+    "headstart_images_extracted_total": ("counter", "feature vectors computed by extract jobs", ("backbone", "engine")),
+    "headstart_extract_seconds_total": ("counter", "wall seconds of extract runs (the images counter over this "
+                                                   "is the throughput)", ("backbone", "engine")),
+    "headstart_extract_images_per_second": ("gauge", "the last extract run's throughput (vectors computed per second)",
+                                            ("backbone", "engine")),
+    "headstart_predict_batch_size": ("histogram", "images per backbone forward in the predict micro-batcher", (),
+                                     BATCH_BUCKETS),
+    "headstart_predict_images_total": ("counter", "images predicted", ()),
 }
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    clean = {k: str(v).replace("\\", "/").replace('"', "'") for k, v in labels.items()}
-    body = ",".join(f'{k}="{v}"' for k, v in sorted(clean.items()))
-    return "{" + body + "}"
+KINDS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
 
 class Metrics:
-    """Thread-safe in-process registry; `render()` is the /metrics body."""
+    """The app's metrics; `render()` is the /metrics body (Prometheus text format)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self.hists: dict[str, dict[str, list]] = defaultdict(dict)
-        self.buckets = {"headstart_request_seconds": LATENCY_BUCKETS, "headstart_predict_batch_size": BATCH_BUCKETS}
+        self.registry = CollectorRegistry()
+        self.metrics = {}
+        for name, (kind, text, labels, *buckets) in DECLARED.items():
+            options = {"buckets": buckets[0]} if buckets else {}
+            base = name.removesuffix("_total") if kind == "counter" else name
+            self.metrics[name] = KINDS[kind](base, text, labels, registry=self.registry, **options)
+
+    def _child(self, name: str, labels: dict[str, str] | None):
+        metric = self.metrics[name]
+        return metric.labels(**{k: str(v) for k, v in labels.items()}) if labels else metric
 
     def inc(self, name: str, labels: dict[str, str] | None = None, value: float = 1.0) -> None:
-        with self.lock:
-            self.counters[name][_labels(labels or {})] += value
+        self._child(name, labels).inc(value)
+
+    def dec(self, name: str, labels: dict[str, str] | None = None, value: float = 1.0) -> None:
+        self._child(name, labels).dec(value)
+
+    def set(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+        self._child(name, labels).set(value)
 
     def observe(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
-        bounds = self.buckets[name]
-        with self.lock:
-            key = _labels(labels or {})
-            hist = self.hists[name].setdefault(key, [[0] * len(bounds), 0.0, 0])
-            index = bisect.bisect_left(bounds, value)
-            if index < len(bounds):
-                hist[0][index] += 1
-            hist[1] += value
-            hist[2] += 1
+        self._child(name, labels).observe(value)
 
-    def render(self) -> str:
-        lines = []
-        with self.lock:
-            for name, (kind, text) in HELP.items():
-                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-                for key, value in self.counters.get(name, {}).items():
-                    lines.append(f"{name}{key} {value:g}")
-                for key, (counts, total, n) in self.hists.get(name, {}).items():
-                    inner = key[1:-1] + "," if key else ""
-                    running = 0
-                    for bound, count in zip(self.buckets[name], counts, strict=True):
-                        running += count
-                        lines.append(f'{name}_bucket{{{inner}le="{bound:g}"}} {running}')
-                    lines += [f'{name}_bucket{{{inner}le="+Inf"}} {n}', f"{name}_sum{key} {total:g}",
-                              f"{name}_count{key} {n}"]
-        return "\n".join(lines) + "\n"
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The body and its content type, in the format the scraper's Accept header asks for (Prometheus text
+        0.0.4 by default, OpenMetrics when asked)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 class MetricsMiddleware:

@@ -61,8 +61,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+async def metrics(request: Request) -> Response:
+    body, content_type = state(request).metrics.render(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type})
 
 
 @router.get("/backbones", tags=["catalog"])

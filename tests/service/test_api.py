@@ -297,3 +297,33 @@ def test_thumbnails_of_member_images_only(served):
         assert 400 <= answer.status_code < 500 and "changed" in answer.json()["detail"]  # never other bytes
     finally:
         changed.write_bytes(original)
+
+
+def test_metrics_keep_their_names_and_count_extract_throughput_per_engine(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    c = served.client
+    job = served.wait_job(c.post("/extract", json={"dataset": "colors", "path": "colors", "backbone": "tiny",
+                                                   "weights": "random"}).json()["job_id"])
+    assert job["state"] == "succeeded"
+    answer = c.get("/metrics")
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(answer.text) for s in family.samples}
+    names = {name for name, _ in samples}
+    assert {"headstart_requests_total", "headstart_request_seconds_bucket", "headstart_jobs_total",
+            "headstart_images_extracted_total", "headstart_job_seconds_count", "headstart_jobs_running",
+            "headstart_extract_seconds_total", "headstart_extract_images_per_second"} <= names
+    assert not any(name.endswith("_created") for name in names)
+    local = (("engine", "local"),)
+    assert samples[("headstart_jobs_total", (("engine", "local"), ("kind", "extract"), ("state", "succeeded")))] >= 1
+    assert samples[("headstart_job_seconds_count", (("engine", "local"), ("kind", "extract"),
+                                                    ("state", "succeeded")))] >= 1
+    assert samples[("headstart_jobs_running", (("engine", "local"), ("kind", "extract")))] == 0
+    tiny = (("backbone", "tiny"), *local)
+    assert samples[("headstart_images_extracted_total", tiny)] >= 45  # the first extraction computed 45
+    assert samples[("headstart_extract_seconds_total", tiny)] > 0
+    assert samples[("headstart_extract_images_per_second", tiny)] >= 0
+    openmetrics = c.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.rstrip().endswith("# EOF")

@@ -195,9 +195,14 @@ def decode(data: bytes, limits: Limits, target: int | None = None) -> Image.Imag
         raise DecodeError(f"corrupt or truncated {fmt} image: {exc}") from None
 
 
-def probe(data: bytes, size: int, limits: Limits) -> int:
-    """The decode cost (bytes) of `preprocess(data, size, limits)`, from the header; raises DecodeError like it."""
+def probe(data: bytes, size: int, limits: Limits, full: bool = False) -> int:
+    """The decode cost (bytes) of `preprocess(data, size, limits)`, from the header; raises DecodeError like it.
+    `full`: of the device-decode path instead, which decodes at full size (no JPEG draft) and resizes a float
+    copy (4 bytes a channel)."""
     img = open_image(data, limits)
+    if full:
+        width, height = img.size
+        return decode_cost(img) + width * height * 3 * 4
     if img.format == "JPEG":
         img.draft("RGB", (size, size))
     return decode_cost(img)

@@ -57,7 +57,7 @@ class Decoder:
 
     async def image(self, data: bytes, size: int, limits: Limits, method: str | None = None) -> np.ndarray:
         """`method`: a device-decode preprocessing method when the head's features were made that way."""
-        cost = await self.run(probe, data, size, limits)  # the header only: cheap
+        cost = await self.run(probe, data, size, limits, bool(method))  # the header only: cheap
         async with self.budget.hold(cost):
             if method:
                 from extractor.devicedecode import preprocess_on

@@ -79,3 +79,32 @@ def test_an_image_that_can_never_fit_is_refused_at_once(served):
     answer = served.client.post("/predict", data={"head": "h"}, files={"files": ("big.tif", float_tiff(6000))})
     assert answer.status_code == 413 and "HEADSTART_DECODE_MEMORY_MB" in answer.json()["detail"]
     assert time.perf_counter() - started < 2.0
+
+
+def test_device_decode_uploads_are_budgeted_at_full_size():
+    """A head trained on device-decoded features decodes uploads at full size (no JPEG draft) and resizes in
+    float: the budget must count that, not the draft's reduced-scale cost."""
+    import asyncio
+
+    from extractor.decode import DecodeError, Limits, probe
+    from extractor.devicedecode import METHOD
+    from service.decoding import Decoder
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (90, 120, 200)).save(buf, "JPEG", quality=60)
+    data, limits = buf.getvalue(), Limits(max_pixels=64_000_000)
+    assert probe(data, 32, limits) < 16 << 20  # the CPU path drafts at 1/8 scale: cheap
+    assert probe(data, 32, limits, full=True) >= 4000 * 3000 * 15  # full RGB decode + its float copy
+
+    async def ask(budget_mb: int, method: str | None):
+        decoder = Decoder(1, budget_mb << 20)
+        try:
+            return await decoder.image(data, 32, limits, method)
+        finally:
+            decoder.close()
+
+    assert asyncio.run(ask(64, None)).shape == (32, 32, 3)
+    with pytest.raises(DecodeError, match="more than this server decodes at once") as refused:
+        asyncio.run(ask(64, f"{METHOD}@cpu"))
+    assert refused.value.status == 413
+    assert asyncio.run(ask(400, f"{METHOD}@cpu")).shape == (32, 32, 3)

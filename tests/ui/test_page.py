@@ -235,3 +235,27 @@ def test_html_in_class_and_file_names_is_shown_as_text(browser, site):
     assert head["classes"][0] == XSS
     watch.clean()  # no alert ran, nothing was refused by the CSP, no script error
     page.context.close()
+
+
+def test_without_an_api_key_the_page_never_asks(browser, tmp_path):
+    from tests.conftest import make_folder
+    from tests.service.server import Server
+
+    make_folder(tmp_path / "data" / "few", {"x": 3, "y": 3})
+    server = Server(tmp_path / "home", tmp_path / "data", key=None).start()
+    try:
+        page = browser.new_context().new_page()
+        watch = Watch(page)
+        page.goto(server.url + "/ui/#datasets")
+        page.fill("#extract-form input[name=dataset]", "few")
+        page.fill("#extract-form input[name=path]", "few")
+        page.fill("#extract-form input[name=backbone]", "tiny")
+        page.select_option("#extract-form select[name=weights]", "random")
+        page.click("#extract-form button[type=submit]")
+        page.locator("#jobs-table tbody tr .badge.succeeded").wait_for()
+        assert not page.is_visible("#key-dialog") and page.is_hidden("#forget-key")
+        assert all(auth is None for _, auth in watch.requests)
+        watch.clean()
+        page.context.close()
+    finally:
+        assert server.stop()

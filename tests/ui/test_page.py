@@ -103,6 +103,8 @@ def test_a_running_job_is_cancelled_and_resumed_from_the_page(browser, site):
     assert done == total < 160  # what the cancelled run had committed was kept, not redone
     job = site.client.get("/jobs?limit=1").json()[0]
     assert job["request"]["dataset"] == "big" and job["state"] == "succeeded"
+    failures = row.locator("td").nth(8)
+    assert failures.inner_text().strip() == "0"
     big = next(d for d in site.client.get("/datasets").json() if d["name"] == "big")
     assert [f["vectors"] for f in big["features"]] == [160]
     watch.clean()
@@ -259,3 +261,22 @@ def test_without_an_api_key_the_page_never_asks(browser, tmp_path):
         page.context.close()
     finally:
         assert server.stop()
+
+
+def test_a_compare_job_shows_its_ranking(browser, site):
+    extracted(site)
+    accepted = site.client.post("/compare", json={"dataset": "shapes", "backbones": ["tiny"], "weights": "random"})
+    assert accepted.status_code == 202, accepted.text
+    job = site.wait_job(accepted.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    page, watch = open_page(browser, site, "/ui/#jobs")
+    ranking = page.locator(f"#jobs-table tr[data-id='{job['id']}'] details.ranking")
+    ranking.wait_for()
+    cells = ranking.locator("tbody tr td").all_inner_texts()
+    row = job["result"]["rows"][0]
+    assert cells[:2] == ["1", "tiny"] and float(cells[2]) == pytest.approx(row["val_accuracy"], abs=5e-4)
+    page.click(f"#jobs-table tr[data-id='{job['id']}'] details.ranking summary")  # closed by the user...
+    page.wait_for_timeout(1500)  # ...stays closed while the page polls (nothing changed)
+    assert ranking.get_attribute("open") is None
+    watch.clean()
+    page.context.close()

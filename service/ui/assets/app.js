@@ -287,7 +287,10 @@ const pollJobs = guarded(async () => {
   try {
     const jobs = await getJSON("/jobs?limit=50");
     const before = new Map(state.jobs.map((j) => [j.id, j.state]));
+    const text = JSON.stringify(jobs);
+    const changed = text !== state.jobsText; // unchanged: keep the table (and the details a user opened)
     state.jobs = jobs;
+    state.jobsText = text;
     const active = jobs.filter((j) => ACTIVE.has(j.state)).length;
     const finished = jobs.some((j) => before.has(j.id) && ACTIVE.has(before.get(j.id)) && !ACTIVE.has(j.state));
     const counter = $("#active-jobs");
@@ -298,7 +301,8 @@ const pollJobs = guarded(async () => {
       loadHeads();
     }
     lastActive = active;
-    if (state.view === "jobs") renderJobs();
+    if (state.view === "jobs" && (changed || !state.jobsShown)) renderJobs();
+    state.jobsShown = state.view === "jobs";
   } finally {
     const busy = state.jobs.some((j) => ACTIVE.has(j.state));
     pollTimer = setTimeout(pollJobs, busy || state.view === "jobs" ? 700 : 4000);
@@ -308,6 +312,18 @@ const pollJobs = guarded(async () => {
 function jobTarget(job) {
   const r = job.request || {};
   return r.name ? `${r.name} (${r.dataset})` : r.dataset ? `${r.dataset} · ${r.backbone ?? ""}` : "";
+}
+
+// a compare job's result: backbones ranked by their linear probe's val accuracy
+function ranking(rows) {
+  const head = el("tr", {}, ...["#", "backbone", "val acc", "test acc", "dim", "img/s", "cache MB"]
+    .map((t) => el("th", { text: t })));
+  return el("details", { class: "ranking", open: true }, el("summary", { text: "ranking" }),
+    el("table", { class: "grid compact" }, el("thead", {}, head), el("tbody", {}, ...rows.map((r, i) => el("tr", {},
+      el("td", { text: r.rank ?? i + 1 }), el("td", { text: r.backbone }),
+      el("td", { class: "num", text: fmt.num(r.val_accuracy) }), el("td", { class: "num", text: fmt.num(r.test_accuracy) }),
+      el("td", { class: "num", text: r.dim }), el("td", { class: "num", text: fmt.rate(r.extract_img_s) }),
+      el("td", { class: "num", text: r.cache_mb }))))));
 }
 
 function renderJobs() {
@@ -335,6 +351,7 @@ function renderJobs() {
       : "0";
     const stateCell = el("td", {}, el("span", { class: `badge ${j.state}`, text: j.state }));
     if (j.error) stateCell.append(el("div", { class: "error small", text: j.error }));
+    if (j.kind === "compare" && j.result?.rows?.length) stateCell.append(ranking(j.result.rows));
     return el("tr", { "data-id": j.id, "data-state": j.state }, el("td", {}, el("code", { text: j.id.slice(0, 8) })),
       el("td", { text: j.kind }), el("td", { text: jobTarget(j) }), stateCell, el("td", { text: j.phase ?? "" }),
       el("td", {}, bar, el("span", { class: "done", text: ` ${j.done ?? 0}/${j.total ?? "?"}` })),

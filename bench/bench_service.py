@@ -52,14 +52,15 @@ def bare_forward_ms(device: str, batch: int = 1, repeats: int = 15) -> float:
     return statistics.median(times) * 1000 / batch
 
 
-def start_server(home: Path, data: Path, device: str) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, data: Path, device: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `headstart serve` on a free loopback port (no API key unless `env` sets one): (process, URL)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "HEADSTART_OFFLINE": "1", "HEADSTART_DEVICE": device}
-    env.pop("HEADSTART_API_KEY", None)
+    environment = {**os.environ, "HEADSTART_OFFLINE": "1", "HEADSTART_DEVICE": device}
+    environment.pop("HEADSTART_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port), "--home", str(home),
-                             "--data-root", str(data)], cwd=ROOT, env=env,
+                             "--data-root", str(data)], cwd=ROOT, env={**environment, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

@@ -16,9 +16,7 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_service import start_server  # noqa: E402
 from classifiers.training import train_head  # noqa: E402
 from extractor.pipeline import ExtractOptions, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
@@ -50,29 +49,6 @@ def make_images(folder: Path, total: int) -> None:
         pixels = np.clip(colours[c] + rng.normal(0, 20, (48, 48, 3)), 0, 255).astype(np.uint8)
         filed = (c + 1) % CLASSES if (i // CLASSES) % 3 == 0 else c
         Image.fromarray(pixels).save(folder / f"class_{filed}" / f"img_{i:05d}.jpg", quality=85)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def serve(home: Path, data: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "HEADSTART_API_KEY": KEY, "HEADSTART_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port), "--home", str(home),
-                             "--data-root", str(data)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not start")
 
 
 def chromium() -> str:
@@ -140,7 +116,7 @@ def main() -> None:
             train_head(store, "photos", "tiny", kind, f"photos-{kind}")
         print(f"dataset of {args.images} images extracted and 2 heads trained in {time.perf_counter() - start:.1f} s")
     head = "photos-centroid"
-    proc, url = serve(home, data)
+    proc, url = start_server(home, data, "cpu", {"HEADSTART_API_KEY": KEY})
     try:
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
         total = client.get(f"/heads/{head}/mistakes", params={"limit": 1}).json()["total"]

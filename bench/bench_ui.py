@@ -126,8 +126,8 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=chromium(), args=[
                 "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run"])
-            one_run(browser, url, head)  # warm the server (models, thumbnails kept on disk are not reused:
-            for path in (home / "thumbnails").glob("*/*.jpg"):  # every run makes its thumbnails again)
+            one_run(browser, url, head)  # warms the server; every run then makes its thumbnails anew
+            for path in (home / "thumbnails").glob("*/*.jpg"):
                 path.unlink()
             for i in range(args.runs):
                 api = []
@@ -137,6 +137,8 @@ def main() -> None:
                     client.get(f"/heads/{head}/mistakes", params={"split": "test", "limit": 100})
                     api.append(1000 * (time.perf_counter() - t))
                 row = one_run(browser, url, head)
+                if not row["count"].startswith(f"{total} mistakes of {head} "):  # the page shows this head first
+                    raise SystemExit(f"the page showed another view of mistakes: {row['count']!r}")
                 row["api"] = min(api)
                 runs.append(row)
                 print(f"run {i + 1}: first paint {row['fcp']:.0f} ms, heads table {row['heads']:.0f} ms, mistakes grid "

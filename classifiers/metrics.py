@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from sklearn import metrics as skm
 
 
+def roc_columns(y_true: np.ndarray, classes: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(probability column, positives) of each class whose ROC these labels define: the positive class when
+    binary, else every class with positives and negatives here."""
+    y = np.asarray(y_true).astype(str)
+    for k in [1] if len(classes) == 2 else range(len(classes)):
+        positive = y == str(classes[k])
+        if positive.any() and (~positive).any():
+            yield k, positive
+
+
 def roc_auc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float | None:
     """Binary AUC, or the macro one-vs-rest AUC over classes that have positives and negatives."""
-    scores = []
-    columns = [1] if len(classes) == 2 else range(len(classes))
-    for k in columns:
-        positive = y_true == classes[k]
-        if positive.any() and (~positive).any():
-            scores.append(skm.roc_auc_score(positive, proba[:, k]))
+    scores = [skm.roc_auc_score(positive, proba[:, k]) for k, positive in roc_columns(y_true, classes)]
     return float(np.mean(scores)) if scores else None
 
 

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from classifiers.metrics import roc_columns  # noqa: E402
+
 
 def confusion(metrics: dict, path: Path, title: str) -> Path:
     matrix = np.array(metrics["confusion_matrix"])
@@ -41,20 +43,19 @@ def roc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, path: Path, 
     """One curve per class (the positive class when binary) with its AUC in the legend; line styles and
     widths differ, so that curves lying on each other stay visible."""
     fig, ax = plt.subplots(figsize=(6, 6))
-    columns = [1] if len(classes) == 2 else range(len(classes))
     drawn = 0
-    for k in columns:
-        positive = np.asarray(y_true).astype(str) == classes[k]
-        if positive.any() and (~positive).any() and drawn < MAX_CURVES:
-            fpr, tpr, _ = roc_curve(positive, proba[:, k])
-            area = roc_auc_score(positive, proba[:, k])
-            ax.plot(fpr, tpr, STYLES[drawn % len(STYLES)], linewidth=2.6 - 0.18 * drawn, alpha=0.85,
-                    label=f"{classes[k]} (AUC {area:.3f})")
-            drawn += 1
+    for k, positive in roc_columns(y_true, classes):
+        if drawn == MAX_CURVES:
+            break
+        fpr, tpr, _ = roc_curve(positive, proba[:, k])
+        area = roc_auc_score(positive, proba[:, k])
+        ax.plot(fpr, tpr, STYLES[drawn % len(STYLES)], linewidth=2.6 - 0.18 * drawn, alpha=0.85,
+                label=f"{classes[k]} (AUC {area:.3f})")
+        drawn += 1
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(title + ("" if len(columns) <= 10 else " (first 10 classes)"))
+    ax.set_title(title + ("" if len(classes) <= 10 else " (first 10 classes)"))
     if drawn:
         ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)

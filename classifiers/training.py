@@ -9,7 +9,7 @@ import numpy as np
 
 from classifiers import plots
 from classifiers.heads import Head, Monitor, device_param, get_head_class
-from classifiers.metrics import evaluate
+from classifiers.metrics import evaluate, roc_columns
 from classifiers.persist import check_name, load, save
 from classifiers.views import pick_recipe, view_arrays
 from extractor.augment import check_views
@@ -154,10 +154,7 @@ def roc_points(store: FeatureStore, name: str, split: str = "test", max_points: 
     if len(X):
         proba = head.predict_proba(X)
         classes = head.classes_
-        for k in [1] if len(classes) == 2 else range(len(classes)):
-            positive = y == str(classes[k])
-            if not (positive.any() and (~positive).any()):
-                continue
+        for k, positive in roc_columns(y, classes):
             fpr, tpr, _ = roc_curve(positive, proba[:, k])
             if len(fpr) > max_points:
                 keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))

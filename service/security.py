@@ -61,7 +61,7 @@ class HeadersMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        csp = UI_CSP if path == "/ui" or path.startswith("/ui/") else None if docs.is_open(path) else API_CSP
+        csp = UI_CSP if webui.is_open(path) else None if docs.is_open(path) else API_CSP
         extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
                  (b"x-frame-options", b"DENY")] + ([(b"content-security-policy", csp.encode())] if csp else [])
 

@@ -230,6 +230,13 @@ function fillSelect(select, values, keep) {
   if (values.includes(previous)) select.value = previous;
 }
 
+// files that could not be used, with their reasons, folded under a count ("0" when none)
+function failureList(count, summary, failures) {
+  if (!count) return "0";
+  return el("details", {}, el("summary", { text: summary }), el("ul", { class: "failures" },
+    ...(failures || []).map((f) => el("li", {}, el("code", { text: f.path }), ": ", f.reason))));
+}
+
 // ---- Datasets --------------------------------------------------------------------------------------------------
 
 const loadDatasets = guarded(async () => {
@@ -242,11 +249,7 @@ function renderDatasets() {
   const body = $("#datasets-table tbody");
   body.replaceChildren(...state.datasets.map((d) => {
     const splits = d.splits || {};
-    const failures = d.failed
-      ? el("details", {}, el("summary", { text: `${d.failed} not used` }),
-        el("ul", { class: "failures" }, ...(d.failures || []).map((f) => el("li", {},
-          el("code", { text: f.path }), ": ", f.reason))))
-      : "0";
+    const failures = failureList(d.failed, `${d.failed} not used`, d.failures);
     const features = el("ul", { class: "plain" }, ...(d.features || []).map((f) =>
       el("li", { text: `${f.backbone} (${f.weights}${f.input_size ? `, ${f.input_size}px` : ""}): ${f.vectors}` })));
     const extract = el("button", { type: "button", class: "quiet", onclick: () => prefillExtract(d) }, "Extract…");
@@ -301,8 +304,7 @@ const pollJobs = guarded(async () => {
       loadHeads();
     }
     lastActive = active;
-    if (state.view === "jobs" && (changed || !state.jobsShown)) renderJobs();
-    state.jobsShown = state.view === "jobs";
+    if (state.view === "jobs" && changed) renderJobs();
   } finally {
     const busy = state.jobs.some((j) => ACTIVE.has(j.state));
     pollTimer = setTimeout(pollJobs, busy || state.view === "jobs" ? 700 : 4000);
@@ -331,24 +333,16 @@ function renderJobs() {
   body.replaceChildren(...state.jobs.map((j) => {
     const bar = el("progress", { max: j.total || 1, value: j.state === "succeeded" && !j.total ? 1 : j.done || 0 });
     const actions = el("td", {});
-    if (ACTIVE.has(j.state) && j.state !== "cancelling") {
-      actions.append(el("button", { type: "button", class: "quiet", onclick: guarded(async () => {
-        await api(`/jobs/${j.id}`, { method: "DELETE" });
-        pollJobs();
-      }) }, "Cancel"));
-    }
+    const act = (label, path, method) => el("button", { type: "button", class: "quiet", onclick: guarded(async () => {
+      await api(path, { method });
+      pollJobs();
+    }) }, label);
+    if (ACTIVE.has(j.state) && j.state !== "cancelling") actions.append(act("Cancel", `/jobs/${j.id}`, "DELETE"));
     if (["interrupted", "failed", "cancelled"].includes(j.state)) {
-      actions.append(el("button", { type: "button", class: "quiet", onclick: guarded(async () => {
-        await api(`/jobs/${j.id}/resume`, { method: "POST" });
-        pollJobs();
-      }) }, "Resume"));
+      actions.append(act("Resume", `/jobs/${j.id}/resume`, "POST"));
     }
     const failed = j.failed || (j.result && j.result.failed) || 0;
-    const failures = failed
-      ? el("details", {}, el("summary", { text: String(failed) }),
-        el("ul", { class: "failures" }, ...(j.failures || []).map((f) => el("li", {},
-          el("code", { text: f.path }), ": ", f.reason))))
-      : "0";
+    const failures = failureList(failed, String(failed), j.failures);
     const stateCell = el("td", {}, el("span", { class: `badge ${j.state}`, text: j.state }));
     if (j.error) stateCell.append(el("div", { class: "error small", text: j.error }));
     if (j.kind === "compare" && j.result?.rows?.length) stateCell.append(ranking(j.result.rows));
@@ -634,7 +628,10 @@ function route() {
   for (const name of VIEWS) $(`#view-${name}`).hidden = name !== state.view;
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.dataset.view === state.view);
   if (state.view === "datasets") loadDatasets();
-  if (state.view === "jobs") pollJobs();
+  if (state.view === "jobs") {
+    renderJobs(); // what the last poll saw, at once; the poll redraws when something changed
+    pollJobs();
+  }
   if (state.view === "heads") {
     loadHeads().then(() => arg && showHead(decodeURIComponent(arg)));
     loadDatasets();

@@ -523,6 +523,7 @@ const loadMistakes = guarded(async (more = false) => {
   const grid = $("#mistakes-grid");
   if (!more) {
     s.offset = 0;
+    $("#mistakes-count").textContent = "loading…"; // never an old count beside an emptied grid
     grid.replaceChildren();
     dropBlobs();
   }

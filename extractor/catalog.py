@@ -164,21 +164,25 @@ class Catalog(JobTable, ViewTable):
                               (fp_id,)).fetchone()
         return None if row is None else dict(zip(("id", "backbone", "dim", "spec", "source"), row, strict=True))
 
-    def commit_shard(self, fp_id: str, file: str, dtype: str, shas: list[str], size: int | None = None,
-                     recipe: str = "", views: list[int] | None = None) -> None:
-        """Make a renamed shard file visible: its row (with its size in bytes) and all its vectors at once; with a
-        `recipe`, its rows are views (`views` gives each row's index) instead of clean vectors."""
+    def commit_shards(self, fp_id: str, dtype: str, shards: list[tuple[str, list[str], int | None]], recipe: str = "",
+                      views: list[int] | None = None) -> None:
+        """Make renamed shard files visible, all in one transaction: each file's row (with its size in bytes) and
+        all its vectors. With a `recipe` (one shard), its rows are views (`views` gives each row's index)."""
+        if recipe and len(shards) != 1:
+            raise ValueError("views are committed one shard at a time")
+        now = time.time()
         with self.connect() as con, con:
-            cur = con.execute("INSERT INTO shards (fingerprint, file, rows, dtype, created, bytes, recipe) VALUES "
-                              "(?, ?, ?, ?, ?, ?, ?)", (fp_id, file, len(shas), dtype, time.time(), size, recipe))
-            shard = cur.lastrowid
-            if recipe:
-                con.executemany("INSERT OR IGNORE INTO views VALUES (?, ?, ?, ?, ?, ?)",
-                                [(fp_id, recipe, sha, index, shard, row)
-                                 for row, (sha, index) in enumerate(zip(shas, views, strict=True))])
-            else:
-                con.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
-                                [(fp_id, sha, shard, row) for row, sha in enumerate(shas)])
+            for file, shas, size in shards:
+                shard = con.execute("INSERT INTO shards (fingerprint, file, rows, dtype, created, bytes, recipe) "
+                                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                    (fp_id, file, len(shas), dtype, now, size, recipe)).lastrowid
+                if recipe:
+                    con.executemany("INSERT OR IGNORE INTO views VALUES (?, ?, ?, ?, ?, ?)",
+                                    [(fp_id, recipe, sha, index, shard, row)
+                                     for row, (sha, index) in enumerate(zip(shas, views, strict=True))])
+                else:
+                    con.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
+                                    [(fp_id, sha, shard, row) for row, sha in enumerate(shas)])
 
     def shard_files(self, fp_id: str) -> set[str]:
         with self.connect() as con:

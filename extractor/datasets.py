@@ -6,7 +6,7 @@ import csv
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,14 +177,45 @@ def _sha256_file(path: Path) -> str:
 HASH_CHUNK = 16
 
 
+def hash_paths(paths: list[str]) -> list[tuple[str | None, str]]:
+    """(sha256, "") or (None, the reason) for each file: one chunk's work, in a thread here or in a Ray task."""
+    out: list[tuple[str | None, str]] = []
+    for path in paths:
+        try:
+            out.append((_sha256_file(Path(path)), ""))
+        except OSError as exc:
+            out.append((None, f"cannot read file: {exc.strerror or exc}"))
+    return out
+
+
+class ThreadMap:
+    """Runs `fn` over chunks in a few threads, results in order; closing the iterator cancels what is queued.
+
+    4 threads: measured on a 16-core host, 16 threads hashed 4,000 files slower (1.6-2.0 s against 1.1 s): the
+    per-file Python work holds the GIL, only the SHA-256 itself runs in parallel."""
+
+    chunk = HASH_CHUNK  # files per chunk: one future per file costs more than hashing a small file
+
+    def __init__(self, threads: int = 4) -> None:
+        self.threads = threads
+
+    def __call__(self, fn: Callable[[list], list], chunks: list[list]) -> Iterator[list]:
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            try:
+                yield from pool.map(fn, chunks)
+            finally:
+                pool.shutdown(cancel_futures=True)
+
+
 def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bool = False,
                progress: Callable[[int, int], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> None:
+               should_stop: Callable[[], bool] | None = None, mapper: ThreadMap | None = None) -> None:
     """Set each item's sha256, reusing hashes of files whose size and mtime did not change.
 
     With `confine`, files whose real path (symlinks followed) leaves the root are failures, never read.
     `progress(hashed, to_hash)` is called as files are read (at most ~10 times a second, and at the end);
     `should_stop` is asked as often, and a True answer raises Stopped (hashes read so far are remembered).
+    `mapper` runs the hashing (threads here by default; the Ray engine's runs it as tasks on the cluster).
     """
     cache = catalog.cached_hashes(str(listing.root))
     todo: list[tuple[Item, Path, int, int]] = []
@@ -205,39 +236,27 @@ def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bo
             keep.append(item)
         else:
             todo.append((item, path, st.st_size, st.st_mtime_ns))
-
-    def one(entry: tuple[Item, Path, int, int]) -> tuple[Item, Path, int, int, str | None, str]:
-        try:
-            return (*entry, _sha256_file(entry[1]), "")
-        except OSError as exc:
-            return (*entry, None, f"cannot read file: {exc.strerror or exc}")
-
-    def work(chunk: list) -> list:
-        return [one(entry) for entry in chunk]
-
-    # a task hashes a chunk of files: one future per file costs more than hashing a small file
-    chunks = [todo[i:i + HASH_CHUNK] for i in range(0, len(todo), HASH_CHUNK)]
+    mapper = mapper or ThreadMap(threads)
+    chunks = [[str(e[1]) for e in todo[i:i + mapper.chunk]] for i in range(0, len(todo), mapper.chunk)]
+    results = mapper(hash_paths, chunks)
     last = 0.0
     try:
-        # 4 threads: measured on a 16-core host, 16 threads hashed 4,000 files slower (1.6-2.0 s against 1.1 s):
-        # the per-file Python work holds the GIL, only the SHA-256 itself runs in parallel
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            results = (entry for chunk in pool.map(work, chunks) for entry in chunk)
-            for done, (item, path, size, mtime, sha, error) in enumerate(results, 1):
-                if done == len(todo) or time.monotonic() - last > 0.1:
-                    last = time.monotonic()
-                    if progress:
-                        progress(done, len(todo))
-                    if should_stop and should_stop():
-                        pool.shutdown(cancel_futures=True)
-                        raise Stopped()
-                if sha is None:
-                    listing.failures.append((item.rel, error))
-                    continue
-                item.sha256, item.stat = sha, (size, mtime)
-                keep.append(item)
-                fresh.append((str(path), size, mtime, sha))
+        hashed = (entry for chunk in results for entry in chunk)
+        for done, ((item, path, size, mtime), (sha, error)) in enumerate(zip(todo, hashed, strict=False), 1):
+            if done == len(todo) or time.monotonic() - last > 0.1:
+                last = time.monotonic()
+                if progress:
+                    progress(done, len(todo))
+                if should_stop and should_stop():
+                    raise Stopped()
+            if sha is None:
+                listing.failures.append((item.rel, error))
+                continue
+            item.sha256, item.stat = sha, (size, mtime)
+            keep.append(item)
+            fresh.append((str(path), size, mtime, sha))
     finally:
+        results.close()
         if fresh:  # also when stopped: the next run does not read these files again
             catalog.remember_hashes(fresh)
     listing.items = sorted(keep, key=lambda i: i.rel)

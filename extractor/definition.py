@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extractor.catalog import Catalog
-from extractor.datasets import Item, Listing, existing_dir, hash_items, scan_csv, scan_folder
+from extractor.datasets import Item, Listing, ThreadMap, existing_dir, hash_items, scan_csv, scan_folder
 from extractor.errors import HeadstartError
 
 
@@ -104,8 +104,10 @@ def _list_one(source: dict, should_stop: Callable[[], bool] | None) -> Listing:
 
 def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,
             progress: Callable[[int, int], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> tuple[Listing, list[dict]]:
-    """Decide the sources, list and hash each, merge them: (listing, sources as they will be recorded)."""
+            should_stop: Callable[[], bool] | None = None,
+            mapper: ThreadMap | None = None) -> tuple[Listing, list[dict]]:
+    """Decide the sources, list and hash each, merge them: (listing, sources as they will be recorded). `mapper`
+    runs the hashing (extractor.datasets.hash_items)."""
     sources = decide(name, catalog.sources(name), wanted)
     listings = []
     for source in sources:
@@ -123,7 +125,7 @@ def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,
                 progress(offset + n, total)
 
         before = len(listing.items)
-        hash_items(listing, catalog, confine=confine, progress=hashed, should_stop=should_stop)
+        hash_items(listing, catalog, confine=confine, progress=hashed, should_stop=should_stop, mapper=mapper)
         done += before
     return merge(listings, sources), sources
 

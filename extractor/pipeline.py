@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from extractor import augment
+from extractor import augment, engine_ray
 from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.definition import Wanted, collect
 from extractor.devicedecode import ByteDataset, to_batch
 from extractor.devicedecode import collate as bytes_collate
+from extractor.engine_ray import check_engine
 from extractor.errors import HeadstartError, Stopped
 from extractor.model import LoadedBackbone, Resolved, amp_dtype, decode_method, resolve, resolve_device
 from extractor.names import check_name
@@ -59,6 +60,9 @@ class ExtractOptions:
     views: int = 0
     decode: str = "auto"  # auto, cpu or gpu (JPEGs decoded on the device; part of the fingerprint)
     only: frozenset[str] | None = None  # compute vectors for these content hashes only (a sample of the dataset)
+    engine: str = "local"  # local, or ray (extractor.engine_ray: tasks and actors on a Ray cluster)
+    ray_address: str | None = None  # the Ray head (host:port, auto); none: a local Ray cluster
+    actors: int | None = None  # forward actors with --engine ray (default: one per GPU, else 1)
 
     def wanted(self) -> Wanted:
         return Wanted(self.data_dir, self.labels_csv, self.path_column, self.label_column, self.unlabeled,
@@ -93,7 +97,7 @@ def _resolved(opts: ExtractOptions) -> Resolved:
                              "--decode cpu (or auto) to compute views")
     cpu = resolve(opts.backbone, opts.weights, opts.size)
     method = decode_method(opts.decode, opts.device)
-    if method == cpu.preprocess.method or opts.augment:
+    if method == cpu.preprocess.method or opts.augment or opts.engine == "ray":
         return cpu
     return resolve(opts.backbone, opts.weights, opts.size, method)
 
@@ -106,6 +110,9 @@ def default_workers() -> int:
 
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
+    if check_engine(opts.engine) == "ray" and (opts.augment or opts.decode == "gpu"):
+        raise HeadstartError(f"--engine ray with {'--augment' if opts.augment else '--decode gpu'}: the Ray engine "
+                             f"computes clean vectors with CPU decoding; run this with --engine local")
     if opts.augment is not None or opts.views:
         if opts.augment is None or not opts.views:
             raise HeadstartError(f"--augment {opts.augment} --views {opts.views}: views need both, a recipe and "
@@ -113,7 +120,8 @@ def _check(opts: ExtractOptions) -> None:
         augment.parse(opts.augment)
         if augment.check_views(opts.views) < 1:
             raise HeadstartError("--views 0 with --augment: expected at least 1 view per train image")
-    amp_dtype(resolve_device(opts.device), opts.amp)  # a bad device is refused even when nothing is left to compute
+    # a bad device is refused even when nothing is left to compute (Ray: the devices are the workers', see plan())
+    amp_dtype(resolve_device(opts.device) if opts.engine == "local" else torch.device("cpu"), opts.amp)
     if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 0):
         raise HeadstartError(
             f"batch size {opts.batch_size} / workers {opts.workers}: expected batch >= 1 and workers >= 0")
@@ -149,8 +157,13 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
         if progress:
             progress(Progress(done, total, 0, time.monotonic() - hashing_started, phase="hashing"))
 
+    mapper = None
+    if opts.engine == "ray":
+        engine_ray.connect(opts.ray_address)
+        mapper = engine_ray.RayMap()
     try:
-        listing, sources = collect(store.catalog, opts.dataset, opts.wanted(), opts.confine, hashed, should_stop)
+        listing, sources = collect(store.catalog, opts.dataset, opts.wanted(), opts.confine, hashed, should_stop,
+                                   mapper)
     except Stopped:
         return ExtractSummary(opts.dataset, opts.backbone, fp_id, 0, 0, 0, 0, 0, 0, time.monotonic() - start,
                               "none", stopped=True)
@@ -166,7 +179,7 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
     model = Model(resolved, opts.device, opts.amp)
     if missing:
         extracted, new_bad, stopped = _compute(opts, store, resolved, files, stats, set(known_bad), model, progress,
-                                               should_stop)
+                                               should_stop, [s["root"] for s in sources])
     content_bad = [(sha, str(err)) for sha, err in new_bad.items() if err.content]
     if content_bad:
         store.catalog.remember_bad_content(limits_sig, content_bad)
@@ -187,7 +200,8 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
             batch_size=opts.batch_size, workers=_workers(opts), limits=opts.limits, flush_seconds=opts.flush_seconds,
             shard_rows=opts.shard_rows, skip=set(bad), progress=progress, should_stop=should_stop)
         summary.views, summary.stopped = views.to_dict(), views.stopped
-    summary.device, summary.seconds = model.device_name, time.monotonic() - start
+    summary.device = model.device_name if opts.engine == "local" else "ray"
+    summary.seconds = time.monotonic() - start
     if extracted and not stopped and not opts.augment:  # (views' time would count against the clean vectors)
         store.record_rate(fp_id, extracted, summary.seconds)
     summary.warnings = warnings(opts, store, listing, members, summary)
@@ -222,8 +236,9 @@ def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> 
 
 def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path_of: dict[str, Path],
              stats: dict[str, tuple[int, int] | None], skip: set[str], model: Model, progress: Callable | None,
-             should_stop: Callable | None) -> tuple[int, dict, bool]:
-    """Hold the writer lock, load the model, stream decoded batches through it into shards.
+             should_stop: Callable | None, roots: list[str]) -> tuple[int, dict, bool]:
+    """Hold the writer lock, load the model, stream decoded batches through it into shards (the Ray engine: its
+    actors write the shards, this process commits them).
 
     `path_of` maps each content hash to one file with those bytes: the same bytes under two names are computed
     once."""
@@ -233,6 +248,8 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
                 (opts.only is None or sha in opts.only)]
         if not jobs:  # another writer finished them while we were starting
             return 0, {}, False
+        if opts.engine == "ray":
+            return engine_ray.compute(opts, store, resolved, jobs, roots, progress, should_stop, writer)
         backbone = model()
         workers = _workers(opts)
         # Workers are forked, also from the threaded service. A forkserver was tried: its workers are children

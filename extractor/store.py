@@ -6,7 +6,6 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from extractor.catalog import Catalog
 from extractor.durable import publish, storage_error
 from extractor.errors import CacheDamaged, Conflict, HeadstartError, NotFound
 from extractor.locks import Busy, FileLock
+from extractor.shardfile import write_shard
 from extractor.weights import head_weights, identity, parse_weights
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 SHARD_BYTES = 64 * 1024 * 1024
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def check_dtype(dtype: str) -> np.dtype:
@@ -292,39 +291,28 @@ class ShardWriter:
             # only a committed shard leaves the buffer (a failed write keeps its rows for the next flush)
             self._shas, self._views, self._vectors, cut = self._shas[n:], self._views[n:], queue, cut - n
 
-    def _stored(self, part: np.ndarray) -> np.ndarray:
-        part = np.asarray(part, dtype=np.float32)
-        if self.dtype == np.float16:
-            part = np.clip(part, -FLOAT16_MAX, FLOAT16_MAX)
-        return part.astype(self.dtype, copy=False)
-
     def _write(self, shas: list[str], parts: list[np.ndarray], views: list[int] | None = None) -> None:
         """Write one shard file (tmp, fsync, rename), then commit it; on a failed write or commit nothing stays
         that a reader could see, and a full or read-only disk is one line (StorageFull)."""
-        name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.h5"
-        tmp, final = self.dir / (name + ".tmp"), self.dir / name
-        doing = f"writing shard {final.relative_to(self.store.home)}"
+        file, size = write_shard(self.store.home, self.dir, self.fp.id, self.fp.dim, self.dtype, shas, parts,
+                                 self.recipe, views)
+        self.commit([(file, shas, size)], views)
+
+    def commit(self, shards: list[tuple[str, list[str], int]], views: list[int] | None = None) -> None:
+        """Make published shard files (file relative to the home, content hashes, bytes) visible in one catalog
+        transaction; when the commit fails the files are removed (nothing uncommitted stays to be read)."""
         try:
-            with h5py.File(tmp, "w") as fh:
-                features = fh.create_dataset("features", shape=(len(shas), self.fp.dim), dtype=self.dtype)
-                row = 0
-                for part in parts:
-                    features[row:row + len(part)] = self._stored(part)
-                    row += len(part)
-                fh.create_dataset("sha256", data=np.array(shas, dtype="S64"))
-                fh.attrs["fingerprint"] = self.fp.id
-                if self.recipe:
-                    fh.create_dataset("view", data=np.array(views, dtype=np.int32))
-                    fh.attrs["recipe"] = self.recipe
-            publish(tmp, final)
-            doing = f"committing shard {final.relative_to(self.store.home)} to the catalog"
-            self.store.catalog.commit_shard(self.fp.id, final.relative_to(self.store.home).as_posix(),
-                                            self.dtype.name, shas, final.stat().st_size, self.recipe, views)
-        except (OSError, sqlite3.Error) as exc:
-            for path in (tmp, final):  # never committed: remove it (the next writer would, too)
-                path.unlink(missing_ok=True)
-            raise storage_error(exc, doing) or exc from None
-        self.written += len(shas)
+            self.store.catalog.commit_shards(self.fp.id, self.dtype.name, shards, self.recipe, views)
+        except sqlite3.Error as exc:
+            for file, _, _ in shards:
+                (self.store.home / file).unlink(missing_ok=True)
+            raise storage_error(exc, f"committing {len(shards)} shard(s) to the catalog") or exc from None
+        self.written += sum(len(shas) for _, shas, _ in shards)
+
+    def clean(self) -> None:
+        """Remove shard files this fingerprint's catalog does not know (the Ray engine calls it when its run
+        ends: a killed actor may have published a file that was never reported)."""
+        self._clean()
 
     def __exit__(self, *exc) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -67,6 +68,13 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="refuse larger images (e.g. 64M, 100M, 2G)")
     p.add_argument("--max-bytes", type=count("--max-bytes", 1024), default=64 * 1024 * 1024,
                    help="refuse larger files (e.g. 64M = 64 MiB)")
+    p.add_argument("--engine", default=os.environ.get("HEADSTART_ENGINE") or "local", choices=("local", "ray"),
+                   help="where the work runs: local (this machine), or ray (tasks and GPU actors on a Ray cluster; "
+                        "the data folder and the home on a path every node sees). Default $HEADSTART_ENGINE or local")
+    p.add_argument("--ray-address", default=os.environ.get("HEADSTART_RAY_ADDRESS") or None, metavar="HOST:PORT",
+                   help="the Ray head to join with --engine ray (default $HEADSTART_RAY_ADDRESS; none: start a "
+                        "local Ray cluster)")
+    p.add_argument("--actors", type=int, help="forward actors with --engine ray (default: one per GPU, else 1)")
     p.add_argument("--shard-rows", type=int, help=argparse.SUPPRESS)
     p.add_argument("--flush-seconds", type=float, default=60.0, help="save finished vectors at least this often")
     p.set_defaults(func=cmd_extract)
@@ -109,7 +117,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         dtype=args.dtype, split=args.split, seed=args.seed, resplit=args.resplit,
         limits=Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels), shard_rows=args.shard_rows,
         flush_seconds=args.flush_seconds, add=args.add, redefine=args.redefine, augment=args.augment,
-        views=args.views, decode=args.decode)
+        views=args.views, decode=args.decode, engine=args.engine, ray_address=args.ray_address, actors=args.actors)
     bar = ProgressBar(f"{args.dataset}/{args.backbone}")
     try:
         summary = extract(opts, FeatureStore(args.home), progress=bar)

@@ -46,17 +46,17 @@ def data(tmp_path):
 def test_a_disk_full_commit_fails_that_job_and_the_worker_goes_on(data, monkeypatch):
     runner = runner_for(data)
     runner.start()
-    real = Catalog.commit_shard
+    real = Catalog.commit_shards
 
     def full(self, *args, **kwargs):
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(Catalog, "commit_shard", full)
+    monkeypatch.setattr(Catalog, "commit_shards", full)
     first = runner.submit_extract(EXTRACT)[0]
     failed = wait(runner, first, ("failed",))
     assert "disk full while committing" in failed["error"] and "\n" not in failed["error"]
     assert runner.thread.is_alive()
-    monkeypatch.setattr(Catalog, "commit_shard", real)  # space returns
+    monkeypatch.setattr(Catalog, "commit_shards", real)  # space returns
     second = runner.submit_extract({**EXTRACT, "weights": "random:1"})[0]
     assert wait(runner, second, ("succeeded", "failed"))["state"] == "succeeded"
     runner.stop(10)

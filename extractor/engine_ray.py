@@ -1,0 +1,259 @@
+"""The Ray engine: new files hashed and images decoded as Ray tasks, the frozen forward in an actor pool (one
+actor per GPU, CPU actors otherwise) whose actors write their own shard files, and one driver, the only process
+that opens the SQLite catalog, committing what they report. Everything else is the local engine's: listing,
+content hashes, fingerprints, splits, the shard format, the writer lock (one driver per fingerprint).
+
+The data folder and the home must be at the same path on every node (a shared filesystem)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from extractor.decode import DecodeError, Limits, decode_job, preprocess
+from extractor.errors import HeadstartError
+from extractor.summary import Progress
+
+ENGINES = ("local", "ray")
+SHARD_ROWS = 256  # rows per shard an actor writes: 4 MB of 8192-d float16 (fewer when a run is small)
+DECODE_ROWS = 32  # images per decode task
+COMMIT_SECONDS = 0.25  # the driver commits the shards reported in this long in one catalog transaction
+SHARED = ("--engine ray needs the data folder and the home at the same path on every node of the cluster (a "
+          "shared filesystem)")
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise HeadstartError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    return engine
+
+
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at `address` (host:port of its head, `auto`, or ray://host:port), or start a local one
+    when there is none; a missing Ray or an unreachable address is one line."""
+    try:
+        import ray
+    except ImportError:
+        raise HeadstartError("--engine ray needs Ray, which is not installed here: pip install 'headstart[ray]' "
+                             "(or pip install 'ray[data]'), or use --engine local") from None
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        _probe(address)
+    # the driver's own Ray logs stay in Ray's session logs; errors reach the user as one line each (below)
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    local = {} if address else {"include_dashboard": False}  # a cluster of our own: no dashboard to expose
+    try:
+        ray.init(address=address or None, logging_level=logging.ERROR, log_to_driver=False, **local)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HeadstartError(f"cannot join the Ray cluster at {address or 'a local cluster'}: {first}; start one "
+                             f"with `ray start --head`, or check --ray-address / HEADSTART_RAY_ADDRESS") from None
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _probe(address: str) -> None:
+    """Refuse an address nobody listens on at once (Ray itself waits minutes before it gives up)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise HeadstartError(f"--ray-address {address!r}: expected HOST:PORT of the Ray head (e.g. 10.0.0.5:6379), "
+                             f"ray://HOST:PORT, or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        raise HeadstartError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+                             f"`ray start --head` on the head node, or check --ray-address / "
+                             f"HEADSTART_RAY_ADDRESS") from None
+
+
+class RayMap:
+    """extractor.datasets.hash_items' mapper on the cluster: one Ray task per chunk of files, results in order;
+    closing the iterator cancels the tasks not yet done."""
+
+    chunk = 256
+
+    def __call__(self, fn: Callable[[list], list], chunks: list[list]) -> Iterator[list]:
+        import ray
+
+        remote = ray.remote(num_cpus=1, max_retries=3)(fn)
+        refs = [remote.remote(chunk) for chunk in chunks]
+        try:
+            for ref in refs:
+                yield ray.get(ref)
+        finally:
+            for ref in refs:
+                ray.cancel(ref)
+
+
+def decode_block(batch: dict, size: int, limits: Limits, roots: list[str]) -> dict:
+    """One Ray task: files -> uint8 pixels (zeros and a reason where a file failed), as the local workers do."""
+    absent = [r for r in roots if not os.path.isdir(r)]
+    n = len(batch["sha"])
+    pixels = np.zeros((n, size, size, 3), np.uint8)
+    errors, content = [""] * n, np.zeros(n, bool)
+    for i, (sha, path, fsize, mtime) in enumerate(zip(batch["sha"], batch["path"], batch["size"], batch["mtime"],
+                                                      strict=True)):
+        stat = None if fsize < 0 else (int(fsize), int(mtime))
+        array, error = decode_job((str(sha), Path(path), stat), limits, lambda data: preprocess(data, size, limits))
+        if error is None:
+            pixels[i] = array
+        else:
+            errors[i], content[i] = str(error), error.content
+    fatal = f"{SHARED}: {', '.join(absent)} is not a folder on node {socket.gethostname()}" if absent else ""
+    return {"sha": batch["sha"], "pixels": pixels, "error": np.array(errors, dtype=object), "content": content,
+            "fatal": np.array([fatal] * n, dtype=object)}
+
+
+class ShardActor:
+    """Loads the backbone once, embeds blocks of decoded images and writes each block's vectors as one shard file
+    in the home's feature folder; returns one row per block: (file, content hashes, bytes, failures)."""
+
+    def __init__(self, home: str, backbone: str, weights: str, size: int, fp_id: str, dtype: str, batch_size: int,
+                 device: str, amp: str, threads: int) -> None:
+        self.home, self.fp_id, self.batch_size, self.fatal = Path(home), fp_id, batch_size, ""
+        self.dtype = np.dtype(dtype)
+        try:
+            self.setup(backbone, weights, size, device, amp, threads)
+        except Exception as exc:  # reported by the first block (a constructor that raises is restarted forever)
+            self.fatal = f"a Ray actor on node {socket.gethostname()} could not load {backbone}: {exc}"
+
+    def setup(self, backbone: str, weights: str, size: int, device: str, amp: str, threads: int) -> None:
+        import torch
+
+        from extractor.model import LoadedBackbone, resolve
+
+        if not (self.home / "catalog.sqlite").is_file():
+            self.fatal = f"{SHARED}: the home {self.home} is not there on node {socket.gethostname()}"
+            return
+        resolved = resolve(backbone, weights, size)
+        if resolved.fingerprint.id != self.fp_id:
+            self.fatal = (f"node {socket.gethostname()} computes fingerprint {resolved.fingerprint.id}, the driver "
+                          f"{self.fp_id}: install the same headstart, torch and torchvision on every node")
+            return
+        self.dim, self.folder = resolved.fingerprint.dim, self.home / "features" / self.fp_id
+        self.loaded = LoadedBackbone(resolved, device, amp)
+        if self.loaded.device.type == "cpu":
+            torch.set_num_threads(threads)
+        self.loaded.setup()
+
+    def embed(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Vectors of one block, `batch_size` images per forward (the local engine's batches)."""
+        import torch
+
+        return [self.loaded.embed(torch.from_numpy(np.array(pixels[i:i + self.batch_size])))
+                for i in range(0, len(pixels), self.batch_size)]
+
+    def __call__(self, batch: dict) -> dict:
+        from extractor.shardfile import write_shard
+
+        fatal = self.fatal or next((f for f in batch["fatal"] if f), "")
+        failed = batch["error"] != ""
+        bad = [[str(s), str(e), bool(c)] for s, e, c in zip(batch["sha"][failed], batch["error"][failed],
+                                                            batch["content"][failed], strict=True)]
+        file, size, shas = "", 0, [str(s) for s in batch["sha"][~failed]]
+        if shas and not fatal:
+            file, size = write_shard(self.home, self.folder, self.fp_id, self.dim, self.dtype, shas,
+                                     self.embed(batch["pixels"][~failed]))
+        return {"file": np.array([file], dtype=object), "shas": np.array(["\n".join(shas)], dtype=object),
+                "bytes": np.array([size]), "bad": np.array([json.dumps(bad)], dtype=object),
+                "fatal": np.array([fatal], dtype=object)}
+
+
+def plan(jobs: int, batch_size: int, shard_rows: int | None, device: str,
+         actors: int | None) -> tuple[int, int, int, int]:
+    """(actors, GPUs per actor, rows per shard, torch threads per CPU actor) for a run of `jobs` images on the
+    cluster: one actor per GPU when there are GPUs (and the device allows them), else CPU actors."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0)) if device == "auto" or device.startswith("cuda") else 0
+    if device.startswith("cuda") and not gpus:
+        raise HeadstartError(f"--device {device} with --engine ray: the cluster has no GPU; choose auto or cpu")
+    count = actors or gpus or 1
+    if actors is not None and actors < 1:
+        raise HeadstartError(f"--actors {actors}: expected at least 1")
+    rows = shard_rows or min(SHARD_ROWS, batch_size * max(1, math.ceil(jobs / (count * 4 * batch_size))))
+    threads = max(1, (len(os.sched_getaffinity(0)) if not gpus else 1) // max(1, count))
+    return count, 1 if gpus else 0, rows, threads
+
+
+def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolved, opts, roots: list[str],
+        actor: type = ShardActor) -> Iterator[tuple[str, list[str], int, list[tuple[str, DecodeError]]]]:
+    """Stream the jobs through decode tasks and the actor pool: (file, content hashes, bytes, failures) per shard,
+    as the actors report them. Closing the iterator stops the Ray work."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    count, gpus, rows, threads = plan(len(jobs), opts.batch_size, opts.shard_rows, opts.device, opts.actors)
+    items = [{"sha": sha, "path": str(path), "size": st[0] if st else -1, "mtime": st[1] if st else -1}
+             for sha, path, st in jobs]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / DECODE_ROWS)))
+    # Ray Data retries a task whose worker died, and restarts a dead actor (its default max_retries/max_restarts
+    # -1). Decode tasks reserve memory for their block (the file bytes, Pillow's buffers, the pixels); the actors
+    # reserve none, so Ray Data does not fuse decoding into the actors: it stays in tasks near the data.
+    block = DECODE_ROWS * resolved.size * resolved.size * 3
+    ds = ds.map_batches(decode_block, batch_size=DECODE_ROWS, num_cpus=1, memory=max(64 << 20, 8 * block),
+                        batch_format="numpy", fn_kwargs={"size": resolved.size, "limits": opts.limits, "roots": roots})
+    fp = resolved.fingerprint
+    ds = ds.map_batches(actor, batch_size=rows, batch_format="numpy", compute=ActorPoolStrategy(size=count),
+                        num_gpus=gpus, num_cpus=1,
+                        fn_constructor_kwargs={"home": str(home), "backbone": fp.backbone, "weights": opts.weights,
+                                               "size": resolved.size, "fp_id": fp.id, "dtype": opts.dtype,
+                                               "batch_size": opts.batch_size, "device": opts.device,
+                                               "amp": opts.amp, "threads": threads})
+    batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+    try:
+        for out in batches:
+            for file, shas, size, bad, fatal in zip(out["file"], out["shas"], out["bytes"], out["bad"],
+                                                    out["fatal"], strict=True):
+                if fatal:
+                    raise HeadstartError(str(fatal))
+                failures = [(s, DecodeError(e, content=c)) for s, e, c in json.loads(bad)]
+                yield str(file), str(shas).split("\n") if file else [], int(size), failures
+    finally:
+        close = getattr(batches, "close", None)
+        if close:
+            close()
+
+
+def compute(opts, store, resolved, jobs: list, roots: list[str], progress: Callable | None,
+            should_stop: Callable | None, writer) -> tuple[int, dict[str, DecodeError], bool]:
+    """The driver: commit the actors' shards (those reported within COMMIT_SECONDS in one transaction), report
+    progress, stop the Ray work when asked. Returns (vectors committed, failures by content hash, stopped)."""
+    bad: dict[str, DecodeError] = {}
+    pending: list[tuple[str, list[str], int]] = []
+    done, started, last, stopped = 0, time.monotonic(), time.monotonic(), False
+    shards = run(jobs, store.home, resolved, opts, roots)
+    try:
+        for file, shas, size, failures in shards:
+            if file:
+                pending.append((file, shas, size))
+            bad.update(failures)
+            done += len(shas) + len(failures)
+            if pending and time.monotonic() - last >= COMMIT_SECONDS:
+                writer.commit(pending)
+                pending, last = [], time.monotonic()
+            if progress:
+                progress(Progress(done, len(jobs), len(bad), time.monotonic() - started))
+            if should_stop and should_stop():
+                stopped = True
+                break
+    finally:
+        shards.close()
+        if pending:  # finished shards are kept, also when the run stops or fails
+            writer.commit(pending)
+        writer.clean()
+    return writer.written, bad, stopped

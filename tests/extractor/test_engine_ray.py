@@ -1,0 +1,201 @@
+"""--engine ray on a real local Ray cluster (127.0.0.1, started and stopped here): the same cache as the local
+engine, killed workers and a killed driver, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extractor.errors import HeadstartError
+from extractor.pipeline import ExtractOptions, extract
+from extractor.store import FeatureStore
+from tests.conftest import REPO, assert_one_line_error, make_folder, run_cli
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster for this module; its GCS address for drivers in other processes."""
+    from extractor import engine_ray
+
+    engine_ray.connect(None)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raydata")
+    make_folder(root / "d", {"red": 40, "green": 40, "blue": 30})
+    (root / "d" / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "d" / "blue" / "copy.jpg").write_bytes((root / "d" / "red" / "red_0000.jpg").read_bytes())
+    return root / "d"
+
+
+def options(data: Path, **kw) -> ExtractOptions:
+    base = dict(data_dir=data, dataset="d", backbone="tiny", weights="random", batch_size=8, workers=1)
+    return ExtractOptions(**{**base, **kw})
+
+
+def cache(home: Path) -> tuple:
+    store = FeatureStore(home)
+    fp = store.catalog.dataset_summary("d")["fingerprints"][0][0]
+    table = store.table("d", fp)
+    return fp, store.catalog.members("d"), store.catalog.failures("d"), table
+
+
+def test_ray_engine_gives_the_local_engines_cache_bit_for_bit(cluster, data, tmp_path):
+    local = extract(options(data), FeatureStore(tmp_path / "local"))
+    events = []
+    remote = extract(options(data, engine="ray", shard_rows=16), FeatureStore(tmp_path / "ray"),
+                     progress=events.append)
+    assert remote.fingerprint == local.fingerprint and remote.device == "ray"
+    assert (remote.extracted, remote.failed, remote.duplicates) == (local.extracted, local.failed, local.duplicates)
+    fp_l, members_l, failures_l, table_l = cache(tmp_path / "local")
+    fp_r, members_r, failures_r, table_r = cache(tmp_path / "ray")
+    assert fp_l == fp_r and members_l == members_r and failures_l == failures_r
+    assert any("broken.jpg" in path for path, _ in failures_r)
+    assert table_l.paths == table_r.paths and table_l.splits == table_r.splits
+    assert np.array_equal(table_l.features, table_r.features)
+    ray_shards = FeatureStore(tmp_path / "ray").catalog.shards(fp_r)
+    assert max(s["rows"] for s in ray_shards) <= 16 and sum(s["rows"] for s in ray_shards) == local.extracted
+    extracting = [e for e in events if e.phase == "extracting"]
+    assert extracting[-1].done == extracting[-1].total == local.extracted + 1 and extracting[-1].failed == 1
+    again = extract(options(data, engine="ray"), FeatureStore(tmp_path / "ray"))
+    assert again.extracted == 0 and again.cached == local.extracted
+
+
+def _actor_pids() -> list[int]:
+    """Processes of the forward actors (Ray titles them ray::MapWorker(MapBatches(ShardActor)))."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"ShardActor" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_actor_is_restarted_and_the_extraction_completes(cluster, data, tmp_path):
+    killed: list[int] = []
+
+    def kill_once(event) -> None:
+        if event.phase == "extracting" and not killed and event.done < event.total:
+            pids = _actor_pids()
+            assert pids, "no actor process found"
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    summary = extract(options(data, engine="ray", shard_rows=8), FeatureStore(tmp_path / "h"), progress=kill_once)
+    assert killed and not summary.stopped
+    _, _, _, table = cache(tmp_path / "h")
+    clean = extract(options(data), FeatureStore(tmp_path / "clean"))
+    assert summary.extracted == clean.extracted == len(set(table.sha256))
+    assert np.array_equal(table.features, cache(tmp_path / "clean")[3].features)
+
+
+def test_kill_9_of_the_driver_leaves_a_readable_cache_and_the_rerun_completes(cluster, data, tmp_path):
+    home = tmp_path / "h"  # vgg16 at 64 px: slow enough here to be killed halfway
+    args = [sys.executable, "-m", "service", "extract", str(data), "--dataset", "d", "--backbone", "vgg16",
+            "--size", "64", "--weights", "random", "--batch-size", "4", "--shard-rows", "4", "--engine", "ray",
+            "--ray-address", cluster, "--home", str(home)]
+    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "HEADSTART_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        catalog = home / "catalog.sqlite"
+        if catalog.exists() and FeatureStore(home).catalog.shards():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    store = FeatureStore(home)
+    fp = store.catalog.dataset_summary("d")["fingerprints"][0][0]
+    committed = {s["file"] for s in store.catalog.shards(fp)}
+    table = store.table("d", fp)  # readable: every committed shard is whole
+    assert 0 < len(table.paths) < 110
+    on_disk = {f"features/{fp}/{p.name}" for p in (home / "features" / fp).glob("*.h5")}
+    assert committed <= on_disk  # files never committed may be there; nothing reads them
+    rerun = subprocess.run(args, cwd=REPO, env={**os.environ, "HEADSTART_OFFLINE": "1"}, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-800:]
+    leftovers = {f"features/{fp}/{p.name}" for p in (home / "features" / fp).iterdir() if p.name != "writer.lock"}
+    assert leftovers == {s["file"] for s in store.catalog.shards(fp)}  # the rerun removed what was never committed
+    extract(options(data, backbone="vgg16", size=64, batch_size=4), FeatureStore(tmp_path / "clean"))
+    # equal up to float32 rounding: vgg16's CPU convolutions sum in an order that depends on the batch an image
+    # is in, and a resumed run batches the images that were left (the tiny backbone above is bit-exact)
+    np.testing.assert_allclose(store.table("d", fp).features, cache(tmp_path / "clean")[3].features,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_a_stopped_ray_run_keeps_what_it_committed_and_resumes(cluster, data, tmp_path):
+    events = []
+
+    def stop() -> bool:
+        return bool(events) and events[-1].phase == "extracting"
+
+    first = extract(options(data, engine="ray", shard_rows=8), FeatureStore(tmp_path / "h"), progress=events.append,
+                    should_stop=stop)
+    assert first.stopped and 0 < first.extracted < 110
+    second = extract(options(data, engine="ray"), FeatureStore(tmp_path / "h"))
+    assert second.extracted == 110 - first.extracted and not second.stopped
+
+
+def test_an_unreachable_ray_address_is_one_line_at_once(data, tmp_path):
+    started = time.monotonic()  # (Ray itself waits minutes before it gives up on an address)
+    common = ("extract", str(data), "--dataset", "d", "--backbone", "tiny", "--weights", "random", "--engine", "ray",
+              "--home", str(tmp_path))
+    done = run_cli(*common, "--ray-address", "127.0.0.1:9")
+    assert_one_line_error(done.returncode, done.stderr, "cannot reach the Ray cluster at 127.0.0.1:9")
+    assert time.monotonic() - started < 30
+    done = run_cli(*common, env={"HEADSTART_RAY_ADDRESS": "nonsense"})
+    assert_one_line_error(done.returncode, done.stderr, "expected HOST:PORT of the Ray head")
+
+
+def test_without_ray_installed_the_engine_is_one_line(data, tmp_path):
+    blocked = ("import sys; sys.modules['ray'] = None; from service.cli import main; "  # `import ray` fails
+               f"sys.exit(main(['extract', {str(data)!r}, '--dataset', 'd', '--backbone', 'tiny', '--weights', "
+               f"'random', '--engine', 'ray', '--home', {str(tmp_path)!r}]))")
+    done = subprocess.run([sys.executable, "-c", blocked], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HEADSTART_OFFLINE": "1"})
+    assert_one_line_error(done.returncode, done.stderr, "--engine ray needs Ray, which is not installed here")
+
+
+def test_ray_engine_refuses_what_it_does_not_do(data, tmp_path):
+    for kw, said in (({"augment": "classic", "views": 2}, "--augment"), ({"decode": "gpu"}, "--decode gpu")):
+        with pytest.raises(HeadstartError, match=f"--engine ray with {said}"):
+            extract(options(data, engine="ray", **kw), FeatureStore(tmp_path))
+    with pytest.raises(HeadstartError, match="expected one of local, ray"):
+        extract(options(data, engine="spark"), FeatureStore(tmp_path))
+
+
+def test_the_driver_commits_from_one_thread_while_others_read(cluster, data, tmp_path):
+    """Readers are never blocked while the Ray driver commits (the catalog is in WAL mode)."""
+    home = tmp_path / "h"
+    reads, stop = [], threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            if (home / "catalog.sqlite").exists():
+                reads.append(len(FeatureStore(home).catalog.shards()))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        extract(options(data, engine="ray", shard_rows=8), FeatureStore(home))
+    finally:
+        stop.set()
+        thread.join()
+    assert reads and reads == sorted(reads) and max(reads) >= 1

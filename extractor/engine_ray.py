@@ -50,7 +50,8 @@ def connect(address: str | None) -> None:
         _probe(address)
     # the driver's own Ray logs stay in Ray's session logs; errors reach the user as one line each (below)
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    local = {} if address else {"include_dashboard": False}  # a cluster of our own: no dashboard to expose
+    # a cluster of our own serves this machine only: on 127.0.0.1, with no dashboard
+    local = {} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
     try:
         ray.init(address=address or None, logging_level=logging.ERROR, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:

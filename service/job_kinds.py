@@ -10,7 +10,6 @@ from extractor.errors import Stopped
 from extractor.pipeline import ExtractOptions, Progress
 from extractor.pipeline import extract as run_extract
 from service import work
-from service.metrics import ENGINE
 
 if TYPE_CHECKING:
     from service.jobs import JobRunner
@@ -28,7 +27,8 @@ def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
         seed=request.get("seed"), batch_size=s.extract_batch_size, workers=s.extract_workers, device=s.device,
         limits=Limits(max_pixels=s.max_pixels), flush_seconds=s.flush_seconds, confine=True,
         add=bool(request.get("add")), redefine=bool(request.get("redefine")), augment=request.get("augment"),
-        views=int(request.get("views") or 0), decode=request.get("decode") or "auto")
+        views=int(request.get("views") or 0), decode=request.get("decode") or "auto", engine=s.engine,
+        ray_address=s.ray_address)
     last, deadline, timed_out = [0.0], time.monotonic() + (s.extract_max_seconds or float("inf")), []
 
     def progress(p: Progress) -> None:
@@ -43,7 +43,7 @@ def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
         return runner.should_stop(job_id)
 
     summary = run_extract(opts, runner.store, progress=progress, should_stop=should_stop).to_dict()
-    labels = {"backbone": request["backbone"], "engine": ENGINE}
+    labels = {"backbone": request["backbone"], "engine": s.engine}
     runner.metrics.inc("headstart_images_extracted_total", labels, summary["extracted"])
     runner.metrics.inc("headstart_extract_seconds_total", labels, summary["seconds"])
     if summary["extracted"]:

@@ -18,7 +18,7 @@ from extractor.errors import Conflict, HeadstartError, NotFound, Stopped, TooBus
 from extractor.model import resolve
 from extractor.store import FeatureStore
 from service import job_kinds
-from service.metrics import ENGINE, Metrics
+from service.metrics import Metrics
 from service.settings import Settings
 from service.work import TrainingSlot, check_finetune, check_train
 
@@ -64,6 +64,13 @@ class JobRunner:
         self.thread.join(timeout)
 
     # --- submitting ------------------------------------------------------------------------------
+    def engine(self, kind: str) -> str:
+        """Where a job of this kind runs: extract jobs on HEADSTART_ENGINE (local or ray), the others here."""
+        return self.settings.engine if kind == "extract" else "local"
+
+    def count(self, kind: str, state: str) -> None:
+        self.metrics.inc("headstart_jobs_total", {"kind": kind, "state": state, "engine": self.engine(kind)})
+
     def submit(self, kind: str, key: str, request: dict) -> tuple[str, bool]:
         """(job id, created). The same key while a job for it is queued or running gives that job."""
         if self.stopping.is_set():
@@ -79,7 +86,7 @@ class JobRunner:
                               f"retry when some have run")
             job_id = uuid.uuid4().hex[:16]
             catalog.create_job(job_id, kind, key, json.dumps(request))
-        self.metrics.inc("headstart_jobs_total", {"kind": kind, "state": "queued", "engine": ENGINE})
+        self.count(kind, "queued")
         self.queue.put(job_id)
         return job_id, True
 
@@ -120,7 +127,7 @@ class JobRunner:
                 if catalog.transition_job(job_id, "cancelling", ("running",)):
                     return self.get(job_id)
             elif catalog.transition_job(job_id, "cancelled", ("queued", "interrupted")):
-                self.metrics.inc("headstart_jobs_total", {"kind": job["kind"], "state": "cancelled", "engine": ENGINE})
+                self.count(job["kind"], "cancelled")
                 return self.get(job_id)
         return self.get(job_id)
 
@@ -184,8 +191,8 @@ class JobRunner:
         job = self.store.catalog.job(job_id)
         if job is None or not self.store.catalog.transition_job(job_id, "running", ("queued",)):
             return  # cancelled, or already taken, meanwhile
-        self.metrics.inc("headstart_jobs_total", {"kind": job["kind"], "state": "running", "engine": ENGINE})
-        self.metrics.inc("headstart_jobs_running", {"kind": job["kind"], "engine": ENGINE})
+        self.count(job["kind"], "running")
+        self.metrics.inc("headstart_jobs_running", {"kind": job["kind"], "engine": self.engine(job["kind"])})
         started = time.monotonic()
         try:
             state, result, error = self._execute(job)
@@ -197,9 +204,9 @@ class JobRunner:
             log.exception("job %s failed", job_id)
             state, result, error = "failed", None, f"internal error ({type(exc).__name__}); see the server log"
         finally:
-            self.metrics.dec("headstart_jobs_running", {"kind": job["kind"], "engine": ENGINE})
+            self.metrics.dec("headstart_jobs_running", {"kind": job["kind"], "engine": self.engine(job["kind"])})
         self.metrics.observe("headstart_job_seconds", time.monotonic() - started,
-                             {"kind": job["kind"], "state": state, "engine": ENGINE})
+                             {"kind": job["kind"], "state": state, "engine": self.engine(job["kind"])})
         self._finish(job_id, job["kind"], state, result, error)
 
     def _execute(self, job: dict) -> tuple[str, dict | None, str | None]:
@@ -233,7 +240,7 @@ class JobRunner:
         self.cancelled.discard(job_id)
         self.pending[job_id] = {"state": state, "result": result, "error": error, "progress": progress}
         self._flush_pending()
-        self.metrics.inc("headstart_jobs_total", {"kind": kind, "state": state, "engine": ENGINE})
+        self.count(kind, state)
 
     def _flush_pending(self) -> bool:
         """Write final states kept in memory; False while the catalog refuses (they are kept and shown)."""

@@ -17,7 +17,6 @@ prometheus_client.disable_created_metrics()  # no *_created series: they double 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 JOB_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-ENGINE = "local"  # where this server's jobs run (the only engine today; the label is there for others)
 
 # exposed name: (type, help, labels, buckets)
 DECLARED = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: str = "auto"
+    engine: Literal["local", "ray"] = "local"  # where extract jobs run (ray: the cluster at ray_address)
+    ray_address: str | None = None  # the Ray head, host:port; none: a local Ray cluster started by the service
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_json_bytes: int = Field(1024 * 1024, gt=0)
     max_files: int = Field(16, ge=1)

@@ -71,3 +71,27 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "service", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster on 127.0.0.1 for the tests that use it, stopped at the end; yields the GCS address
+    (drivers in other processes join it with --ray-address)."""
+    ray = pytest.importorskip("ray")
+    from extractor import engine_ray
+
+    engine_ray.connect(None)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def actor_pids() -> list[int]:
+    """Processes of the Ray engine's forward actors (Ray titles them ray::MapWorker(MapBatches(ShardActor)))."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"ShardActor" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids

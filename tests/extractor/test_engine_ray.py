@@ -17,19 +17,9 @@ import pytest
 from extractor.errors import HeadstartError
 from extractor.pipeline import ExtractOptions, extract
 from extractor.store import FeatureStore
-from tests.conftest import REPO, assert_one_line_error, make_folder, run_cli
+from tests.conftest import REPO, actor_pids, assert_one_line_error, make_folder, run_cli
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A local Ray cluster for this module; its GCS address for drivers in other processes."""
-    from extractor import engine_ray
-
-    engine_ray.connect(None)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +43,7 @@ def cache(home: Path) -> tuple:
     return fp, store.catalog.members("d"), store.catalog.failures("d"), table
 
 
-def test_ray_engine_gives_the_local_engines_cache_bit_for_bit(cluster, data, tmp_path):
+def test_ray_engine_gives_the_local_engines_cache_bit_for_bit(ray_cluster, data, tmp_path):
     local = extract(options(data), FeatureStore(tmp_path / "local"))
     events = []
     remote = extract(options(data, engine="ray", shard_rows=16), FeatureStore(tmp_path / "ray"),
@@ -74,24 +64,12 @@ def test_ray_engine_gives_the_local_engines_cache_bit_for_bit(cluster, data, tmp
     assert again.extracted == 0 and again.cached == local.extracted
 
 
-def _actor_pids() -> list[int]:
-    """Processes of the forward actors (Ray titles them ray::MapWorker(MapBatches(ShardActor)))."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"ShardActor" in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def test_a_killed_actor_is_restarted_and_the_extraction_completes(cluster, data, tmp_path):
+def test_a_killed_actor_is_restarted_and_the_extraction_completes(ray_cluster, data, tmp_path):
     killed: list[int] = []
 
     def kill_once(event) -> None:
         if event.phase == "extracting" and not killed and event.done < event.total:
-            pids = _actor_pids()
+            pids = actor_pids()
             assert pids, "no actor process found"
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
@@ -104,11 +82,11 @@ def test_a_killed_actor_is_restarted_and_the_extraction_completes(cluster, data,
     assert np.array_equal(table.features, cache(tmp_path / "clean")[3].features)
 
 
-def test_kill_9_of_the_driver_leaves_a_readable_cache_and_the_rerun_completes(cluster, data, tmp_path):
+def test_kill_9_of_the_driver_leaves_a_readable_cache_and_the_rerun_completes(ray_cluster, data, tmp_path):
     home = tmp_path / "h"  # vgg16 at 64 px: slow enough here to be killed halfway
     args = [sys.executable, "-m", "service", "extract", str(data), "--dataset", "d", "--backbone", "vgg16",
             "--size", "64", "--weights", "random", "--batch-size", "4", "--shard-rows", "4", "--engine", "ray",
-            "--ray-address", cluster, "--home", str(home)]
+            "--ray-address", ray_cluster, "--home", str(home)]
     proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "HEADSTART_OFFLINE": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -139,7 +117,7 @@ def test_kill_9_of_the_driver_leaves_a_readable_cache_and_the_rerun_completes(cl
                                rtol=1e-4, atol=1e-6)
 
 
-def test_a_stopped_ray_run_keeps_what_it_committed_and_resumes(cluster, data, tmp_path):
+def test_a_stopped_ray_run_keeps_what_it_committed_and_resumes(ray_cluster, data, tmp_path):
     events = []
 
     def stop() -> bool:
@@ -180,7 +158,7 @@ def test_ray_engine_refuses_what_it_does_not_do(data, tmp_path):
         extract(options(data, engine="spark"), FeatureStore(tmp_path))
 
 
-def test_the_driver_commits_from_one_thread_while_others_read(cluster, data, tmp_path):
+def test_the_driver_commits_from_one_thread_while_others_read(ray_cluster, data, tmp_path):
     """Readers are never blocked while the Ray driver commits (the catalog is in WAL mode)."""
     home = tmp_path / "h"
     reads, stop = [], threading.Event()

@@ -52,7 +52,7 @@ class MLPHead(Head):
         if mode != "balanced":
             raise HeadstartError(f"class_weight {mode!r}: expected balanced or null")
         counts = np.bincount(codes, minlength=len(self.classes_)).astype(np.float64)
-        weights = len(codes) / (len(self.classes_) * np.maximum(counts, 1))
+        weights = counts.sum() / (len(self.classes_) * np.maximum(counts, 1))
         return torch.tensor(weights, dtype=torch.float32, device=device)
 
     def fit(self, X, y, X_val=None, y_val=None):
@@ -65,30 +65,40 @@ class MLPHead(Head):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(p["seed"]))
             self.net = build_net(X.shape[1], list(p["hidden"]), float(p["dropout"]), len(self.classes_)).to(device)
-            self._train(self._tensor(X, device), torch.as_tensor(codes, device=device), X_val, y_val, device, codes)
+            Xt, yt = self._tensor(X, device), torch.as_tensor(codes, device=device)
+            gen = torch.Generator(device="cpu").manual_seed(int(p["seed"]))
+            bs = self._batch_size(len(X))
+            val = None
+            if X_val is not None and len(X_val):
+                val_codes, known = encode(self.classes_, y_val)
+                val = (self._tensor(X_val[known], device), torch.as_tensor(val_codes, device=device))
+
+            def epoch(opt, loss_fn) -> dict:
+                order = torch.randperm(len(Xt), generator=gen).to(device)  # one gather, then contiguous slices
+                self.net.train()
+                total, correct = self._steps(Xt[order], yt[order], bs, opt, loss_fn)
+                return {"train_loss": total / len(Xt), "train_acc": correct / len(Xt)}
+
+            self._train(epoch, (lambda loss_fn: self._score(*val, loss_fn)) if val else None, device, codes)
         return self
 
     def _tensor(self, X: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.as_tensor((np.asarray(X, np.float32) - self.mean_) / self.scale_, device=device)
 
-    def _train(self, X, y, X_val, y_val, device, codes) -> None:
+    def _train(self, epoch_fn, score_fn, device, codes: np.ndarray) -> None:
+        """Epochs with early stopping on val: `epoch_fn(opt, loss_fn)` runs one pass over the train rows (all in
+        memory, or streamed in blocks: classifiers.streaming), `score_fn(loss_fn)` scores val (None: no val)."""
         p = self.params
         fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
         opt = torch.optim.Adam(self.net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
                                **fused)
         loss_fn = nn.CrossEntropyLoss(weight=self._loss_weights(codes, device))
-        val = None
-        if X_val is not None and len(X_val):
-            val_codes, known = encode(self.classes_, y_val)
-            val = (self._tensor(X_val[known], device), torch.as_tensor(val_codes, device=device))
-        gen = torch.Generator(device="cpu").manual_seed(int(p["seed"]))
-        best, best_loss, waited, bs = None, float("inf"), 0, self._batch_size(len(X))
+        best, best_loss, waited = None, float("inf"), 0
         for epoch in range(int(p["epochs"])):
             start = time.perf_counter()
-            row = {"epoch": epoch + 1, **self._epoch(X, y, torch.randperm(len(X), generator=gen).to(device), bs,
-                                                     opt, loss_fn)}
-            if val is not None:
-                row.update(self._score(*val, loss_fn))
+            row = {"epoch": epoch + 1, **epoch_fn(opt, loss_fn)}
+            if score_fn is not None:
+                row.update(score_fn(loss_fn))
             row["seconds"] = time.perf_counter() - start
             if not all(np.isfinite(v) for k, v in row.items() if k.endswith("loss")):
                 raise Diverged(f"training mlp diverged: the loss is not a finite number at epoch {epoch + 1}; "
@@ -102,16 +112,14 @@ class MLPHead(Head):
                 best = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
             else:
                 waited += 1
-                if val is not None and waited >= int(p["patience"]):
+                if score_fn is not None and waited >= int(p["patience"]):
                     break
         if best is not None:
             self.net.load_state_dict(best)
         self.net.eval()
 
-    def _epoch(self, X, y, order, bs: int, opt, loss_fn) -> dict:
-        """One pass over the shuffled rows: one gather per epoch, then contiguous batch slices."""
-        self.net.train()
-        Xs, ys = X[order], y[order]
+    def _steps(self, Xs, ys, bs: int, opt, loss_fn) -> tuple[float, int]:
+        """Optimiser steps over rows already shuffled, in contiguous batch slices: (summed loss, correct)."""
         total, correct = 0.0, 0
         for step, i in enumerate(range(0, len(Xs), bs)):
             if step % 64 == 63:
@@ -124,7 +132,7 @@ class MLPHead(Head):
             opt.step()
             total += float(loss.detach()) * len(yb)
             correct += int((out.argmax(1) == yb).sum())
-        return {"train_loss": total / len(Xs), "train_acc": correct / len(Xs)}
+        return total, correct
 
     def _batch_size(self, n: int) -> int:
         """`auto`: about 12 steps an epoch, between 32 and 256 rows (big batches are what makes CPU fast)."""

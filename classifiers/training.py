@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from classifiers import plots
+from classifiers import plots, streaming
 from classifiers.heads import Head, Monitor, device_param, get_head_class
 from classifiers.metrics import evaluate, roc_columns
 from classifiers.persist import check_name, load, save
@@ -37,17 +38,25 @@ def split_arrays(table: FeatureTable) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name: str,
                params: dict | None = None, weights: str | None = None, device: str | None = None,
-               monitor: Monitor | None = None, views: int = 0, augment: str | None = None) -> dict:
+               monitor: Monitor | None = None, views: int = 0, augment: str | None = None,
+               stream: str = "auto") -> dict:
     """Fit on train (val for early stopping / temperature), score val and test, save; returns the manifest.
 
     `device` is where a head that trains on one (mlp) trains, unless its params name one. `monitor` hears
     each epoch and can stop the fit between steps (Stopped). With `views` K, each train image also brings its
-    cached views 0..K-1 (of recipe `augment`, or the dataset's one recipe); val and test stay clean."""
+    cached views 0..K-1 (of recipe `augment`, or the dataset's one recipe); val and test stay clean. `stream`
+    (auto, always, never): read the table in blocks instead of whole (auto: beyond classifiers.streaming's
+    threshold)."""
     check_name(name)
     cls = get_head_class(kind)
     head = cls(**{**device_param(cls, device), **(params or {})})
     head.monitor = monitor or head.monitor
     fp_id = store.resolve(dataset, backbone, weights)
+    if streaming.should_stream(store, dataset, fp_id, stream):
+        if check_views(views):
+            raise HeadstartError("--views with a table above the streaming threshold: views train in memory; "
+                                 "leave out --views, or pass --stream never on a machine with the memory")
+        return _train_streamed(store, dataset, fp_id, head, name, device)
     table = store.table(dataset, fp_id)
     data = split_arrays(table)
     X, y = data["train"]
@@ -71,6 +80,44 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
             "trained_on": getattr(head, "trained_on", "cpu")}
     if getattr(head, "sweep_", None):  # C=auto: the C chosen on val, and the sweep it came from
         info["chosen"] = {"C": head.chosen_C_, "sweep": head.sweep_}
+    info["training"] = {"streamed": False, "threshold_mb": streaming.threshold_bytes() >> 20,
+                        "solver": IN_MEMORY_SOLVERS.get(head.kind, head.kind)}
+    return save(head, info, heads_dir(store), name)
+
+
+IN_MEMORY_SOLVERS = {"logreg": "lbfgs (scikit-learn), whole table in memory",
+                     "mlp": "adam over the shuffled table in memory", "centroid": "class means in memory"}
+
+
+def _train_streamed(store: FeatureStore, dataset: str, fp_id: str, head: Head, name: str, device: str | None) -> dict:
+    """train_head for a table read in blocks (classifiers.streaming): mlp and logreg."""
+    splits = streaming.locate(store, dataset, fp_id)
+    train, val = splits["train"], splits["val"]
+    if not train.n:
+        raise HeadstartError(f"dataset {dataset!r} has no labeled training images with these features")
+    start = time.perf_counter()
+    if head.kind == "logreg":
+        solver = streaming.fit_logreg(head, train, val, device)
+    elif head.kind == "mlp":
+        streaming.fit_mlp(head, train, val)
+        solver = {"solver": "adam over shuffled blocks"}
+    else:
+        raise HeadstartError(f"head {head.kind} trains in memory only and this table is above the streaming "
+                             f"threshold (HEADSTART_STREAM_MB); use --head mlp or logreg, or --stream never")
+    metrics = {}
+    for split in ("val", "test"):
+        proba, y = streaming.predict(head, splits[split])
+        if len(y):
+            metrics[split] = evaluate(y, proba, head.classes_)
+    metrics["fit_seconds"] = time.perf_counter() - start
+    fp = store.catalog.fingerprint(fp_id)
+    spec = json.loads(fp["spec"])
+    info = {"fingerprint": {"id": fp_id, "spec": spec}, "weights": fp["source"], "backbone": spec["backbone"],
+            "dataset": dataset, "dim": int(fp["dim"]), "metrics": metrics,
+            "split_sizes": {s: int(splits[s].n) for s in SPLIT_NAMES}, "views": None,
+            "trained_on": getattr(head, "trained_on", "cpu"),
+            "training": {"streamed": True, "threshold_mb": streaming.threshold_bytes() >> 20,
+                         "buffer_rows": streaming.buffer_rows(train.dim), **solver}}
     return save(head, info, heads_dir(store), name)
 
 
@@ -83,14 +130,22 @@ def _head_and_table(store: FeatureStore, name: str, split: str) -> tuple[Head, d
 
 
 def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir: Path | None = None,
-                  tta: int = 0, device: str = "auto") -> dict:
+                  tta: int = 0, device: str = "auto", stream: str = "auto") -> dict:
     """Score a saved head on one split of its dataset's cached features; optionally write PNG plots. With `tta`
-    N, also score it on probabilities averaged over N test-time views (reported beside, under "tta")."""
-    head, manifest, table = _head_and_table(store, name, split)
-    X, y = split_arrays(table)[split]
-    if len(X) == 0:
+    N, also score it on probabilities averaged over N test-time views (reported beside, under "tta"). A table
+    above the streaming threshold is read in blocks (classifiers.streaming; not with `tta`)."""
+    if split not in SPLIT_NAMES:
+        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    head, manifest = load(heads_dir(store), name)
+    dataset, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
+    if not tta and streaming.should_stream(store, dataset, fp_id, stream):
+        proba, y = streaming.predict(head, streaming.locate(store, dataset, fp_id)[split])
+    else:
+        table = store.table(dataset, fp_id)
+        X, y = split_arrays(table)[split]
+        proba = head.predict_proba(X) if len(X) else None
+    if len(y) == 0:
         raise HeadstartError(f"the {split} split of {manifest['dataset']!r} is empty; choose another --split")
-    proba = head.predict_proba(X)
     result = {"head": name, "dataset": manifest["dataset"], "split": split,
               "metrics": evaluate(y, proba, head.classes_), "plots": []}
     if tta:

@@ -236,6 +236,15 @@ class Catalog(JobTable, ViewTable):
                 "JOIN vectors v ON v.fingerprint = ? AND v.sha256 = m.sha256 JOIN shards s ON s.id = v.shard "
                 "WHERE m.dataset = ? ORDER BY m.path", (fp_id, dataset)))
 
+    def dataset_locations(self, dataset: str, fp_id: str) -> Iterator[tuple[str | None, str, str, int]]:
+        """(label, split, shard file, row) of the members that have vectors, shard by shard and row by row (what
+        a streamed read of a table larger than memory walks), fetched lazily."""
+        with self.connect() as con:
+            yield from con.execute(
+                "SELECT m.label, m.split, s.file, v.row FROM members m JOIN vectors v ON v.fingerprint = ? AND "
+                "v.sha256 = m.sha256 JOIN shards s ON s.id = v.shard WHERE m.dataset = ? ORDER BY s.id, v.row",
+                (fp_id, dataset))
+
     def vector_locations(self, fp_id: str, shas: list[str]) -> dict[str, tuple[str, int]]:
         out: dict[str, tuple[str, int]] = {}
         with self.connect() as con:

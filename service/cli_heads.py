@@ -22,6 +22,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also train on K cached augmented views of each train image (extract --augment first)")
     p.add_argument("--augment", metavar="RECIPE", help="which recipe's views, when the dataset has several")
+    _stream_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics (and plots) of a saved head on a split")
@@ -31,6 +32,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--tta", type=int, default=0, metavar="N",
                    help="also score with probabilities averaged over N test-time views (1-8; cached)")
     p.add_argument("--device", default="auto", help="where test-time views are computed")
+    _stream_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("heads", parents=[common], help="list saved heads; heads rm NAME; heads rollback NAME")
@@ -44,6 +46,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                         help="make the version a later save replaced current again (run twice to undo)")
     b.add_argument("name")
     b.set_defaults(func=cmd_heads_rollback)
+
+
+def _stream_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stream", default="auto", choices=("auto", "always", "never"),
+                   help="read the feature table in blocks instead of whole (auto: when its float32 features exceed "
+                        "HEADSTART_STREAM_MB, default 1024; mlp and logreg)")
 
 
 def _head_params_help() -> str:
@@ -68,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from classifiers.training import train_head
 
     manifest = train_head(existing_store(args.home), args.dataset, args.backbone, args.head, args.name,
-                          parse_params(args.param, args.head), args.weights, views=args.views, augment=args.augment)
+                          parse_params(args.param, args.head), args.weights, views=args.views, augment=args.augment,
+                          stream=args.stream)
     m = manifest["metrics"]
     lines = [f"trained {args.head} head {args.name!r} on {args.dataset}/{manifest['fingerprint']['id']} "
              f"({len(manifest['classes'])} classes) in {m['fit_seconds']:.2f} s"
@@ -88,7 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from classifiers.metrics import confusion_lines, headline, small_split_warning
     from classifiers.training import evaluate_head
 
-    result = evaluate_head(existing_store(args.home), args.head, args.split, args.plots, args.tta, args.device)
+    result = evaluate_head(existing_store(args.home), args.head, args.split, args.plots, args.tta, args.device,
+                           args.stream)
     m = result["metrics"]
     lines = [f"{args.head} on {result['dataset']} ({args.split}): {headline(m)}",
              *([f"  with {args.tta} test-time views: {headline(result['tta']['metrics'])}"] if args.tta else []),

@@ -185,8 +185,10 @@ def fit_logreg(head: LogRegHead, train: Blocks, val: Blocks, device: str | None)
     if head.params["C"] == "auto":
         raise HeadstartError("C=auto on a table above the streaming threshold: the sweep would read the table six "
                              "times over; pass a number for C (e.g. C=1), or --stream never to fit it in memory")
+    epochs = min(LOGREG_SOLVER["epochs"], int(head.params["max_iter"]))  # max_iter caps the epochs here
     solver = MLPHead(device=device or "auto", hidden=[1], class_weight=head.params["class_weight"],
-                     weight_decay=min(10.0, 1.0 / (float(head.params["C"]) * train.n)), **LOGREG_SOLVER)
+                     weight_decay=min(10.0, 1.0 / (float(head.params["C"]) * train.n)),
+                     **{**LOGREG_SOLVER, "epochs": epochs})
     solver.monitor = head.monitor
     fit_mlp(solver, train, val, hidden=[])
     weight = solver.net[0].weight.detach().cpu().numpy().astype(np.float32)

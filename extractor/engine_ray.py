@@ -192,9 +192,11 @@ def plan(jobs: int, batch_size: int, shard_rows: int | None, device: str,
 
 
 def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolved, opts, roots: list[str],
-        actor: type = ShardActor) -> Iterator[tuple[str, list[str], int, list[tuple[str, DecodeError]]]]:
+        actor: type = ShardActor,
+        decode: Callable = decode_block) -> Iterator[tuple[str, list[str], int, list[tuple[str, DecodeError]]]]:
     """Stream the jobs through decode tasks and the actor pool: (file, content hashes, bytes, failures) per shard,
-    as the actors report them. Closing the iterator stops the Ray work."""
+    as the actors report them. Closing the iterator stops the Ray work. (`actor` and `decode` are the shipped ones;
+    bench/bench_ray.py swaps in an instant forward to time the commit path.)"""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -206,7 +208,7 @@ def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolv
     # -1). Decode tasks reserve memory for their block (the file bytes, Pillow's buffers, the pixels); the actors
     # reserve none, so Ray Data does not fuse decoding into the actors: it stays in tasks near the data.
     block = DECODE_ROWS * resolved.size * resolved.size * 3
-    ds = ds.map_batches(decode_block, batch_size=DECODE_ROWS, num_cpus=1, memory=max(64 << 20, 8 * block),
+    ds = ds.map_batches(decode, batch_size=DECODE_ROWS, num_cpus=1, memory=max(64 << 20, 8 * block),
                         batch_format="numpy", fn_kwargs={"size": resolved.size, "limits": opts.limits, "roots": roots})
     fp = resolved.fingerprint
     ds = ds.map_batches(actor, batch_size=rows, batch_format="numpy", compute=ActorPoolStrategy(size=count),
@@ -231,13 +233,13 @@ def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolv
 
 
 def compute(opts, store, resolved, jobs: list, roots: list[str], progress: Callable | None,
-            should_stop: Callable | None, writer) -> tuple[int, dict[str, DecodeError], bool]:
+            should_stop: Callable | None, writer, **stages) -> tuple[int, dict[str, DecodeError], bool]:
     """The driver: commit the actors' shards (those reported within COMMIT_SECONDS in one transaction), report
     progress, stop the Ray work when asked. Returns (vectors committed, failures by content hash, stopped)."""
     bad: dict[str, DecodeError] = {}
     pending: list[tuple[str, list[str], int]] = []
     done, started, last, stopped = 0, time.monotonic(), time.monotonic(), False
-    shards = run(jobs, store.home, resolved, opts, roots)
+    shards = run(jobs, store.home, resolved, opts, roots, **stages)
     try:
         for file, shas, size, failures in shards:
             if file:

@@ -96,7 +96,8 @@ def test_dockerfile_pins_agree_with_the_project():
         assert text.count(pin) == 2, pin  # both variants install what the tests ran with
     python = re.search(r"FROM python:(\d+)\.(\d+)\.\d+-slim", text).groups()
     assert tuple(map(int, python)) >= (3, 11) and project["requires-python"] == ">=3.11"
-    assert "RUN pip install .\n" in text  # the package and its dependencies come from pyproject.toml
+    assert 'RUN pip install ".[ray]"\n' in text  # the package, its dependencies and the ray extra (pyproject)
+    assert "ray" in project["optional-dependencies"]
     assert ":latest" not in text and re.search(r"FROM python:\d+\.\d+\.\d+", text)
 
 
@@ -124,3 +125,22 @@ def test_dockerignore_keeps_venv_caches_and_data_out():
     patterns = (REPO / ".dockerignore").read_text().split()
     for needed in (".venv", "**/__pycache__", ".pytest_cache", "data", "demo-output", "docker/.env", ".git"):
         assert needed in patterns, needed
+
+
+def test_the_ray_profile_keeps_ray_private_and_shares_home_and_data():
+    spec = compose()
+    head, worker = spec["services"]["ray-head"], spec["services"]["ray-worker"]
+    assert head["profiles"] == worker["profiles"] == ["ray"] and "profiles" not in service()
+    assert spec["networks"]["ray-private"]["internal"] is True
+    for ray_service in (head, worker):
+        assert "ports" not in ray_service and ray_service["networks"] == ["ray-private"]
+        mounts = {m if isinstance(m, str) else m["target"] for m in ray_service["volumes"]}
+        assert "headstart-home:/var/lib/headstart" in mounts and "/data" in mounts  # the service's paths
+        assert ray_service["environment"]["HEADSTART_HOME"] == service()["environment"]["HEADSTART_HOME"]
+    assert "--include-dashboard=false" in head["command"] and "--address=ray-head:6379" in worker["command"]
+    gpu = worker["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    env = service()["environment"]
+    assert env["HEADSTART_ENGINE"] == "${HEADSTART_ENGINE:-local}" and "ray-head:6379" in env["HEADSTART_RAY_ADDRESS"]
+    assert "ray-private" in service()["networks"]
+    assert set(Settings.model_fields) >= {"engine", "ray_address"}

@@ -174,9 +174,10 @@ class ShardActor:
 
 
 def plan(jobs: int, batch_size: int, shard_rows: int | None, device: str,
-         actors: int | None) -> tuple[int, int, int, int]:
-    """(actors, GPUs per actor, rows per shard, torch threads per CPU actor) for a run of `jobs` images on the
-    cluster: one actor per GPU when there are GPUs (and the device allows them), else CPU actors."""
+         actors: int | None) -> tuple[int, int, int, int, float]:
+    """(actors, GPUs per actor, rows per shard, torch threads per CPU actor, CPUs each actor reserves) for a run
+    of `jobs` images on the cluster: one actor per GPU when there are GPUs (and the device allows them), else CPU
+    actors. The actors together reserve at most half the cluster's CPUs, so decode tasks always get the rest."""
     import ray
 
     res = ray.cluster_resources()
@@ -188,7 +189,8 @@ def plan(jobs: int, batch_size: int, shard_rows: int | None, device: str,
         raise HeadstartError(f"--actors {actors}: expected at least 1")
     rows = shard_rows or min(SHARD_ROWS, batch_size * max(1, math.ceil(jobs / (count * 4 * batch_size))))
     threads = max(1, (len(os.sched_getaffinity(0)) if not gpus else 1) // max(1, count))
-    return count, 1 if gpus else 0, rows, threads
+    cpus = min(1.0, float(res.get("CPU", 1)) / (2 * count))
+    return count, 1 if gpus else 0, rows, threads, cpus
 
 
 def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolved, opts, roots: list[str],
@@ -200,7 +202,7 @@ def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolv
     import ray
     from ray.data import ActorPoolStrategy
 
-    count, gpus, rows, threads = plan(len(jobs), opts.batch_size, opts.shard_rows, opts.device, opts.actors)
+    count, gpus, rows, threads, cpus = plan(len(jobs), opts.batch_size, opts.shard_rows, opts.device, opts.actors)
     items = [{"sha": sha, "path": str(path), "size": st[0] if st else -1, "mtime": st[1] if st else -1}
              for sha, path, st in jobs]
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / DECODE_ROWS)))
@@ -212,7 +214,7 @@ def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolv
                         batch_format="numpy", fn_kwargs={"size": resolved.size, "limits": opts.limits, "roots": roots})
     fp = resolved.fingerprint
     ds = ds.map_batches(actor, batch_size=rows, batch_format="numpy", compute=ActorPoolStrategy(size=count),
-                        num_gpus=gpus, num_cpus=1,
+                        num_gpus=gpus, num_cpus=cpus,
                         fn_constructor_kwargs={"home": str(home), "backbone": fp.backbone, "weights": opts.weights,
                                                "size": resolved.size, "fp_id": fp.id, "dtype": opts.dtype,
                                                "batch_size": opts.batch_size, "device": opts.device,

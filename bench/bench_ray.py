@@ -8,7 +8,7 @@
 3. heads on a synthetic N x 2048 float16 table (streamed: HEADSTART_STREAM_MB default): peak RSS of
    `headstart train --head mlp` and `--head logreg` (each its own process) and seconds per epoch.
 
-    python bench/bench_ray.py [--images 240] [--vectors 20000] [--rows 1000000] [--skip-heads]
+    python bench/bench_ray.py [--images 240] [--vectors 20000] [--rows 1000000] [--skip-heads | --heads-only]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class InstantActor(engine_ray.ShardActor):
     """The shipped actor with the forward replaced by vectors of the right shape (shard writing unchanged)."""
 
     def setup(self, backbone, weights, size, device, amp, threads) -> None:
-        self.dim, self.folder = 8192, self.home / "features" / self.fp_id
+        self.dim, self.folder = 8192, engine_ray.shard_folder(self.home, self.fp_id)
         self.rng = np.random.default_rng(os.getpid())
 
     def embed(self, pixels: np.ndarray) -> list[np.ndarray]:
@@ -151,12 +151,14 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=20_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--skip-heads", action="store_true")
+    parser.add_argument("--heads-only", action="store_true")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "headstart-bench-ray")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    print(json.dumps({"end_to_end": end_to_end(args.images, args.work)}), flush=True)
-    for actors in (2, 4, 8):
-        print(json.dumps({"commit_path": commit_path(args.vectors, actors, args.work)}), flush=True)
+    if not args.heads_only:
+        print(json.dumps({"end_to_end": end_to_end(args.images, args.work)}), flush=True)
+        for actors in (2, 4, 8):
+            print(json.dumps({"commit_path": commit_path(args.vectors, actors, args.work)}), flush=True)
     if not args.skip_heads:
         for row in heads(args.rows, args.work):
             print(json.dumps({"heads": row}), flush=True)

@@ -75,13 +75,18 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
                for split in ("val", "test") if len(data[split][0])}
     metrics["fit_seconds"] = fit_seconds
     info = {"fingerprint": {"id": fp_id, "spec": table.fingerprint}, "weights": table.source,
-            "backbone": table.fingerprint["backbone"], "dataset": dataset, "dim": int(X.shape[1]),
-            "metrics": metrics, "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used,
-            "trained_on": getattr(head, "trained_on", "cpu")}
+            "dataset": dataset, "dim": int(X.shape[1]), "metrics": metrics,
+            "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used}
+    return _save(store, head, name, info, {"streamed": False, "solver": IN_MEMORY_SOLVERS.get(head.kind, head.kind)})
+
+
+def _save(store: FeatureStore, head: Head, name: str, info: dict, training: dict) -> dict:
+    """Save a trained head with its manifest: `info` plus what both training paths record alike."""
+    info = {**info, "backbone": info["fingerprint"]["spec"]["backbone"],
+            "trained_on": getattr(head, "trained_on", "cpu"),
+            "training": {**training, "threshold_mb": streaming.threshold_bytes() >> 20}}
     if getattr(head, "sweep_", None):  # C=auto: the C chosen on val, and the sweep it came from
         info["chosen"] = {"C": head.chosen_C_, "sweep": head.sweep_}
-    info["training"] = {"streamed": False, "threshold_mb": streaming.threshold_bytes() >> 20,
-                        "solver": IN_MEMORY_SOLVERS.get(head.kind, head.kind)}
     return save(head, info, heads_dir(store), name)
 
 
@@ -104,21 +109,17 @@ def _train_streamed(store: FeatureStore, dataset: str, fp_id: str, head: Head, n
     else:
         raise HeadstartError(f"head {head.kind} trains in memory only and this table is above the streaming "
                              f"threshold (HEADSTART_STREAM_MB); use --head mlp or logreg, or --stream never")
-    metrics = {}
+    metrics: dict = {"fit_seconds": time.perf_counter() - start}
     for split in ("val", "test"):
         proba, y = streaming.predict(head, splits[split])
         if len(y):
             metrics[split] = evaluate(y, proba, head.classes_)
-    metrics["fit_seconds"] = time.perf_counter() - start
     fp = store.catalog.fingerprint(fp_id)
-    spec = json.loads(fp["spec"])
-    info = {"fingerprint": {"id": fp_id, "spec": spec}, "weights": fp["source"], "backbone": spec["backbone"],
+    info = {"fingerprint": {"id": fp_id, "spec": json.loads(fp["spec"])}, "weights": fp["source"],
             "dataset": dataset, "dim": int(fp["dim"]), "metrics": metrics,
-            "split_sizes": {s: int(splits[s].n) for s in SPLIT_NAMES}, "views": None,
-            "trained_on": getattr(head, "trained_on", "cpu"),
-            "training": {"streamed": True, "threshold_mb": streaming.threshold_bytes() >> 20,
-                         "buffer_rows": streaming.buffer_rows(train.dim), **solver}}
-    return save(head, info, heads_dir(store), name)
+            "split_sizes": {s: int(splits[s].n) for s in SPLIT_NAMES}, "views": None}
+    return _save(store, head, name, info, {"streamed": True, "buffer_rows": streaming.buffer_rows(train.dim),
+                                           **solver})
 
 
 def _head_and_table(store: FeatureStore, name: str, split: str) -> tuple[Head, dict, FeatureTable]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.errors import HeadstartError
+from extractor.shardfile import shard_folder, write_shard
 from extractor.summary import Progress
 
 ENGINES = ("local", "ray")
@@ -144,7 +145,7 @@ class ShardActor:
             self.fatal = (f"node {socket.gethostname()} computes fingerprint {resolved.fingerprint.id}, the driver "
                           f"{self.fp_id}: install the same headstart, torch and torchvision on every node")
             return
-        self.dim, self.folder = resolved.fingerprint.dim, self.home / "features" / self.fp_id
+        self.dim, self.folder = resolved.fingerprint.dim, shard_folder(self.home, self.fp_id)
         self.loaded = LoadedBackbone(resolved, device, amp)
         if self.loaded.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -158,8 +159,6 @@ class ShardActor:
                 for i in range(0, len(pixels), self.batch_size)]
 
     def __call__(self, batch: dict) -> dict:
-        from extractor.shardfile import write_shard
-
         fatal = self.fatal or next((f for f in batch["fatal"] if f), "")
         failed = batch["error"] != ""
         bad = [[str(s), str(e), bool(c)] for s, e, c in zip(batch["sha"][failed], batch["error"][failed],
@@ -184,9 +183,9 @@ def plan(jobs: int, batch_size: int, shard_rows: int | None, device: str,
     gpus = int(res.get("GPU", 0)) if device == "auto" or device.startswith("cuda") else 0
     if device.startswith("cuda") and not gpus:
         raise HeadstartError(f"--device {device} with --engine ray: the cluster has no GPU; choose auto or cpu")
-    count = actors or gpus or 1
     if actors is not None and actors < 1:
         raise HeadstartError(f"--actors {actors}: expected at least 1")
+    count = actors or gpus or 1
     rows = shard_rows or min(SHARD_ROWS, batch_size * max(1, math.ceil(jobs / (count * 4 * batch_size))))
     threads = max(1, (len(os.sched_getaffinity(0)) if not gpus else 1) // max(1, count))
     cpus = min(1.0, float(res.get("CPU", 1)) / (2 * count))

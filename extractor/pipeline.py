@@ -17,7 +17,6 @@ from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.definition import Wanted, collect
 from extractor.devicedecode import ByteDataset, to_batch
 from extractor.devicedecode import collate as bytes_collate
-from extractor.engine_ray import check_engine
 from extractor.errors import HeadstartError, Stopped
 from extractor.model import LoadedBackbone, Resolved, amp_dtype, decode_method, resolve, resolve_device
 from extractor.names import check_name
@@ -110,7 +109,7 @@ def default_workers() -> int:
 
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
-    if check_engine(opts.engine) == "ray" and (opts.augment or opts.decode == "gpu"):
+    if engine_ray.check_engine(opts.engine) == "ray" and (opts.augment or opts.decode == "gpu"):
         raise HeadstartError(f"--engine ray with {'--augment' if opts.augment else '--decode gpu'}: the Ray engine "
                              f"computes clean vectors with CPU decoding; run this with --engine local")
     if opts.augment is not None or opts.views:

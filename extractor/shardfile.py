@@ -17,6 +17,12 @@ from extractor.durable import publish, storage_error
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
+def shard_folder(home: Path, fp_id: str) -> Path:
+    """Where a fingerprint's shard files live under a home (FeatureStore.shard_dir; the Ray actors, which have
+    no catalog, too)."""
+    return home / "features" / fp_id
+
+
 def stored(part: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Vectors as stored: float32 computed, clipped to float16's range when stored as float16."""
     part = np.asarray(part, dtype=np.float32)

@@ -17,7 +17,7 @@ from extractor.catalog import Catalog
 from extractor.durable import publish, storage_error
 from extractor.errors import CacheDamaged, Conflict, HeadstartError, NotFound
 from extractor.locks import Busy, FileLock
-from extractor.shardfile import write_shard
+from extractor.shardfile import shard_folder, write_shard
 from extractor.weights import head_weights, identity, parse_weights
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -60,7 +60,7 @@ class FeatureStore:
         self.catalog = Catalog(self.home / "catalog.sqlite")
 
     def shard_dir(self, fp_id: str) -> Path:
-        return self.home / "features" / fp_id
+        return shard_folder(self.home, fp_id)
 
     def writer_lock(self, fp_id: str) -> "WriterLock":
         """The one-writer-per-fingerprint lock (also taken by `verify --repair` before deleting files)."""
@@ -78,16 +78,19 @@ class FeatureStore:
         for pos, (file, _) in enumerate(locations):
             by_file.setdefault(file, []).append(pos)
         for file, positions in by_file.items():
-            rows = np.array([locations[p][1] for p in positions])
-            unique, inverse = np.unique(rows, return_inverse=True)
-            try:
-                with h5py.File(self.home / file, "r", locking=False) as fh:
-                    data = fh["features"]
-                    block = data[()][unique] if len(unique) * 8 > data.shape[0] else data[unique]
-            except (OSError, KeyError, IndexError, ValueError) as exc:
-                raise _damaged(file, len(positions), exc) from None
-            out[positions] = block[inverse]
+            out[positions] = self.read_shard(file, np.array([locations[p][1] for p in positions]))
         return out
+
+    def read_shard(self, file: str, rows: np.ndarray) -> np.ndarray:
+        """The vectors at `rows` (any order, repeats allowed) of one shard file, as stored."""
+        unique, inverse = np.unique(rows, return_inverse=True)
+        try:
+            with h5py.File(self.home / file, "r", locking=False) as fh:
+                data = fh["features"]
+                block = data[()][unique] if len(unique) * 8 > data.shape[0] else data[unique]
+        except (OSError, KeyError, IndexError, ValueError) as exc:
+            raise _damaged(file, len(rows), exc) from None
+        return block[inverse]
 
     def read(self, fp_id: str, shas: list[str], dim: int) -> np.ndarray:
         where = self.catalog.vector_locations(fp_id, shas)
@@ -246,7 +249,7 @@ class ShardWriter:
         """Take the fingerprint's writer lock (extractor.locks), clean up after a crash, register the fingerprint."""
         self._lock = self.store.writer_lock(self.fp.id).acquire()
         try:
-            self._clean()
+            self.clean()
             self.store.catalog.register_fingerprint(self.fp.id, self.fp.backbone, self.fp.dim, self.fp.to_json(),
                                                     self.fp.source)
         except BaseException:
@@ -254,8 +257,9 @@ class ShardWriter:
             raise
         return self
 
-    def _clean(self) -> None:
-        """Remove leftovers of a crash: temp files, and renamed shards the catalog never committed."""
+    def clean(self) -> None:
+        """Remove leftovers of a crash: temp files, and renamed shards the catalog never committed (on entering;
+        the Ray engine also when its run ends: a killed actor may have published a file never reported)."""
         known = {Path(f).name for f in self.store.catalog.shard_files(self.fp.id)}
         for path in self.dir.iterdir():
             if path.name.endswith(".tmp") or (path.suffix == ".h5" and path.name not in known):
@@ -308,11 +312,6 @@ class ShardWriter:
                 (self.store.home / file).unlink(missing_ok=True)
             raise storage_error(exc, f"committing {len(shards)} shard(s) to the catalog") or exc from None
         self.written += sum(len(shas) for _, shas, _ in shards)
-
-    def clean(self) -> None:
-        """Remove shard files this fingerprint's catalog does not know (the Ray engine calls it when its run
-        ends: a killed actor may have published a file that was never reported)."""
-        self._clean()
 
     def __exit__(self, *exc) -> None:
         try:

@@ -51,8 +51,9 @@ def connect(address: str | None) -> None:
         _probe(address)
     # the driver's own Ray logs stay in Ray's session logs; errors reach the user as one line each (below)
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    # a cluster of our own serves this machine only: on 127.0.0.1, with no dashboard
-    local = {} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+    # a cluster of our own: no dashboard. (Ray binds its ports on every interface and has no loopback-only
+    # setting: it resolves 127.0.0.1 to the host's address; recent Ray asks for its cluster token.)
+    local = {} if address else {"include_dashboard": False}
     try:
         ray.init(address=address or None, logging_level=logging.ERROR, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -92,12 +93,19 @@ class RayMap:
 
         remote = ray.remote(num_cpus=1, max_retries=3)(fn)
         refs = [remote.remote(chunk) for chunk in chunks]
+        got = 0
         try:
             for ref in refs:
                 yield ray.get(ref)
+                got += 1
         finally:
-            for ref in refs:
-                ray.cancel(ref)
+            # on an early stop only: cancel what is still running (cancelling tasks that had finished crashed a
+            # second driver on the same cluster in Ray 2.60: "Tried to complete task that was not pending")
+            left = refs[got:]
+            if left:
+                _, running = ray.wait(left, num_returns=len(left), timeout=0)
+                for ref in running:
+                    ray.cancel(ref)
 
 
 def decode_block(batch: dict, size: int, limits: Limits, roots: list[str]) -> dict:

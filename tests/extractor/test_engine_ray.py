@@ -1,4 +1,4 @@
-"""--engine ray on a real local Ray cluster (127.0.0.1, started and stopped here): the same cache as the local
+"""--engine ray on a real local Ray cluster (started and stopped here): the same cache as the local
 engine, killed workers and a killed driver, one-line errors."""
 
 from __future__ import annotations

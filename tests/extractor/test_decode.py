@@ -6,6 +6,7 @@ import io
 import struct
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +211,26 @@ def test_jpeg_cost_counts_its_reduced_decode():
     img = Image.new("RGB", (4000, 3000))
     full = probe(_encoded(img, "PNG"), 150, Limits())
     assert probe(_encoded(img, "JPEG"), 150, Limits()) < full / 4  # decoded at 1/8 scale (plus a fixed overhead)
+
+
+def test_importing_decode_loads_every_allowed_plugin_so_forked_workers_import_nothing():
+    """Decode workers are forked from a process that imported extractor.decode: opening any allowed format there
+    must not import Pillow plugins (each worker did, ~0.25 s at the start of every run)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import io, sys\n"
+        "import extractor.decode as d\n"
+        "from PIL import Image\n"
+        "assert set(d.ALLOWED_FORMATS) <= set(Image.OPEN), sorted(Image.OPEN)\n"
+        "files = []\n"
+        "for fmt in d.ALLOWED_FORMATS:\n"
+        "    buf = io.BytesIO(); Image.new('RGB', (8, 8)).save(buf, fmt); files.append(buf.getvalue())\n"
+        "before = set(sys.modules)\n"
+        "for data in files:\n"
+        "    d.preprocess(data, 4, d.Limits())\n"
+        "print(sorted(set(sys.modules) - before))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]", out.stdout

@@ -54,15 +54,24 @@ class Limits:
         return f"bytes<={self.max_bytes},pixels<={self.max_pixels}"
 
 
-def read_file(path: Path, limits: Limits) -> bytes:
-    """Read a file's bytes, refusing empty and oversized files before reading them."""
+def read_file(path: Path, limits: Limits, into: memoryview | None = None,
+              stat: tuple[int, int] | None = None) -> bytes | memoryview:
+    """Read a file's bytes, refusing empty and oversized files before reading them. `into`: a buffer to read them
+    into when they fit (a view of it is returned): reading into memory used before is ~4x faster than into a
+    fresh object of a photo's size, whose pages the kernel must first map. `stat`: the file's, just taken."""
     try:
-        size = path.stat().st_size
+        size = stat[0] if stat else path.stat().st_size
         if size == 0:
             raise DecodeError("empty file (0 bytes)")
         if size > limits.max_bytes:
             raise DecodeError(f"file is {size} bytes, above the {limits.max_bytes}-byte limit", status=413)
-        return path.read_bytes()
+        if into is None or size > len(into):
+            return path.read_bytes()
+        with open(path, "rb", buffering=0) as fh:
+            got = 0
+            while got < size and (n := fh.readinto(into[got:size])):
+                got += n
+        return into[:got]
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}", content=False) from None
 
@@ -76,12 +85,13 @@ def file_stat(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def read_verified(sha256: str, path: Path, stat: tuple[int, int] | None, limits: Limits) -> bytes:
+def read_verified(sha256: str, path: Path, stat: tuple[int, int] | None, limits: Limits,
+                  into: memoryview | None = None) -> bytes | memoryview:
     """A member's bytes, checked to be the content its hash names. Unchanged size and mtime before and after the
     read (the hash cache's own rule) mean the same bytes; otherwise they are hashed again and refused if they
-    differ."""
+    differ. `into`: see read_file."""
     before = file_stat(path)
-    data = read_file(path, limits)
+    data = read_file(path, limits, into, before)
     if stat is not None and before == stat == file_stat(path):
         return data
     if hashlib.sha256(data).hexdigest() != sha256:

@@ -10,15 +10,17 @@ is tested without a GPU."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from extractor.decode import DecodeError, Limits, decode_job, open_image, preprocess
+from extractor.decode import DecodeError, Limits, decode_job, file_stat, open_image, preprocess, read_verified
 
 METHOD = "tv-decode_jpeg-squash-bilinear-antialias/1"
+HEAD_BYTES = 64 * 1024  # a JPEG's markers before its scan (EXIF, ICC, tables) nearly always fit; else all is read
 
 
 def method(device: torch.device) -> str:
@@ -26,8 +28,13 @@ def method(device: torch.device) -> str:
 
 
 class ByteDataset(Dataset):
-    """Item i: (i, "jpeg", (raw bytes, EXIF orientation)) for a JPEG the device decodes, (i, "pixels", HWC uint8)
-    for a file that the CPU decoded instead, or (i, "error", DecodeError)."""
+    """Item i: (i, "jpeg", EXIF orientation) for a JPEG the device decodes, (i, "pixels", HWC uint8) for a file
+    that the CPU decoded instead, or (i, "error", DecodeError).
+
+    A worker reads a JPEG's head only (its markers up to the scan): the main process reads each JPEG whole once,
+    when its batch is decoded (to_batch), straight from the page cache. Sending the bytes from the workers cost
+    more: a shared-memory segment per batch, filled in the worker, mapped and faulted in again in the main
+    process."""
 
     def __init__(self, jobs: list[tuple[str, Path, tuple[int, int] | None]], size: int, limits: Limits) -> None:
         self.jobs, self.size, self.limits = jobs, size, limits
@@ -36,42 +43,51 @@ class ByteDataset(Dataset):
         return len(self.jobs)
 
     def __getitem__(self, i: int):
+        head = read_head(self.jobs[i], self.limits)
+        if head is not None:
+            try:
+                return i, *jpeg_orientation(head, self.limits)
+            except DecodeError:  # not a JPEG the device takes, or its head is longer: the whole file decides
+                pass
         prepared, error = decode_job(self.jobs[i], self.limits, lambda data: prepare(data, self.size, self.limits))
         return (i, "error", error) if error else (i, *prepared)
 
 
+def read_head(job: tuple[str, Path, tuple[int, int] | None], limits: Limits) -> bytes | None:
+    """The first HEAD_BYTES of a member whose size and mtime are those its hash was taken with (the rule of
+    decode.read_verified; the main process checks them again around its whole read), or None: read it whole."""
+    _, path, stat = job
+    if stat is None or file_stat(path) != stat or not 0 < stat[0] <= limits.max_bytes:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(HEAD_BYTES)
+    except OSError:
+        return None
+
+
+def jpeg_orientation(data: bytes, limits: Limits) -> tuple[str, int]:
+    """("jpeg", EXIF orientation) for an RGB or greyscale JPEG within the pixel limit, judged from its head (or
+    whole bytes); DecodeError otherwise. The orientation is read here, in the worker: torchvision's own EXIF
+    handling reads it image by image in the decoding thread."""
+    img = open_image(data, limits)  # format by content, pixel limit from the header only
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        raise DecodeError(f"{img.format} {img.mode}: not for the device decoder")
+    orientation = img.getexif().get(ORIENTATION, 1)
+    return "jpeg", orientation if orientation in range(1, 9) else 1
+
+
 def prepare(data: bytes, size: int, limits: Limits) -> tuple[str, object]:
-    """("jpeg", (bytes, EXIF orientation)) when the device can decode it (an RGB or greyscale JPEG within the
-    limits: checked from the header), else ("pixels", the CPU path's array). The orientation is read here, in
-    the worker: torchvision's own EXIF handling reads it image by image in the decoding thread."""
-    img = open_image(data, limits)  # format by content, byte and pixel limits, from the header only
-    if img.format == "JPEG" and img.mode in ("RGB", "L"):
-        orientation = img.getexif().get(ORIENTATION, 1)
-        return "jpeg", (data, orientation if orientation in range(1, 9) else 1)
-    return "pixels", preprocess(data, size, limits)
-
-
-def collate(items: list) -> tuple[list, torch.Tensor]:
-    """A batch: its JPEG bytes packed into one tensor (one shared-memory segment crosses from the worker, not one
-    per image), each JPEG item holding its (offset, length) in it."""
-    total = sum(len(payload[0]) for _, kind, payload in items if kind == "jpeg")
-    packed = torch.empty(total, dtype=torch.uint8)
-    if torch.utils.data.get_worker_info() is not None:
-        packed.share_memory_()  # filled in place: the batch crosses to the main process without another copy
-    view, out, offset = packed.numpy(), [], 0
-    for i, kind, payload in items:
-        if kind == "jpeg":
-            data, orientation = payload
-            view[offset:offset + len(data)] = np.frombuffer(data, np.uint8)
-            out.append((i, kind, (offset, len(data), orientation)))
-            offset += len(data)
-        else:
-            out.append((i, kind, payload))
-    return out, packed
+    """("jpeg", EXIF orientation) when the device can decode these bytes, else ("pixels", the CPU path's array)."""
+    try:
+        return jpeg_orientation(data, limits)
+    except DecodeError:  # the CPU path decodes it, or gives the reason why not
+        return "pixels", preprocess(data, size, limits)
 
 
 def _as_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    """Bytes as a uint8 tensor without a copy (the decoder only reads them)."""
+    return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
 
 def decode_batch(payloads: list[torch.Tensor | bytes], size: int, device: torch.device,
@@ -80,9 +96,10 @@ def decode_batch(payloads: list[torch.Tensor | bytes], size: int, device: torch.
     decoder refuses)."""
     import torchvision.io
 
-    tensors = [p if isinstance(p, torch.Tensor) else _as_tensor(p) for p in payloads]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision 0.29 announces TorchCodec in every call
+        # torchvision 0.29 announces TorchCodec in every call; torch warns of tensors over read-only bytes
+        warnings.simplefilter("ignore")
+        tensors = [p if isinstance(p, torch.Tensor) else _as_tensor(p) for p in payloads]
         try:
             images = torchvision.io.decode_jpeg(tensors, mode=torchvision.io.ImageReadMode.RGB, device=device)
         except RuntimeError:  # one bad file fails the batch: decode one by one to find it
@@ -144,22 +161,48 @@ def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
     return out if image.dim() == 4 else out[0]
 
 
-def to_batch(batch: tuple[list, torch.Tensor], size: int, device: torch.device,
-             limits: Limits) -> tuple[list[int], torch.Tensor | None, list[tuple[int, DecodeError]]]:
-    """One loader batch -> (item indices, NHWC uint8 on `device`, failures): JPEGs decoded together on the device,
-    the files the device refuses decoded on the CPU instead."""
-    items, packed = batch
+class JpegReader:
+    """Reads a batch's JPEGs whole, each checked to be the content its hash names (decode.read_verified), into
+    one buffer kept from batch to batch. The bytes of one batch are views of it: valid until the next read."""
+
+    def __init__(self, jobs: list[tuple[str, Path, tuple[int, int] | None]], limits: Limits) -> None:
+        self.jobs, self.limits = jobs, limits
+        self.buffer = bytearray()
+
+    def __call__(self, indices: list[int]) -> list[bytes | memoryview | DecodeError]:
+        sizes = [stat[0] if (stat := self.jobs[i][2]) else 0 for i in indices]
+        if sum(sizes) > len(self.buffer):  # with room to spare: batches differ in size, each new buffer costs
+            self.buffer = bytearray(sum(sizes) * 3 // 2)
+        view, offset, out = memoryview(self.buffer), 0, []
+        for i, size in zip(indices, sizes, strict=True):
+            try:
+                out.append(read_verified(*self.jobs[i], self.limits, view[offset:offset + size]))
+            except DecodeError as exc:  # unreadable now, or changed since it was hashed
+                out.append(exc)
+            offset += size
+        return out
+
+
+def to_batch(items: list, size: int, device: torch.device, limits: Limits,
+             read: Callable[[list[int]], list]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, DecodeError]]]:
+    """One loader batch -> (item indices, NHWC uint8 on `device`, failures): JPEGs read whole (`read`: a
+    JpegReader) and decoded together on the device, the files the device refuses decoded on the CPU instead."""
     good: dict[int, torch.Tensor] = {}
     bad: list[tuple[int, DecodeError]] = []
-    jpegs = [(i, packed[start:start + length], o) for i, kind, (start, length, o) in
-             ((i, kind, payload) for i, kind, payload in items if kind == "jpeg")]
+    wanted = [(i, orientation) for i, kind, orientation in items if kind == "jpeg"]
+    jpegs = []
+    for (i, orientation), data in zip(wanted, read([i for i, _ in wanted]) if wanted else [], strict=True):
+        if isinstance(data, DecodeError):
+            bad.append((i, data))
+        else:
+            jpegs.append((i, data, orientation))
     decoded = decode_batch([p for _, p, _ in jpegs], size, device, [o for *_, o in jpegs]) if jpegs else []
-    for (i, payload, _), image in zip(jpegs, decoded, strict=True):
+    for (i, data, _), image in zip(jpegs, decoded, strict=True):
         if image is not None:
             good[i] = image
             continue
         try:  # the device decoder refused it: the CPU path decides
-            good[i] = torch.from_numpy(preprocess(payload.numpy().tobytes(), size, limits)).to(device)
+            good[i] = torch.from_numpy(preprocess(data, size, limits)).to(device)
         except DecodeError as exc:
             bad.append((i, exc))
     for i, kind, payload in items:
@@ -188,7 +231,7 @@ def preprocess_on(data: bytes, size: int, limits: Limits, method_name: str) -> n
     kind, payload = prepare(data, size, limits)
     if kind == "pixels":
         return payload
-    image = decode_batch([payload[0]], size, device_of(method_name), [payload[1]])[0]
+    image = decode_batch([data], size, device_of(method_name), [payload])[0]
     if image is None:
         return preprocess(data, size, limits)
     return image.cpu().numpy()

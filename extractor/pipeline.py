@@ -15,8 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from extractor import augment, engine_ray
 from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.definition import Wanted, collect
-from extractor.devicedecode import ByteDataset, to_batch
-from extractor.devicedecode import collate as bytes_collate
+from extractor.devicedecode import ByteDataset, JpegReader, to_batch
 from extractor.errors import HeadstartError, Stopped
 from extractor.model import LoadedBackbone, Resolved, amp_dtype, decode_method, resolve, resolve_device
 from extractor.names import check_name
@@ -255,7 +254,7 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
         # of the forkserver, so torch's parent watchdog never fires and they outlive a kill -9 of the service
         # (tests/service/test_api.py checks); it also pickles the whole job list to every worker.
         if resolved.device_decode:  # the workers read and sniff bytes; JPEGs are decoded on the device
-            dataset, batches = ByteDataset(jobs, resolved.size, opts.limits), bytes_collate
+            dataset, batches = ByteDataset(jobs, resolved.size, opts.limits), list
         else:
             dataset, batches = DecodeDataset(jobs, resolved.size, opts.limits), collate
         loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=workers, collate_fn=batches,
@@ -263,8 +262,9 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
                             prefetch_factor=4 if workers else None)
         bad: dict[str, DecodeError] = {}
         done, started, stopped = 0, time.monotonic(), False
+        read = JpegReader(jobs, opts.limits)
         for items in loader:
-            idx, batch, failed = to_batch(items, resolved.size, backbone.device, opts.limits) \
+            idx, batch, failed = to_batch(items, resolved.size, backbone.device, opts.limits, read) \
                 if resolved.device_decode else items
             bad.update((jobs[i][0], error) for i, error in failed)
             if batch is not None:

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from extractor import pipeline
-from extractor.decode import DecodeError, Limits, preprocess
-from extractor.devicedecode import ByteDataset, collate, method, preprocess_on, to_batch
+from extractor.decode import DecodeError, Limits, file_stat, preprocess
+from extractor.devicedecode import HEAD_BYTES, ByteDataset, JpegReader, method, preprocess_on, to_batch
 from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, decode_method, resolve
 from extractor.pipeline import ExtractOptions, extract
@@ -53,14 +53,18 @@ def test_byte_batches_keep_order_fall_back_per_file_and_record_failures(tmp_path
     files = sorted((tmp_path / "data").rglob("*.*"))
     import hashlib
 
-    jobs = [(hashlib.sha256(p.read_bytes()).hexdigest(), p, None) for p in files]
-    dataset = ByteDataset(jobs, 32, Limits())
-    items = [dataset[i] for i in range(len(dataset))]
-    for (_, kind, _), path in zip(items, files, strict=True):
-        expected = kinds.get(path.name, "jpeg")  # sniffed from content, not from the name
-        assert kind == expected or (path.name == "broken.jpg" and kind == "error"), path.name  # some Pillow
-        # builds refuse the damaged file from its header already
-    order, batch, bad = to_batch(collate(items[::-1]), 32, torch.device("cpu"), Limits())  # any order in a batch
+    for known_stat in (False, True):  # a worker reads a JPEG's head only when its size and mtime are known
+        jobs = [(hashlib.sha256(p.read_bytes()).hexdigest(), p, file_stat(p) if known_stat else None) for p in files]
+        dataset = ByteDataset(jobs, 32, Limits())
+        items = [dataset[i] for i in range(len(dataset))]
+        for (_, kind, _), path in zip(items, files, strict=True):
+            expected = kinds.get(path.name, "jpeg")  # sniffed from content, not from the name
+            assert kind == expected or (path.name == "broken.jpg" and kind == "error"), path.name  # some Pillow
+            # builds refuse the damaged file from its header already
+        _check_batch(files, *to_batch(items[::-1], 32, torch.device("cpu"), Limits(), JpegReader(jobs, Limits())))
+
+
+def _check_batch(files, order, batch, bad):
     broken = [i for i, p in enumerate(files) if p.name == "broken.jpg"]
     assert [i for i, _ in bad] == broken and isinstance(bad[0][1], DecodeError)  # nvJPEG/libjpeg refuse, Pillow too
     assert order == sorted(set(range(len(files))) - set(broken))
@@ -155,8 +159,9 @@ def test_bad_image_bytes_in_a_batch_are_not_a_crash():
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "JPEG")
     good = buf.getvalue()
-    items = [(0, "jpeg", (good, 1)), (1, "jpeg", (good[:60], 1)), (2, "error", DecodeError("empty file (0 bytes)"))]
-    order, batch, bad = to_batch(collate(items), 16, torch.device("cpu"), Limits())
+    items = [(0, "jpeg", 1), (1, "jpeg", 1), (2, "error", DecodeError("empty file (0 bytes)"))]
+    payloads = {0: good, 1: good[:60]}
+    order, batch, bad = to_batch(items, 16, torch.device("cpu"), Limits(), lambda idx: [payloads[i] for i in idx])
     assert order == [0] and batch.shape == (1, 16, 16, 3) and sorted(i for i, _ in bad) == [1, 2]
 
 
@@ -173,8 +178,7 @@ def test_exif_orientation_read_in_the_worker_is_applied_as_torchvision_does(orie
     buf = io.BytesIO()
     image.save(buf, "JPEG", exif=exif.tobytes())
     data = buf.getvalue()
-    kind, (raw, read) = prepare(data, 16, Limits())
-    assert kind == "jpeg" and raw == data and read == orientation
+    assert prepare(data, 16, Limits()) == ("jpeg", orientation)
     reference = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                                            mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=True)
     got = preprocess_on(data, 16, Limits(), CPU_BYTES)
@@ -207,3 +211,53 @@ def test_features_of_both_decode_paths_resolve_to_the_cpu_path_without_asking_fo
     extract(opts(tmp_path / "data", weights="random:7"), store)
     with pytest.raises(HeadstartError, match="several weights"):  # other weights still ask which
         store.resolve("d", "tiny")
+
+
+def _jobs(paths):
+    import hashlib
+
+    return [(hashlib.sha256(p.read_bytes()).hexdigest(), p, file_stat(p)) for p in paths]
+
+
+def test_a_jpeg_head_longer_than_the_worker_reads_is_read_whole_and_keeps_its_orientation(tmp_path):
+    from extractor.devicedecode import jpeg_orientation
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the device path turns it upright
+    path = tmp_path / "long_head.jpg"
+    Image.new("RGB", (90, 60), (200, 40, 40)).save(path, "JPEG", exif=exif, icc_profile=b"\x01" * (HEAD_BYTES + 5000))
+    head = path.read_bytes()[:HEAD_BYTES]
+    with pytest.raises(DecodeError):  # the markers run past the head: the worker cannot judge it from the head
+        jpeg_orientation(head, Limits())
+    jobs = _jobs([path])
+    assert ByteDataset(jobs, 32, Limits())[0] == (0, "jpeg", 6)
+    order, batch, bad = to_batch([(0, "jpeg", 6)], 32, torch.device("cpu"), Limits(), JpegReader(jobs, Limits()))
+    assert order == [0] and not bad
+    assert np.array_equal(batch[0].numpy(), preprocess_on(path.read_bytes(), 32, Limits(), CPU_BYTES))
+
+
+def test_a_jpeg_changed_after_the_worker_saw_it_is_a_recorded_failure_not_other_pixels(tmp_path):
+    make_folder(tmp_path / "data", {"a": 3}, size=(120, 90))
+    files = sorted((tmp_path / "data").rglob("*.jpg"))
+    jobs = _jobs(files)
+    items = [ByteDataset(jobs, 32, Limits())[i] for i in range(3)]
+    assert [kind for _, kind, _ in items] == ["jpeg"] * 3
+    Image.new("RGB", (120, 90), (0, 0, 255)).save(files[1], "JPEG")  # other bytes under the same name
+    os.utime(files[2], ns=(1, 1))  # the same bytes, another mtime: hashed again, and kept
+    order, batch, bad = to_batch(items, 32, torch.device("cpu"), Limits(), JpegReader(jobs, Limits()))
+    assert order == [0, 2] and [i for i, _ in bad] == [1]
+    assert "changed" in str(bad[0][1]) and not bad[0][1].content  # the bytes themselves may be fine
+    for row, i in enumerate(order):
+        assert np.array_equal(batch[row].numpy(), preprocess_on(files[i].read_bytes(), 32, Limits(), CPU_BYTES))
+
+
+def test_the_reader_reuses_its_buffer_and_each_batch_reads_its_own_bytes(tmp_path):
+    make_folder(tmp_path / "data", {"a": 4}, size=(160, 120))
+    files = sorted((tmp_path / "data").rglob("*.jpg"))
+    read = JpegReader(_jobs(files), Limits())
+    first = [bytes(b) for b in read([0, 1])]
+    buffer = read.buffer
+    second = read([2, 3])
+    assert read.buffer is buffer  # no new buffer for a batch that fits
+    assert first == [files[0].read_bytes(), files[1].read_bytes()]
+    assert [bytes(b) for b in second] == [files[2].read_bytes(), files[3].read_bytes()]

@@ -147,12 +147,12 @@ def test_changed_file_between_hash_and_decode_is_not_cached_under_the_old_key(tm
 
     real = decode.read_file
 
-    def swapped(path, limits):  # the file is rewritten after it was hashed, just before it is read
+    def swapped(path, limits, *rest):  # the file is rewritten after it was hashed, just before it is read
         if path == target and not getattr(swapped, "done", False):
             swapped.done = True
             Image.new("RGB", (10, 10), (1, 2, 3)).save(path, "PNG")
             os.utime(path, ns=(1, 1))  # another mtime, whatever the filesystem's clock resolution
-        return real(path, limits)
+        return real(path, limits, *rest)
 
     monkeypatch.setattr(decode, "read_file", swapped)
     store = FeatureStore(tmp_path / "home")

@@ -1,11 +1,13 @@
 """Feed rate (issue 14): the shipped extraction pipeline with an instant forward (vectors of the right shape, at
 once; everything else real: list, hash, decode, resize, shard write, commit), on photo-like JPEGs.
 
-    python bench/bench_feed.py [--images 240] [--decode cpu|gpu] [--workers N] [--repeat 2]
+    python bench/bench_feed.py [--images 240] [--decode cpu|gpu] [--workers N] [--repeat 2] [--fresh]
                                [--device cuda] [--forward instant|real] [--backbone vgg16]
 
 Prints img/s, img/s per core (the cores this process may use), the ceiling that implies for 8, 16 and 32-core
-hosts, and where one image's CPU time goes (read, hash, decode, resize), measured in this process.
+hosts, and where one image's CPU time goes (read, hash, decode, resize), measured in this process. The runs go in
+this process, warmed by the earlier ones; `--fresh` runs each in a new process (as a `headstart extract` runs; the
+imports are not timed) and reports those too.
 `--decode gpu` measures the GPU-decode code path as everything but the device decode: read, hash and
 batching the bytes (what the CPU side still does when a GPU decodes); on a CUDA `--device` the device decode is
 real (nvJPEG). `--forward real` runs the backbone (random weights) too: the end-to-end rate on that device."""
@@ -16,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,13 +56,11 @@ def instant_forward(decode_too: bool) -> None:
         return
     try:  # the device decode is instant too: what is measured is the CPU side (read, hash, sniff, batch bytes)
         import extractor.devicedecode as devicedecode
-        import extractor.pipeline as pipeline
 
         def instant_decode(payloads, size, device, orientations=None):  # no data: stacking them is device work
             return [torch.empty((size, size, 3), dtype=torch.uint8, device="meta") for _ in payloads]
 
-        devicedecode.decode_batch = instant_decode
-        pipeline.to_batch.__globals__["decode_batch"] = instant_decode
+        devicedecode.decode_batch = instant_decode  # to_batch finds it there
     except ImportError:  # an earlier checkout without the device-decode path
         pass
 
@@ -74,6 +75,14 @@ def run(folder: Path, home: Path, args: argparse.Namespace) -> float:
     seconds = time.perf_counter() - started
     assert summary.extracted == summary.files, summary
     return seconds
+
+
+def fresh_run(folder: Path, home: Path) -> float:
+    """One run in a new process, with this process's arguments: its seconds (the imports not counted)."""
+    argv = [a for a in sys.argv[1:] if a != "--fresh"]
+    out = subprocess.run([sys.executable, __file__, *argv, "--one", str(folder), str(home)], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def breakdown(files: list[Path]) -> dict:
@@ -105,6 +114,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repo", type=Path, help="run another checkout's pipeline (its code, this benchmark)")
+    parser.add_argument("--fresh", action="store_true", help="also time each run in a new process")
+    parser.add_argument("--one", nargs=2, type=Path, help=argparse.SUPPRESS)  # FOLDER HOME: one run, print seconds
     args = parser.parse_args()
     # with an instant forward the main process is mostly idle: every usable core decodes (the shipped default
     # keeps one for the forward)
@@ -112,10 +123,15 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     if args.forward == "instant":
         instant_forward(decode_too=not args.device.startswith("cuda"))
+    if args.one:
+        print(run(*args.one, args))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         make_jpegs(Path(tmp) / "photos", args.images)
         files = sorted((Path(tmp) / "photos").rglob("*.jpg"))
         breakdown(files[:8])  # warm the page cache and the decoders
+        fresh = [fresh_run(Path(tmp) / "photos", Path(tmp) / f"fresh{i}") for i in range(args.repeat)] \
+            if args.fresh else []
         best = min(run(Path(tmp) / "photos", Path(tmp) / f"home{i}", args) for i in range(args.repeat))
         steps = breakdown(files)
     rate = args.images / best
@@ -125,6 +141,8 @@ def main() -> None:
                       "seconds": round(best, 2), "img_per_s": round(rate, 1),
                       "img_per_s_per_core": round(rate / cores, 1),
                       "ceiling_img_per_s": {n: round(rate / cores * n) for n in (8, 16, 32)},
+                      **({"fresh_process_img_per_s_per_core": [round(args.images / s / cores, 1) for s in fresh]}
+                         if fresh else {}),
                       "ms_per_image": steps}))
 
 

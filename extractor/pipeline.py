@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -138,7 +140,8 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     resolved = _resolved(opts)
     created = store.catalog.dataset(opts.dataset) is None
     try:
-        return _extract(opts, store, resolved, progress, should_stop)
+        with _collector_skips_older_objects():
+            return _extract(opts, store, resolved, progress, should_stop)
     except BaseException:
         if created and store.catalog.dataset(opts.dataset) and not store.catalog.dataset_summary(
                 opts.dataset)["fingerprints"]:
@@ -204,6 +207,19 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
         store.record_rate(fp_id, extracted, summary.seconds)
     summary.warnings = warnings(opts, store, listing, members, summary)
     return summary
+
+
+@contextmanager
+def _collector_skips_older_objects() -> Iterator[None]:
+    """While extracting, the cyclic garbage collector leaves out the objects alive before (torch's modules, the
+    service's): a full pass over them took 0.16-0.18 s in runs of 2,400 images in a fresh process (a first full
+    pass comes early there), a quarter of such a run. They are handed back when the run ends. Other threads
+    lose nothing but the same skipping: freezing only delays finding cyclic garbage."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Model:

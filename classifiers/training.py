@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from classifiers.metrics import evaluate, roc_columns
 from classifiers.persist import check_name, load, save
 from classifiers.views import pick_recipe, view_arrays
 from extractor.augment import check_views
-from extractor.errors import HeadstartError
+from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore, FeatureTable
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -24,14 +27,16 @@ def heads_dir(store: FeatureStore) -> Path:
     return store.home / "heads"
 
 
+NO_LABELS = "this dataset has no labels; heads need labeled images (class subfolders or --labels CSV when extracting)"
+
+
 def split_arrays(table: FeatureTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Labeled rows per split: (features, label strings)."""
     labels = np.array([lab if lab is not None else "" for lab in table.labels], dtype=object)
     splits = np.array(table.splits)
     labeled = labels != ""
     if not labeled.any():
-        raise HeadstartError("this dataset has no labels; heads need labeled images "
-                             "(class subfolders or --labels CSV when extracting)")
+        raise HeadstartError(NO_LABELS)
     return {name: (table.features[(splits == name) & labeled], labels[(splits == name) & labeled].astype(str))
             for name in SPLIT_NAMES}
 
@@ -122,14 +127,6 @@ def _train_streamed(store: FeatureStore, dataset: str, fp_id: str, head: Head, n
                                            **solver})
 
 
-def _head_and_table(store: FeatureStore, name: str, split: str) -> tuple[Head, dict, FeatureTable]:
-    """A saved head, its manifest and its dataset's cached features (after checking the split's name)."""
-    if split not in SPLIT_NAMES:
-        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
-    head, manifest = load(heads_dir(store), name)
-    return head, manifest, store.table(manifest["dataset"], manifest["fingerprint"]["id"])
-
-
 def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir: Path | None = None,
                   tta: int = 0, device: str = "auto", stream: str = "auto") -> dict:
     """Score a saved head on one split of its dataset's cached features; optionally write PNG plots. With `tta`
@@ -179,20 +176,15 @@ def mistakes(store: FeatureStore, name: str, split: str = "test", true: str | No
     `true` / `predicted` filter to one cell of the confusion matrix."""
     if order not in MISTAKE_ORDERS:
         raise HeadstartError(f"order {order!r}: expected one of {', '.join(MISTAKE_ORDERS)}")
-    head, manifest, table = _head_and_table(store, name, split)
-    rows = [i for i, (lab, sp) in enumerate(zip(table.labels, table.splits, strict=True))
-            if sp == split and lab is not None]
-    if not rows:
-        return {"head": name, "dataset": manifest["dataset"], "split": split, "total": 0, "rows": []}
-    proba = head.predict_proba(table.features[rows])
-    picked = proba.argmax(axis=1)
+    head, manifest, scored = scored_split(store, name, split)
+    proba = scored.proba
+    picked = proba.argmax(axis=1) if len(proba) else np.empty(0, int)
     found = []
-    for k, i in enumerate(rows):
+    for k, (path, sha, label) in enumerate(scored.members):
         guess = str(head.classes_[picked[k]])
-        if guess != table.labels[i] and (true is None or table.labels[i] == true) and \
-                (predicted is None or guess == predicted):
-            found.append({"path": table.paths[i], "sha256": table.sha256[i], "true": table.labels[i],
-                          "predicted": guess, "confidence": float(proba[k, picked[k]])})
+        if guess != label and (true is None or label == true) and (predicted is None or guess == predicted):
+            found.append({"path": path, "sha256": sha, "true": label, "predicted": guess,
+                          "confidence": float(proba[k, picked[k]])})
     sign = -1.0 if order == "confident" else 1.0
     found.sort(key=lambda r: (sign * r["confidence"], r["path"]))
     return {"head": name, "dataset": manifest["dataset"], "split": split, "total": len(found),
@@ -204,11 +196,12 @@ def roc_points(store: FeatureStore, name: str, split: str = "test", max_points: 
     and negatives there, each thinned to at most `max_points` points (ends kept), with its AUC."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    head, manifest, table = _head_and_table(store, name, split)
-    X, y = split_arrays(table)[split]
+    head, manifest, scored = scored_split(store, name, split)
+    if not scored.any_labels:
+        raise HeadstartError(NO_LABELS)
+    y, proba = np.array([label for *_, label in scored.members], dtype=str), scored.proba
     curves = []
-    if len(X):
-        proba = head.predict_proba(X)
+    if len(y):
         classes = head.classes_
         for k, positive in roc_columns(y, classes):
             fpr, tpr, _ = roc_curve(positive, proba[:, k])
@@ -217,4 +210,48 @@ def roc_points(store: FeatureStore, name: str, split: str = "test", max_points: 
                 fpr, tpr = fpr[keep], tpr[keep]
             curves.append({"label": str(classes[k]), "auc": float(roc_auc_score(positive, proba[:, k])),
                            "fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]})
-    return {"head": name, "dataset": manifest["dataset"], "split": split, "n": int(len(X)), "curves": curves}
+    return {"head": name, "dataset": manifest["dataset"], "split": split, "n": int(len(y)), "curves": curves}
+
+
+class Scored:
+    """A head's probabilities on the labeled members of one split: members (path, sha256, label) sorted by path,
+    `proba` one row per member; `any_labels`: whether the dataset has labels at all."""
+
+    def __init__(self, members: list[tuple[str, str, str]], proba: np.ndarray, any_labels: bool) -> None:
+        self.members, self.proba, self.any_labels = members, proba, any_labels
+
+
+SCORED_KEEP = 8  # (head, split) pairs whose scores are kept
+_scored: OrderedDict[tuple, Scored] = OrderedDict()
+_scored_lock = threading.Lock()
+
+
+def scored_split(store: FeatureStore, name: str, split: str) -> tuple[Head, dict, Scored]:
+    """A saved head, its manifest and its scores on one split, reading that split's vectors only. The scores of
+    the last few (head, split) pairs asked are kept: the mistakes view asks page after page, then the ROC curves,
+    of one split. They are scored again when the head's weights or the split's members (paths, content, labels)
+    differ from those scored."""
+    if split not in SPLIT_NAMES:
+        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    head, manifest = load(heads_dir(store), name)
+    dataset, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
+    info = store.catalog.fingerprint(fp_id)
+    if info is None:
+        raise NotFound(f"no features with fingerprint {fp_id}")
+    rows = store.catalog.dataset_rows(dataset, fp_id)
+    any_labels = any(r[2] is not None for r in rows)
+    rows = [r for r in rows if r[3] == split and r[2] is not None]
+    members = [(r[0], r[1], r[2]) for r in rows]
+    digest = hashlib.sha256("\n".join("\t".join(m) for m in members).encode()).hexdigest()
+    key = (str(store.home), name, manifest["weights_sha256"], fp_id, split, digest)
+    with _scored_lock:
+        if key in _scored:
+            _scored.move_to_end(key)
+            return head, manifest, _scored[key]
+    X = store.read_rows([(r[4], r[5]) for r in rows], info["dim"], np.float32)
+    scored = Scored(members, head.predict_proba(X) if rows else np.empty((0, len(head.classes_))), any_labels)
+    with _scored_lock:
+        _scored[key] = scored
+        while len(_scored) > SCORED_KEEP:
+            _scored.popitem(last=False)
+    return head, manifest, scored

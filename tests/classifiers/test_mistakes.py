@@ -8,7 +8,7 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from classifiers.training import mistakes, train_head
+from classifiers.training import mistakes, roc_points, train_head
 from extractor.errors import HeadstartError
 from extractor.pipeline import ExtractOptions, extract
 from extractor.store import FeatureStore
@@ -69,3 +69,30 @@ def test_mistakes_and_their_thumbnails_over_the_api(mislabeled):
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert client.get("/heads/h/mistakes", params={"split": "nope"}).status_code == 422
         assert client.get("/heads/missing/mistakes").status_code == 404
+
+
+def test_a_split_is_scored_once_from_its_own_vectors_and_again_when_the_head_or_its_members_change(mislabeled,
+                                                                                                   monkeypatch):
+    tmp_path, store, moved = mislabeled
+    fp_id = store.catalog.dataset_summary("d")["fingerprints"][0][0]
+    rows = store.catalog.dataset_rows("d", fp_id)
+    reads = []
+    real = FeatureStore.read_rows
+    monkeypatch.setattr(FeatureStore, "read_rows", lambda self, where, *a: reads.append(len(where)) or
+                        real(self, where, *a))
+    first = mistakes(store, "h", "train")
+    assert mistakes(store, "h", "train", limit=1, offset=1)["rows"] == first["rows"][1:2]
+    assert roc_points(store, "h", "train")["n"] == sum(r[3] == "train" for r in rows)
+    assert reads == [sum(r[3] == "train" for r in rows)] < [len(rows)]  # that split's vectors, read once
+    n_train = reads[0]
+    train_head(store, "d", "tiny", "logreg", "h", params={"C": 1e-6})  # another head under the name
+    reads.clear()
+    assert mistakes(store, "h", "train") != first and reads == [n_train]  # scored again
+    # the members change: a mislabeled image is filed under its real class and the dataset extracted again
+    path = sorted(moved)[0]
+    (tmp_path / "data" / "set" / path).rename(tmp_path / "data" / "set" / "a" / path.split("/")[1])
+    extract(ExtractOptions(data_dir=tmp_path / "data" / "set", dataset="d", backbone="tiny", weights="random",
+                           workers=0, device="cpu"), store)
+    reads.clear()
+    again = mistakes(store, "h", "train")
+    assert reads == [n_train] and path not in {r["path"] for r in again["rows"]}

@@ -229,8 +229,8 @@ _scored_lock = threading.Lock()
 def scored_split(store: FeatureStore, name: str, split: str) -> tuple[Head, dict, Scored]:
     """A saved head, its manifest and its scores on one split, reading that split's vectors only. The scores of
     the last few (head, split) pairs asked are kept: the mistakes view asks page after page, then the ROC curves,
-    of one split. They are scored again when the head's weights or the split's members (paths, content, labels)
-    differ from those scored."""
+    of one split. They are scored again when the head (its manifest: weights, parameters, classes) or the split's
+    members (paths, content, labels) differ from those scored."""
     if split not in SPLIT_NAMES:
         raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
     head, manifest = load(heads_dir(store), name)
@@ -243,7 +243,8 @@ def scored_split(store: FeatureStore, name: str, split: str) -> tuple[Head, dict
     rows = [r for r in rows if r[3] == split and r[2] is not None]
     members = [(r[0], r[1], r[2]) for r in rows]
     digest = hashlib.sha256("\n".join("\t".join(m) for m in members).encode()).hexdigest()
-    key = (str(store.home), name, manifest["weights_sha256"], fp_id, split, digest)
+    key = (str(store.home), name, json.dumps(manifest, sort_keys=True), split, digest)  # the manifest names the
+    # head's weights by their hash, its parameters and classes
     with _scored_lock:
         if key in _scored:
             _scored.move_to_end(key)

@@ -183,3 +183,27 @@ def test_the_driver_commits_from_one_thread_while_others_read(ray_cluster, data,
         thread.join()
     assert not errors and reads and reads == sorted(reads) and max(reads) >= 1
     assert max(waits) < 1.0  # a read never waited on the driver's commits (WAL; busy_timeout would be 30 s)
+
+
+def _slow_chunk(paths: list[str]) -> list[tuple[str, str]]:
+    """A hashing task that takes a while and leaves a mark when it completes."""
+    time.sleep(2.0)
+    Path(paths[0] + ".done").write_text("")
+    return [("0" * 64, "")] * len(paths)
+
+
+def test_hashing_stopped_early_cancels_the_unfinished_ray_tasks_and_the_cluster_goes_on(ray_cluster, data,
+                                                                                        tmp_path):
+    from extractor.engine_ray import RayMap
+
+    chunks = [[str(tmp_path / f"chunk{i}")] for i in range(6)]
+    results = RayMap()(_slow_chunk, chunks)
+    assert next(results) == [("0" * 64, "")]
+    results.close()  # what hash_items does when asked to stop
+    time.sleep(3.0)  # long enough for any task left running to finish
+    done = sorted(p.name for p in tmp_path.glob("*.done"))
+    assert "chunk0.done" in done and "chunk5.done" not in done and len(done) <= 3, done
+    stopped = extract(options(data, engine="ray"), FeatureStore(tmp_path / "h"), should_stop=lambda: True)
+    assert stopped.stopped and stopped.extracted == 0
+    # the cluster takes the next run (a second driver crashed in Ray when finished tasks were cancelled too)
+    assert extract(options(data, engine="ray"), FeatureStore(tmp_path / "h")).extracted == 110

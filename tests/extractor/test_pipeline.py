@@ -187,3 +187,35 @@ def test_the_collector_skips_older_objects_during_a_run_and_gets_them_back(tmp_p
     with pytest.raises(HeadstartError):
         extract(opts(tmp_path / "nowhere"), FeatureStore(tmp_path / "home"))
     assert gc.get_freeze_count() == 0  # also after a failed run
+
+
+def test_decode_workers_are_started_before_the_model_loads(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from extractor.errors import HeadstartError
+    from extractor.model import LoadedBackbone
+
+    make_folder(tmp_path / "data", {"a": 3, "b": 3})
+    children = []
+    real = LoadedBackbone.setup
+
+    def setup(self):
+        children.append(len(multiprocessing.active_children()))
+        return real(self)
+
+    monkeypatch.setattr(LoadedBackbone, "setup", setup)
+    summary = extract(opts(tmp_path / "data", workers=2), FeatureStore(tmp_path / "home"))
+    assert summary.extracted == 6 and children == [2]  # both forked, decoding while the weights load
+
+    def failing(self):
+        raise HeadstartError("no weights here")
+
+    monkeypatch.setattr(LoadedBackbone, "setup", failing)
+    make_folder(tmp_path / "more", {"a": 2, "b": 2})
+    try:
+        extract(opts(tmp_path / "more", workers=2), FeatureStore(tmp_path / "home2"))
+    except HeadstartError as exc:  # while the error (and its traceback) is held, as a job's handler holds it
+        assert "no weights" in str(exc)
+        assert multiprocessing.active_children() == []  # a model that fails to load stops them at once
+    else:
+        pytest.fail("the failing model load was not an error")

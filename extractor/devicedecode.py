@@ -163,7 +163,9 @@ def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
 
 class JpegReader:
     """Reads a batch's JPEGs whole, each checked to be the content its hash names (decode.read_verified), into
-    one buffer kept from batch to batch. The bytes of one batch are views of it: valid until the next read."""
+    one buffer kept from batch to batch. The bytes of one batch are views of it: valid until the next read (a
+    batch is decoded before the next is read; torchvision's nvJPEG batch decode synchronises its stream before
+    it returns, so the device has its bytes by then)."""
 
     def __init__(self, jobs: list[tuple[str, Path, tuple[int, int] | None]], limits: Limits) -> None:
         self.jobs, self.limits = jobs, limits

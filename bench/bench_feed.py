@@ -8,9 +8,10 @@ Prints img/s, img/s per core (the cores this process may use), the ceiling that 
 hosts, and where one image's CPU time goes (read, hash, decode, resize), measured in this process. The runs go in
 this process, warmed by the earlier ones; `--fresh` runs each in a new process (as a `headstart extract` runs; the
 imports are not timed) and reports those too.
-`--decode gpu` measures the GPU-decode code path as everything but the device decode: read, hash and
-batching the bytes (what the CPU side still does when a GPU decodes); on a CUDA `--device` the device decode is
-real (nvJPEG). `--forward real` runs the backbone (random weights) too: the end-to-end rate on that device."""
+`--decode gpu` measures the GPU-decode code path as everything but the device decode: hash, sniff each
+JPEG's head in the workers, read it whole in the main process (what the CPU side still does when a GPU
+decodes); on a CUDA `--device` the device decode is real (nvJPEG). `--forward real` runs the backbone (random
+weights) too: the end-to-end rate on that device."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def instant_forward(decode_too: bool) -> None:
     LoadedBackbone.embed = embed
     if not decode_too:
         return
-    try:  # the device decode is instant too: what is measured is the CPU side (read, hash, sniff, batch bytes)
+    try:  # the device decode is instant too: what is measured is the CPU side (hash, sniff, read)
         import extractor.devicedecode as devicedecode
 
         def instant_decode(payloads, size, device, orientations=None):  # no data: stacking them is device work

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,11 @@ def heads_dir(store: FeatureStore) -> Path:
 
 
 NO_LABELS = "this dataset has no labels; heads need labeled images (class subfolders or --labels CSV when extracting)"
+
+
+def check_split(split: str) -> None:
+    if split not in SPLIT_NAMES:
+        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
 
 
 def split_arrays(table: FeatureTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -132,8 +138,7 @@ def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir
     """Score a saved head on one split of its dataset's cached features; optionally write PNG plots. With `tta`
     N, also score it on probabilities averaged over N test-time views (reported beside, under "tta"). A table
     above the streaming threshold is read in blocks (classifiers.streaming; not with `tta`)."""
-    if split not in SPLIT_NAMES:
-        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    check_split(split)
     head, manifest = load(heads_dir(store), name)
     dataset, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
     if not tta and streaming.should_stream(store, dataset, fp_id, stream):
@@ -213,12 +218,14 @@ def roc_points(store: FeatureStore, name: str, split: str = "test", max_points: 
     return {"head": name, "dataset": manifest["dataset"], "split": split, "n": int(len(y)), "curves": curves}
 
 
+@dataclass(frozen=True)
 class Scored:
     """A head's probabilities on the labeled members of one split: members (path, sha256, label) sorted by path,
     `proba` one row per member; `any_labels`: whether the dataset has labels at all."""
 
-    def __init__(self, members: list[tuple[str, str, str]], proba: np.ndarray, any_labels: bool) -> None:
-        self.members, self.proba, self.any_labels = members, proba, any_labels
+    members: list[tuple[str, str, str]]
+    proba: np.ndarray
+    any_labels: bool
 
 
 SCORED_KEEP = 8  # (head, split) pairs whose scores are kept
@@ -231,8 +238,7 @@ def scored_split(store: FeatureStore, name: str, split: str) -> tuple[Head, dict
     the last few (head, split) pairs asked are kept: the mistakes view asks page after page, then the ROC curves,
     of one split. They are scored again when the head (its manifest: weights, parameters, classes) or the split's
     members (paths, content, labels) differ from those scored."""
-    if split not in SPLIT_NAMES:
-        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    check_split(split)
     head, manifest = load(heads_dir(store), name)
     dataset, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
     info = store.catalog.fingerprint(fp_id)

@@ -268,7 +268,7 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
         # Workers are forked, also from the threaded service. A forkserver was tried: its workers are children
         # of the forkserver, so torch's parent watchdog never fires and they outlive a kill -9 of the service
         # (tests/service/test_api.py checks); it also pickles the whole job list to every worker.
-        if resolved.device_decode:  # the workers read and sniff bytes; JPEGs are decoded on the device
+        if resolved.device_decode:  # the workers sniff JPEG heads; this process reads and the device decodes them
             dataset, batches = ByteDataset(jobs, resolved.size, opts.limits), list
         else:
             dataset, batches = DecodeDataset(jobs, resolved.size, opts.limits), collate
@@ -285,7 +285,7 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
             raise
         bad: dict[str, DecodeError] = {}
         done, started, stopped = 0, time.monotonic(), False
-        read = JpegReader(jobs, opts.limits)
+        read = JpegReader(jobs, opts.limits) if resolved.device_decode else None
         for items in arriving:
             idx, batch, failed = to_batch(items, resolved.size, backbone.device, opts.limits, read) \
                 if resolved.device_decode else items

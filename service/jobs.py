@@ -236,11 +236,11 @@ class JobRunner:
                 log.warning("job %s: progress not written (catalog not writable)", job_id)
 
     def _finish(self, job_id: str, kind: str, state: str, result: dict | None, error: str | None) -> None:
+        self.count(kind, state)  # before the state shows: whoever sees it and then scrapes /metrics finds it
         progress = self.live.pop(job_id, None)  # the last progress, which the catalog may not have yet
         self.cancelled.discard(job_id)
         self.pending[job_id] = {"state": state, "result": result, "error": error, "progress": progress}
         self._flush_pending()
-        self.count(kind, state)
 
     def _flush_pending(self) -> bool:
         """Write final states kept in memory; False while the catalog refuses (they are kept and shown)."""

@@ -211,3 +211,23 @@ def test_stopping_the_service_interrupts_a_training_job(data):
     runner.stop(10)  # what SIGTERM does
     assert time.monotonic() - started < 5 and not runner.thread.is_alive()
     assert runner.store.catalog.job(job_id)["state"] == "interrupted"
+
+
+def test_a_job_is_counted_in_the_metrics_before_its_final_state_shows(data, monkeypatch):
+    """Found by CI (the Ray job test read /metrics just after seeing `succeeded` and the count was not there
+    yet): whoever sees a final state and then scrapes /metrics finds it counted."""
+    real = Metrics.inc
+
+    def slow(self, name, labels=None, value=1.0):
+        if name == "headstart_jobs_total" and labels and labels["state"] == "succeeded":
+            time.sleep(0.5)  # a scheduler that lets the polling thread run first
+        real(self, name, labels, value)
+
+    monkeypatch.setattr(Metrics, "inc", slow)
+    monkeypatch.setattr(JobRunner, "_execute", lambda self, job: ("succeeded", {}, None))
+    runner = runner_for(data)
+    runner.start()
+    wait(runner, runner.submit("extract", "k0", {})[0], ("succeeded",))
+    text = runner.metrics.render()[0].decode()
+    runner.stop(10)
+    assert 'headstart_jobs_total{engine="local",kind="extract",state="succeeded"} 1.0' in text

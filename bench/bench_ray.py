@@ -65,9 +65,10 @@ class InstantActor(engine_ray.ShardActor):
         return [self.rng.standard_normal((len(pixels), self.dim), dtype=np.float32)]
 
 
-def no_decode(batch: dict, size: int, limits, roots: list[str]) -> dict:
+def no_decode(batch: dict, size: int, limits, roots: list[str], recipe: str = "") -> dict:
     n = len(batch["sha"])
-    return {"sha": batch["sha"], "pixels": np.zeros((n, 1, 1, 3), np.uint8), "error": np.array([""] * n, object),
+    return {"sha": batch["sha"], "view": np.full(n, -1, np.int32), "pixels": np.zeros((n, 1, 1, 3), np.uint8),
+            "error": np.array([""] * n, object),
             "content": np.zeros(n, bool), "fatal": np.array([""] * n, object)}
 
 
@@ -75,11 +76,11 @@ class TimedCommits:
     """The driver's writer, with the seconds spent in its catalog commits counted."""
 
     def __init__(self, writer) -> None:
-        self.writer, self.seconds = writer, 0.0
+        self.writer, self.seconds, self.recipe = writer, 0.0, writer.recipe
 
-    def commit(self, shards) -> None:
+    def commit(self, shards, views=None) -> None:
         t = time.perf_counter()
-        self.writer.commit(shards)
+        self.writer.commit(shards, views)
         self.seconds += time.perf_counter() - t
 
     def clean(self) -> None:

@@ -165,21 +165,21 @@ class Catalog(JobTable, ViewTable):
         return None if row is None else dict(zip(("id", "backbone", "dim", "spec", "source"), row, strict=True))
 
     def commit_shards(self, fp_id: str, dtype: str, shards: list[tuple[str, list[str], int | None]], recipe: str = "",
-                      views: list[int] | None = None) -> None:
+                      views: list[list[int]] | None = None) -> None:
         """Make renamed shard files visible, all in one transaction: each file's row (with its size in bytes) and
-        all its vectors. With a `recipe` (one shard), its rows are views (`views` gives each row's index)."""
-        if recipe and len(shards) != 1:
-            raise ValueError("views are committed one shard at a time")
+        all its vectors. With a `recipe`, their rows are views (`views` gives each shard's rows' view indices)."""
+        if bool(recipe) != (views is not None) or (views is not None and len(views) != len(shards)):
+            raise ValueError("view shards come with their rows' view indices, one list per shard; clean ones without")
         now = time.time()
         with self.connect() as con, con:
-            for file, shas, size in shards:
+            for k, (file, shas, size) in enumerate(shards):
                 shard = con.execute("INSERT INTO shards (fingerprint, file, rows, dtype, created, bytes, recipe) "
                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                                     (fp_id, file, len(shas), dtype, now, size, recipe)).lastrowid
                 if recipe:
                     con.executemany("INSERT OR IGNORE INTO views VALUES (?, ?, ?, ?, ?, ?)",
                                     [(fp_id, recipe, sha, index, shard, row)
-                                     for row, (sha, index) in enumerate(zip(shas, views, strict=True))])
+                                     for row, (sha, index) in enumerate(zip(shas, views[k], strict=True))])
                 else:
                     con.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
                                     [(fp_id, sha, shard, row) for row, sha in enumerate(shas)])

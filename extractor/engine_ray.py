@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from extractor import augment
 from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.errors import HeadstartError
 from extractor.shardfile import shard_folder, write_shard
 from extractor.summary import Progress
+from extractor.views import make_views
 
 ENGINES = ("local", "ray")
 SHARD_ROWS = 256  # rows per shard an actor writes: 4 MB of 8192-d float16 (fewer when a run is small)
@@ -108,32 +110,46 @@ class RayMap:
                     ray.cancel(ref)
 
 
-def decode_block(batch: dict, size: int, limits: Limits, roots: list[str]) -> dict:
-    """One Ray task: files -> uint8 pixels (zeros and a reason where a file failed), as the local workers do."""
+def decode_block(batch: dict, size: int, limits: Limits, roots: list[str], recipe: str = "") -> dict:
+    """One Ray task: files -> uint8 pixels (zeros and a reason where a file failed), as the local workers do.
+    With a `recipe`: each file decoded once and its missing views made from those pixels, one row per view (a
+    failed file: one row, view -1), as extractor.views does locally."""
     absent = [r for r in roots if not os.path.isdir(r)]
-    n = len(batch["sha"])
-    pixels = np.zeros((n, size, size, 3), np.uint8)
-    errors, content = [""] * n, np.zeros(n, bool)
-    for i, (sha, path, fsize, mtime) in enumerate(zip(batch["sha"], batch["path"], batch["size"], batch["mtime"],
-                                                      strict=True)):
-        stat = None if fsize < 0 else (int(fsize), int(mtime))
-        array, error = decode_job((str(sha), Path(path), stat), limits, lambda data: preprocess(data, size, limits))
-        if error is None:
-            pixels[i] = array
+    made = augment.parse(recipe) if recipe else None
+    shas, views, rows, errors, content = [], [], [], [], []
+    for sha, path, fsize, mtime, wanted in zip(batch["sha"], batch["path"], batch["size"], batch["mtime"],
+                                               batch["views"], strict=True):
+        if made:
+            indices = [int(j) for j in str(wanted).split(",")]
+            arrays, error = make_views(str(sha), Path(path), indices, size, limits, made)
         else:
-            errors[i], content[i] = str(error), error.content
+            stat = None if fsize < 0 else (int(fsize), int(mtime))
+            array, error = decode_job((str(sha), Path(path), stat), limits, lambda data: preprocess(data, size, limits))
+            indices, arrays = [-1], [array]
+        if error is not None:
+            indices, arrays = [-1], [np.zeros((size, size, 3), np.uint8)]
+        shas += [sha] * len(indices)
+        views += indices
+        rows.extend(arrays)
+        errors += [str(error) if error is not None else ""] * len(indices)
+        content += [error is not None and error.content] * len(indices)
+    n = len(shas)
     fatal = f"{SHARED}: {', '.join(absent)} is not a folder on node {socket.gethostname()}" if absent else ""
-    return {"sha": batch["sha"], "pixels": pixels, "error": np.array(errors, dtype=object), "content": content,
+    pixels = np.stack(rows) if rows else np.zeros((0, size, size, 3), np.uint8)
+    return {"sha": np.array(shas, dtype=object), "view": np.array(views, np.int32), "pixels": pixels,
+            "error": np.array(errors, dtype=object), "content": np.array(content, bool),
             "fatal": np.array([fatal] * n, dtype=object)}
 
 
 class ShardActor:
     """Loads the backbone once, embeds blocks of decoded images and writes each block's vectors as one shard file
-    in the home's feature folder; returns one row per block: (file, content hashes, bytes, failures)."""
+    in the home's feature folder; returns one row per block: (file, content hashes, bytes, failures; with a
+    `recipe`, the rows are views and their indices come back too)."""
 
     def __init__(self, home: str, backbone: str, weights: str, size: int, fp_id: str, dtype: str, batch_size: int,
-                 device: str, amp: str, threads: int) -> None:
+                 device: str, amp: str, threads: int, recipe: str = "") -> None:
         self.home, self.fp_id, self.batch_size, self.fatal = Path(home), fp_id, batch_size, ""
+        self.recipe = recipe
         self.dtype = np.dtype(dtype)
         try:
             self.setup(backbone, weights, size, device, amp, threads)
@@ -172,10 +188,13 @@ class ShardActor:
         bad = [[str(s), str(e), bool(c)] for s, e, c in zip(batch["sha"][failed], batch["error"][failed],
                                                             batch["content"][failed], strict=True)]
         file, size, shas = "", 0, [str(s) for s in batch["sha"][~failed]]
+        views = [int(j) for j in batch["view"][~failed]]
         if shas and not fatal:
             file, size = write_shard(self.home, self.folder, self.fp_id, self.dim, self.dtype, shas,
-                                     self.embed(batch["pixels"][~failed]))
+                                     self.embed(batch["pixels"][~failed]), self.recipe,
+                                     views if self.recipe else None)
         return {"file": np.array([file], dtype=object), "shas": np.array(["\n".join(shas)], dtype=object),
+                "views": np.array([",".join(map(str, views)) if self.recipe else ""], dtype=object),
                 "bytes": np.array([size]), "bad": np.array([json.dumps(bad)], dtype=object),
                 "fatal": np.array([fatal], dtype=object)}
 
@@ -200,41 +219,52 @@ def plan(jobs: int, batch_size: int, shard_rows: int | None, device: str,
     return count, 1 if gpus else 0, rows, threads, cpus
 
 
-def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolved, opts, roots: list[str],
-        actor: type = ShardActor,
-        decode: Callable = decode_block) -> Iterator[tuple[str, list[str], int, list[tuple[str, DecodeError]]]]:
-    """Stream the jobs through decode tasks and the actor pool: (file, content hashes, bytes, failures) per shard,
-    as the actors report them. Closing the iterator stops the Ray work. (`actor` and `decode` are the shipped ones;
-    bench/bench_ray.py swaps in an instant forward to time the commit path.)"""
+def run(jobs: list[tuple], home: Path, resolved, opts, roots: list[str], actor: type = ShardActor,
+        decode: Callable = decode_block,
+        recipe: str = "") -> Iterator[tuple[str, list[str], int, list[tuple[str, DecodeError]], list[int]]]:
+    """Stream the jobs, (content hash, path, (size, mtime) or None) each, through decode tasks and the actor pool:
+    (file, content hashes, bytes, failures, view indices) per shard, as the actors report them. With a `recipe`
+    the jobs are (content hash, path, the view indices to make) and the shards hold views. Closing the iterator
+    stops the Ray work. (`actor` and `decode` are the shipped ones; bench/bench_ray.py swaps in an instant
+    forward to time the commit path.)"""
     import ray
     from ray.data import ActorPoolStrategy
 
-    count, gpus, rows, threads, cpus = plan(len(jobs), opts.batch_size, opts.shard_rows, opts.device, opts.actors)
-    items = [{"sha": sha, "path": str(path), "size": st[0] if st else -1, "mtime": st[1] if st else -1}
-             for sha, path, st in jobs]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / DECODE_ROWS)))
+    per_image = max((len(job[2]) for job in jobs), default=1) if recipe else 1
+    count, gpus, rows, threads, cpus = plan(len(jobs) * per_image, opts.batch_size, opts.shard_rows, opts.device,
+                                            opts.actors)
+    if recipe:  # views verify by hashing the bytes again, as extractor.views does
+        items = [{"sha": sha, "path": str(path), "size": -1, "mtime": -1, "views": ",".join(map(str, wanted))}
+                 for sha, path, wanted in jobs]
+    else:
+        items = [{"sha": sha, "path": str(path), "size": st[0] if st else -1, "mtime": st[1] if st else -1,
+                  "views": ""} for sha, path, st in jobs]
+    images = max(1, DECODE_ROWS // per_image)  # images per decode task: about DECODE_ROWS rows out of each
+    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / images)))
     # Ray Data retries a task whose worker died, and restarts a dead actor (its default max_retries/max_restarts
     # -1). Decode tasks reserve memory for their block (the file bytes, Pillow's buffers, the pixels); the actors
     # reserve none, so Ray Data does not fuse decoding into the actors: it stays in tasks near the data.
-    block = DECODE_ROWS * resolved.size * resolved.size * 3
-    ds = ds.map_batches(decode, batch_size=DECODE_ROWS, num_cpus=1, memory=max(64 << 20, 8 * block),
-                        batch_format="numpy", fn_kwargs={"size": resolved.size, "limits": opts.limits, "roots": roots})
+    block = max(DECODE_ROWS, per_image) * resolved.size * resolved.size * 3
+    ds = ds.map_batches(decode, batch_size=images, num_cpus=1, memory=max(64 << 20, 8 * block),
+                        batch_format="numpy", fn_kwargs={"size": resolved.size, "limits": opts.limits, "roots": roots,
+                                                         "recipe": recipe})
     fp = resolved.fingerprint
     ds = ds.map_batches(actor, batch_size=rows, batch_format="numpy", compute=ActorPoolStrategy(size=count),
                         num_gpus=gpus, num_cpus=cpus,
                         fn_constructor_kwargs={"home": str(home), "backbone": fp.backbone, "weights": opts.weights,
                                                "size": resolved.size, "fp_id": fp.id, "dtype": opts.dtype,
                                                "batch_size": opts.batch_size, "device": opts.device,
-                                               "amp": opts.amp, "threads": threads})
+                                               "amp": opts.amp, "threads": threads, "recipe": recipe})
     batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
     try:
         for out in batches:
-            for file, shas, size, bad, fatal in zip(out["file"], out["shas"], out["bytes"], out["bad"],
-                                                    out["fatal"], strict=True):
+            for file, shas, size, bad, fatal, views in zip(out["file"], out["shas"], out["bytes"], out["bad"],
+                                                           out["fatal"], out["views"], strict=True):
                 if fatal:
                     raise HeadstartError(str(fatal))
                 failures = [(s, DecodeError(e, content=c)) for s, e, c in json.loads(bad)]
-                yield str(file), str(shas).split("\n") if file else [], int(size), failures
+                indices = [int(j) for j in str(views).split(",")] if file and recipe else []
+                yield str(file), str(shas).split("\n") if file else [], int(size), failures, indices
     finally:
         close = getattr(batches, "close", None)
         if close:
@@ -244,28 +274,41 @@ def run(jobs: list[tuple[str, Path, tuple[int, int] | None]], home: Path, resolv
 def compute(opts, store, resolved, jobs: list, roots: list[str], progress: Callable | None,
             should_stop: Callable | None, writer, **stages) -> tuple[int, dict[str, DecodeError], bool]:
     """The driver: commit the actors' shards (those reported within COMMIT_SECONDS in one transaction), report
-    progress, stop the Ray work when asked. Returns (vectors committed, failures by content hash, stopped)."""
+    progress, stop the Ray work when asked. Returns (vectors committed, failures by content hash, stopped).
+
+    A views writer (extractor.views) gets views: the jobs are then (content hash, path, view indices to make)."""
     bad: dict[str, DecodeError] = {}
     pending: list[tuple[str, list[str], int]] = []
+    indices: list[list[int]] = []
+    wanted = {job[0]: len(job[2]) for job in jobs} if writer.recipe else {}
+    total = sum(wanted.values()) if writer.recipe else len(jobs)
     done, started, last, stopped = 0, time.monotonic(), time.monotonic(), False
-    shards = run(jobs, store.home, resolved, opts, roots, **stages)
+    shards = run(jobs, store.home, resolved, opts, roots, recipe=writer.recipe, **stages)
+
+    def commit() -> None:
+        writer.commit(pending, indices if writer.recipe else None)
+        pending.clear()
+        indices.clear()
+
     try:
-        for file, shas, size, failures in shards:
+        for file, shas, size, failures, views in shards:
             if file:
                 pending.append((file, shas, size))
+                indices.append(views)
             bad.update(failures)
-            done += len(shas) + len(failures)
+            done += len(shas) + sum(wanted.get(sha, 1) for sha, _ in failures)
             if pending and time.monotonic() - last >= COMMIT_SECONDS:
-                writer.commit(pending)
-                pending, last = [], time.monotonic()
+                commit()
+                last = time.monotonic()
             if progress:
-                progress(Progress(done, len(jobs), len(bad), time.monotonic() - started))
+                progress(Progress(done, total, len(bad), time.monotonic() - started,
+                                  phase="views" if writer.recipe else "extracting"))
             if should_stop and should_stop():
                 stopped = True
                 break
     finally:
         shards.close()
         if pending:  # finished shards are kept, also when the run stops or fails
-            writer.commit(pending)
+            commit()
         writer.clean()
     return writer.written, bad, stopped

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +111,9 @@ def default_workers() -> int:
 
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
-    if engine_ray.check_engine(opts.engine) == "ray" and (opts.augment or opts.decode == "gpu"):
-        raise HeadstartError(f"--engine ray with {'--augment' if opts.augment else '--decode gpu'}: the Ray engine "
-                             f"computes clean vectors with CPU decoding; run this with --engine local")
+    if engine_ray.check_engine(opts.engine) == "ray" and opts.decode == "gpu":
+        raise HeadstartError("--engine ray with --decode gpu: the Ray engine decodes on the CPU; run this with "
+                             "--engine local, or pass --decode cpu (or auto)")
     if opts.augment is not None or opts.views:
         if opts.augment is None or not opts.views:
             raise HeadstartError(f"--augment {opts.augment} --views {opts.views}: views need both, a recipe and "
@@ -177,10 +178,11 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
     extracted, new_bad, stopped = 0, {}, False
     files = {item.sha256: item.file for item in listing.items}
     stats = {item.sha256: item.stat for item in listing.items}
+    roots = [s["root"] for s in sources]
     model = Model(resolved, opts.device, opts.amp)
     if missing:
         extracted, new_bad, stopped = _compute(opts, store, resolved, files, stats, set(known_bad), model, progress,
-                                               should_stop, [s["root"] for s in sources])
+                                               should_stop, roots)
     content_bad = [(sha, str(err)) for sha, err in new_bad.items() if err.content]
     if content_bad:
         store.catalog.remember_bad_content(limits_sig, content_bad)
@@ -196,10 +198,11 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
         failed=len(failures), duplicates=len(members) - len(unique), skipped=listing.skipped + listing.top_level,
         seconds=time.monotonic() - start, device="none", stopped=stopped, failures=failures, repaired=repaired)
     if opts.augment and not stopped:
+        remote = partial(engine_ray.compute, opts, store, resolved, roots=roots) if opts.engine == "ray" else None
         views, _ = compute_views(
             store, opts.dataset, resolved, augment.parse(opts.augment), opts.views, files, model, dtype=opts.dtype,
             batch_size=opts.batch_size, workers=_workers(opts), limits=opts.limits, flush_seconds=opts.flush_seconds,
-            shard_rows=opts.shard_rows, skip=set(bad), progress=progress, should_stop=should_stop)
+            shard_rows=opts.shard_rows, skip=set(bad), progress=progress, should_stop=should_stop, remote=remote)
         summary.views, summary.stopped = views.to_dict(), views.stopped
     summary.device = model.device_name if opts.engine == "local" else "ray"
     summary.seconds = time.monotonic() - start

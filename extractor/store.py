@@ -300,11 +300,12 @@ class ShardWriter:
         that a reader could see, and a full or read-only disk is one line (StorageFull)."""
         file, size = write_shard(self.store.home, self.dir, self.fp.id, self.fp.dim, self.dtype, shas, parts,
                                  self.recipe, views)
-        self.commit([(file, shas, size)], views)
+        self.commit([(file, shas, size)], None if views is None else [views])
 
-    def commit(self, shards: list[tuple[str, list[str], int]], views: list[int] | None = None) -> None:
-        """Make published shard files (file relative to the home, content hashes, bytes) visible in one catalog
-        transaction; when the commit fails the files are removed (nothing uncommitted stays to be read)."""
+    def commit(self, shards: list[tuple[str, list[str], int]], views: list[list[int]] | None = None) -> None:
+        """Make published shard files (file relative to the home, content hashes, bytes; a views writer: with
+        each shard's view indices) visible in one catalog transaction; when the commit fails the files are removed
+        (nothing uncommitted stays to be read)."""
         try:
             self.store.catalog.commit_shards(self.fp.id, self.dtype.name, shards, self.recipe, views)
         except sqlite3.Error as exc:

@@ -4,7 +4,6 @@ computed: raising K from 4 to 8 computes views 4-7, new images get theirs, nothi
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from extractor import augment
 from extractor.augment import Recipe
-from extractor.decode import DecodeError, Limits, preprocess, read_file
+from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.model import LoadedBackbone, Resolved
 from extractor.store import FeatureStore
 from extractor.summary import Progress
@@ -50,16 +49,21 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, DecodeError | None]:
         sha, path, indices = self.jobs[i]
-        try:
-            data = read_file(path, self.limits)
-            if hashlib.sha256(data).hexdigest() != sha:
-                raise DecodeError("file changed since it was hashed; run the extraction again", content=False)
-            clean = preprocess(data, self.size, self.limits)
-            return i, np.stack([augment.view(clean, self.recipe, sha, j) for j in indices]), None
-        except DecodeError as exc:
-            return i, None, exc
-        except Exception as exc:  # one bad file is a recorded failure, never a crashed job
-            return i, None, DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
+        return i, *make_views(sha, path, indices, self.size, self.limits, self.recipe)
+
+
+def make_views(sha: str, path: Path, indices: list[int], size: int, limits: Limits,
+               recipe: Recipe) -> tuple[np.ndarray | None, DecodeError | None]:
+    """One file's views `indices` as one NHWC array, made from its pixels decoded once; or why it failed. The bytes
+    are hashed again (no size+mtime shortcut: views are often made long after the hashing). Used by the local
+    workers and by the Ray engine's decode tasks."""
+    clean, error = decode_job((sha, path, None), limits, lambda data: preprocess(data, size, limits))
+    if error is not None:
+        return None, error
+    try:
+        return np.stack([augment.view(clean, recipe, sha, j) for j in indices]), None
+    except Exception as exc:  # one bad file is a recorded failure, never a crashed job
+        return None, DecodeError(f"unexpected augmentation error: {type(exc).__name__}: {exc}")
 
 
 def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, DecodeError]]]:
@@ -74,9 +78,13 @@ def compute_views(store: FeatureStore, dataset: str, resolved: Resolved, recipe:
                   files: dict[str, Path], model: Callable[[], LoadedBackbone], *, split: str = "train",
                   dtype: str = "float32", batch_size: int = 32, workers: int = 0, limits: Limits | None = None,
                   flush_seconds: float = 60.0, shard_rows: int | None = None, skip: set[str] = frozenset(),
-                  progress: Callable | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> tuple[ViewsSummary, dict[str, DecodeError]]:
-    """Bring views 0..count-1 of the split's images into the cache; `model()` gives the loaded backbone."""
+                  progress: Callable | None = None, should_stop: Callable[[], bool] | None = None,
+                  remote: Callable | None = None) -> tuple[ViewsSummary, dict[str, DecodeError]]:
+    """Bring views 0..count-1 of the split's images into the cache; `model()` gives the loaded backbone.
+
+    `remote(jobs=, writer=, progress=, should_stop=)`, when given, computes the views elsewhere (the Ray engine:
+    extractor.engine_ray.compute) and returns (rows committed, failures, stopped); the lock, the choice of the
+    missing views and the summary stay here."""
     fp = resolved.fingerprint
     if resolved.device_decode:
         from extractor.errors import HeadstartError
@@ -92,29 +100,39 @@ def compute_views(store: FeatureStore, dataset: str, resolved: Resolved, recipe:
             needed = {s: v for s, v in store.catalog.missing_views(dataset, fp.id, recipe.text, count, split).items()
                       if s not in skip and s in files}  # again, under the lock
             jobs = [(sha, files[sha], indices) for sha, indices in needed.items()]
-            total, done, started = sum(len(j[2]) for j in jobs), 0, time.monotonic()
-            per_image = max((len(j[2]) for j in jobs), default=1)
-            loader = DataLoader(ViewDataset(jobs, resolved.size, limits or Limits(), recipe),
-                                batch_size=max(1, batch_size // per_image), num_workers=workers, collate_fn=collate,
-                                prefetch_factor=2 if workers else None)
-            backbone = model() if jobs else None
-            for owners, batch, failed in loader:
-                bad.update((jobs[i][0], error) for i, error in failed)
-                if batch is not None:
-                    rows = _rows(jobs, owners)
-                    writer.add([jobs[i][0] for i in owners], backbone.embed(batch), views=rows)
-                    done += len(owners)
-                done += sum(len(jobs[i][2]) for i, _ in failed)
-                if progress:
-                    progress(Progress(done, total, len(bad), time.monotonic() - started, phase="views"))
-                if should_stop and should_stop():
-                    summary.stopped = True
-                    break
+            if jobs and remote is not None:
+                _, failed, summary.stopped = remote(jobs=jobs, writer=writer, progress=progress,
+                                                    should_stop=should_stop)
+                bad.update(failed)
+            elif jobs:
+                loader = DataLoader(ViewDataset(jobs, resolved.size, limits or Limits(), recipe),
+                                    batch_size=max(1, batch_size // max(len(j[2]) for j in jobs)),
+                                    num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
+                failed, summary.stopped = _local(jobs, writer, progress, should_stop, loader, model())
+                bad.update(failed)
             writer.flush()
             summary.computed = writer.written
     summary.failed = len(bad)
     summary.cached = store.catalog.count_views(dataset, fp.id, recipe.text, count, split) - summary.computed
     return summary, bad
+
+
+def _local(jobs: list[tuple[str, Path, list[int]]], writer, progress: Callable | None, should_stop: Callable | None,
+           loader: DataLoader, backbone: LoadedBackbone) -> tuple[dict[str, DecodeError], bool]:
+    """Views made in this machine's DataLoader workers, embedded here: (failures, stopped)."""
+    bad: dict[str, DecodeError] = {}
+    total, done, started = sum(len(j[2]) for j in jobs), 0, time.monotonic()
+    for owners, batch, failed in loader:
+        bad.update((jobs[i][0], error) for i, error in failed)
+        if batch is not None:
+            writer.add([jobs[i][0] for i in owners], backbone.embed(batch), views=_rows(jobs, owners))
+            done += len(owners)
+        done += sum(len(jobs[i][2]) for i, _ in failed)
+        if progress:
+            progress(Progress(done, total, len(bad), time.monotonic() - started, phase="views"))
+        if should_stop and should_stop():
+            return bad, True
+    return bad, False
 
 
 def _rows(jobs: list[tuple[str, Path, list[int]]], owners: list[int]) -> list[int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from extractor.augment import parse
 from extractor.errors import HeadstartError
 from extractor.pipeline import ExtractOptions, extract
 from extractor.store import FeatureStore
@@ -62,6 +63,35 @@ def test_ray_engine_gives_the_local_engines_cache_bit_for_bit(ray_cluster, data,
     assert extracting[-1].done == extracting[-1].total == local.extracted + 1 and extracting[-1].failed == 1
     again = extract(options(data, engine="ray"), FeatureStore(tmp_path / "ray"))
     assert again.extracted == 0 and again.cached == local.extracted
+
+
+def views(home: Path, count: int) -> dict[tuple[str, int], bytes]:
+    """Each (content hash, view index) of the dataset's classic train views and its vector's bytes."""
+    store = FeatureStore(home)
+    fp = store.catalog.dataset_summary("d")["fingerprints"][0][0]
+    features, shas, index = store.views("d", fp, parse("classic").text, count)
+    return {(sha, int(i)): row.tobytes() for sha, i, row in zip(shas, index, features, strict=True)}
+
+
+def test_ray_engine_computes_the_local_engines_views_bit_for_bit_and_only_the_missing_ones(ray_cluster, data,
+                                                                                          tmp_path):
+    local = extract(options(data, augment="classic", views=2), FeatureStore(tmp_path / "local"))
+    events = []
+    remote = extract(options(data, engine="ray", shard_rows=16, augment="classic", views=2),
+                     FeatureStore(tmp_path / "ray"), progress=events.append)
+    assert remote.views == local.views and remote.views["computed"] == 2 * remote.views["images"] > 0
+    one, two = views(tmp_path / "local", 2), views(tmp_path / "ray", 2)
+    assert len(one) == remote.views["computed"] and one == two
+    store = FeatureStore(tmp_path / "ray")
+    shards = [s for s in store.catalog.shards(remote.fingerprint) if s["recipe"]]
+    assert max(s["rows"] for s in shards) <= 16 and sum(s["rows"] for s in shards) == len(two)
+    made = [e for e in events if e.phase == "views"]
+    assert made[-1].done == made[-1].total == len(two) and made[-1].failed == 0
+    more = extract(options(data, engine="ray", augment="classic", views=3), store)  # view 2 of each image only
+    assert more.extracted == 0 and more.views["computed"] == remote.views["images"]
+    assert more.views["cached"] == len(two)
+    extract(options(data, augment="classic", views=3), FeatureStore(tmp_path / "local"))
+    assert views(tmp_path / "ray", 3) == views(tmp_path / "local", 3)
 
 
 def test_a_killed_actor_is_restarted_and_the_extraction_completes(ray_cluster, data, tmp_path):
@@ -151,9 +181,8 @@ def test_without_ray_installed_the_engine_is_one_line(data, tmp_path):
 
 
 def test_ray_engine_refuses_what_it_does_not_do(data, tmp_path):
-    for kw, said in (({"augment": "classic", "views": 2}, "--augment"), ({"decode": "gpu"}, "--decode gpu")):
-        with pytest.raises(HeadstartError, match=f"--engine ray with {said}"):
-            extract(options(data, engine="ray", **kw), FeatureStore(tmp_path))
+    with pytest.raises(HeadstartError, match="--engine ray with --decode gpu: the Ray engine decodes on the CPU"):
+        extract(options(data, engine="ray", decode="gpu"), FeatureStore(tmp_path))
     with pytest.raises(HeadstartError, match="expected one of local, ray"):
         extract(options(data, engine="spark"), FeatureStore(tmp_path))
 

@@ -12,8 +12,11 @@ import logging
 import math
 import os
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ ENGINES = ("local", "ray")
 SHARD_ROWS = 256  # rows per shard an actor writes: 4 MB of 8192-d float16 (fewer when a run is small)
 DECODE_ROWS = 32  # images per decode task
 COMMIT_SECONDS = 0.25  # the driver commits the shards reported in this long in one catalog transaction
+RAY_LEVEL_LINE = "Set ray log level from environment variable"
 SHARED = ("--engine ray needs the data folder and the home at the same path on every node of the cluster (a "
           "shared filesystem)")
 
@@ -57,7 +61,8 @@ def connect(address: str | None) -> None:
     # setting: it resolves 127.0.0.1 to the host's address; recent Ray asks for its cluster token.)
     local = {} if address else {"include_dashboard": False}
     try:
-        ray.init(address=address or None, logging_level=logging.ERROR, log_to_driver=False, **local)
+        with _stderr_without(RAY_LEVEL_LINE):
+            ray.init(address=address or None, logging_level=logging.ERROR, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HeadstartError(f"cannot join the Ray cluster at {address or 'a local cluster'}: {first}; start one "
@@ -67,6 +72,29 @@ def connect(address: str | None) -> None:
     DataContext.get_current().enable_progress_bars = False
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def _stderr_without(noise: str) -> Iterator[None]:
+    """Ray's core worker (C++, in this process) announces on file descriptor 2 that it took its log level from
+    RAY_BACKEND_LOG_LEVEL: a stray line on every `--engine ray` command. What reaches fd 2 meanwhile is held and
+    passed on after, less the lines containing `noise`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if noise not in line]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def _probe(address: str) -> None:

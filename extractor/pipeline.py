@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from extractor import augment, engine_ray
+from extractor import augment, engine_ray, ray_cluster
 from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.definition import Wanted, collect
 from extractor.devicedecode import ByteDataset, JpegReader, to_batch
@@ -111,7 +111,7 @@ def default_workers() -> int:
 
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
-    if engine_ray.check_engine(opts.engine) == "ray" and opts.decode == "gpu":
+    if ray_cluster.check_engine(opts.engine) == "ray" and opts.decode == "gpu":
         raise HeadstartError("--engine ray with --decode gpu: the Ray engine decodes on the CPU; run this with "
                              "--engine local, or pass --decode cpu (or auto)")
     if opts.augment is not None or opts.views:
@@ -161,8 +161,8 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
 
     mapper = None
     if opts.engine == "ray":
-        engine_ray.connect(opts.ray_address)
-        mapper = engine_ray.RayMap()
+        ray_cluster.connect(opts.ray_address)
+        mapper = ray_cluster.RayMap()
     try:
         listing, sources = collect(store.catalog, opts.dataset, opts.wanted(), opts.confine, hashed, should_stop,
                                    mapper)

@@ -79,9 +79,9 @@ def ray_cluster():
     option), stopped at the end; yields the GCS address
     (drivers in other processes join it with --ray-address)."""
     ray = pytest.importorskip("ray")
-    from extractor import engine_ray
+    from extractor import ray_cluster
 
-    engine_ray.connect(None)
+    ray_cluster.connect(None)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

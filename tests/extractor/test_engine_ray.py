@@ -224,7 +224,7 @@ def _slow_chunk(paths: list[str]) -> list[tuple[str, str]]:
 
 def test_hashing_stopped_early_cancels_the_unfinished_ray_tasks_and_the_cluster_goes_on(ray_cluster, data,
                                                                                         tmp_path):
-    from extractor.engine_ray import RayMap
+    from extractor.ray_cluster import RayMap
 
     chunks = [[str(tmp_path / f"chunk{i}")] for i in range(6)]
     results = RayMap()(_slow_chunk, chunks)

@@ -9,12 +9,13 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from extractor.errors import HeadstartError
 
 ENGINES = ("local", "ray")
 RAY_LEVEL_LINE = "Set ray log level from environment variable"
+log = logging.getLogger(__name__)
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # 0: Ray's node address is 127.0.0.1 (see _loopback_only)
 
 
 def check_engine(engine: str) -> str:
@@ -26,6 +27,8 @@ def check_engine(engine: str) -> str:
 def connect(address: str | None) -> None:
     """Join the Ray cluster at `address` (host:port of its head, `auto`, or ray://host:port), or start a local one
     when there is none; a missing Ray or an unreachable address is one line."""
+    if _on_loopback(address):
+        _loopback_only()
     try:
         import ray
     except ImportError:
@@ -37,16 +40,22 @@ def connect(address: str | None) -> None:
         _probe(address)
     # the driver's own Ray logs stay in Ray's session logs; errors reach the user as one line each (below)
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    # a cluster of our own: no dashboard. (Ray binds its ports on every interface and has no loopback-only
-    # setting: it resolves 127.0.0.1 to the host's address; recent Ray asks for its cluster token.)
-    local = {} if address else {"include_dashboard": False}
+    local = {} if address else {"include_dashboard": False}  # a cluster of our own: no dashboard
+    held = _HeldStderr()
     try:
-        with _stderr_without(RAY_LEVEL_LINE):
+        with held:
             ray.init(address=address or None, logging_level=logging.ERROR, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        log.debug("Ray's log while joining %s:\n%s", address, held.text)
+        where = f"cannot join the Ray cluster at {address or 'a local cluster'}"
+        if "InvalidAuthToken" in held.text:
+            raise HeadstartError(f"{where}: it wants its authentication token; set RAY_AUTH_MODE=token here, with "
+                                 f"the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (`ray get-auth-token` "
+                                 f"on the head prints it)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HeadstartError(f"cannot join the Ray cluster at {address or 'a local cluster'}: {first}; start one "
-                             f"with `ray start --head`, or check --ray-address / HEADSTART_RAY_ADDRESS") from None
+        raise HeadstartError(f"{where}: {first}; start one with `ray start --head`, or check --ray-address / "
+                             f"HEADSTART_RAY_ADDRESS") from None
+    held.pass_on()
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -54,27 +63,53 @@ def connect(address: str | None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-@contextmanager
-def _stderr_without(noise: str) -> Iterator[None]:
-    """Ray's core worker (C++, in this process) announces on file descriptor 2 that it took its log level from
-    RAY_BACKEND_LOG_LEVEL: a stray line on every `--engine ray` command. What reaches fd 2 meanwhile is held and
-    passed on after, less the lines containing `noise`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
+def _on_loopback(address: str | None) -> bool:
+    """A cluster of our own (no address), or a head on this machine's loopback address."""
+    if not address:
+        return True
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _loopback_only() -> None:
+    """Make the Ray node this process starts or joins use 127.0.0.1, so that a cluster of our own listens on the
+    loopback interface only (GCS, raylet, workers, object manager), unreachable from other machines. Ray turns
+    127.0.0.1 into the host's address unless told, by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, that this is no
+    multi-machine cluster; Ray reads that variable when it is first imported, so the value it read is set too.
+    A user who sets the variable keeps their value."""
+    if LOOPBACK_ENV in os.environ:
+        return
+    os.environ[LOOPBACK_ENV] = "0"  # read by `import ray` below when not imported yet, and by Ray's processes
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+class _HeldStderr:
+    """Holds what reaches file descriptor 2 while Ray starts. Ray's core worker (C++, in this process) writes its
+    log lines there: on every start it announces the log level it took from RAY_BACKEND_LOG_LEVEL, and while it
+    cannot join a cluster it repeats its retries (a head that wants its token: 20 lines). After a start, what was
+    held is passed on less that announcement (`pass_on`); after a failure, the caller says it in one line."""
+
+    def __enter__(self) -> "_HeldStderr":
+        sys.stderr.flush()
+        self.saved, self.file, self.text = os.dup(2), tempfile.TemporaryFile(), ""
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.seek(0)
+        self.text = self.file.read().decode(errors="replace")
+        self.file.close()
+
+    def pass_on(self) -> None:
+        kept = [line for line in self.text.splitlines(keepends=True) if RAY_LEVEL_LINE not in line]
+        if kept:
+            sys.stderr.write("".join(kept))
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
-                    if noise not in line]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
 
 
 def _probe(address: str) -> None:

@@ -75,9 +75,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A local Ray cluster for the tests that use it (Ray binds every interface; it has no loopback-only
-    option), stopped at the end; yields the GCS address
-    (drivers in other processes join it with --ray-address)."""
+    """A local Ray cluster for the tests that use it, listening on 127.0.0.1 only (extractor.ray_cluster), stopped
+    at the end; yields the GCS address (drivers in other processes join it with --ray-address)."""
     ray = pytest.importorskip("ray")
     from extractor import ray_cluster
 

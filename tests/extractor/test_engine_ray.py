@@ -3,6 +3,7 @@ engine, killed workers and a killed driver, one-line errors."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -170,6 +171,56 @@ def test_an_unreachable_ray_address_is_one_line_at_once(data, tmp_path):
     assert time.monotonic() - started < 30
     done = run_cli(*common, env={"HEADSTART_RAY_ADDRESS": "nonsense"})
     assert_one_line_error(done.returncode, done.stderr, "expected HOST:PORT of the Ray head")
+
+
+def test_a_cluster_that_wants_its_token_is_one_line_saying_how_to_give_it(ray_cluster, data, tmp_path):
+    """Ray asks drivers for the cluster's token and, joining an explicit address, sends it only when told to
+    (RAY_AUTH_MODE=token): without it, its core worker retried for 20 s with a log line each time."""
+    done = run_cli("extract", str(data), "--dataset", "d", "--backbone", "tiny", "--weights", "random", "--engine",
+                   "ray", "--ray-address", ray_cluster, "--home", str(tmp_path), env={"RAY_AUTH_MODE": "disabled"})
+    assert_one_line_error(done.returncode, done.stderr, f"cannot join the Ray cluster at {ray_cluster}: it wants "
+                                                        f"its authentication token; set RAY_AUTH_MODE=token")
+
+
+def listening_addresses(pids: list[int]) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The local addresses of the TCP sockets these processes listen on (from /proc)."""
+    listening = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])  # 32-bit words in host (little-endian) order
+                packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                listening[fields[9]] = ipaddress.ip_address(packed)
+    found = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:  # gone meanwhile
+            continue
+        found |= {listening[link[8:-1]] for link in links if link.startswith("socket:[") and link[8:-1] in listening}
+    return found
+
+
+def ray_pids() -> list[int]:
+    """The local Ray cluster's processes: its GCS, raylet, workers and this driver."""
+    pids = [os.getpid()]
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"gcs_server" in cmdline or b"raylet" in cmdline or cmdline.startswith(b"ray::"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_ray_cluster_of_our_own_listens_on_the_loopback_interface_only(ray_cluster):
+    assert ray_cluster.startswith("127.0.0.1:")
+    found = listening_addresses(ray_pids())
+    assert len(found) >= 1
+    for address in found:  # IPv4, or IPv6 with the IPv4 address mapped in
+        assert address.is_loopback or getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback, found
 
 
 def test_without_ray_installed_the_engine_is_one_line(data, tmp_path):

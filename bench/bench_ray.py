@@ -6,7 +6,8 @@
    files, reports and the driver's catalog commits real), with 2, 4 and 8 actors: vectors/s committed end to end,
    and the driver's commit capacity (vectors / seconds spent in its catalog transactions);
 3. heads on a synthetic N x 2048 float16 table (streamed: HEADSTART_STREAM_MB default): peak RSS of
-   `headstart train --head mlp` and `--head logreg` (each its own process) and seconds per epoch.
+   `headstart train --head mlp`, `--head logreg` and logreg with C=auto (each its own process), seconds per
+   epoch, and C=auto's wall time over the fixed C's (six streamed fits, one standardiser pass).
 
     python bench/bench_ray.py [--images 240] [--views K] [--vectors 20000] [--rows 1000000]
                               [--skip-heads | --heads-only]
@@ -134,9 +135,11 @@ def heads(rows: int, work: Path) -> list[dict]:
         synthetic_table(home, rows, 2048, classes=10, dtype="float16", shard_rows=4096)
         print(f"  wrote {rows} x 2048 float16 in {time.monotonic() - t:.0f} s", file=sys.stderr)
     out = []
-    for kind, params in (("mlp", ["epochs=1"]), ("logreg", ["max_iter=2"])):
+    for label, kind, params in (("mlp", "mlp", ["epochs=1"]), ("logreg", "logreg", ["max_iter=2"]),
+                                ("logreg C=auto", "logreg", ["max_iter=2", "C=auto"])):
+        name = label.replace(" ", "-").replace("=", "-")
         args = [sys.executable, "-m", "service", "train", "--home", str(home), "--dataset", "synthetic", "--backbone",
-                "tiny", "--head", kind, "--name", kind, "--json", *[x for p in params for x in ("--param", p)]]
+                "tiny", "--head", kind, "--name", name, "--json", *[x for p in params for x in ("--param", p)]]
         t = time.monotonic()
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -144,12 +147,14 @@ def heads(rows: int, work: Path) -> list[dict]:
         stdout, stderr = proc.stdout.read(), proc.stderr.read()
         if status != 0:
             raise SystemExit(f"train {kind} failed: {stderr[-500:]}")
-        history = _history(home, kind)
-        out.append({"head": kind, "rows": rows, "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        history = _history(home, name)
+        out.append({"head": label, "rows": rows, "peak_rss_mb": round(usage.ru_maxrss / 1024),
                     "seconds": round(seconds, 1), "epochs": len(history),
                     "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])), 1) if history else None,
                     "test_accuracy": json.loads(stdout.strip().splitlines()[-1])["metrics"]["test"]["accuracy"]
                     if stdout.strip() else None})
+    fixed, auto = out[1]["seconds"], out[2]["seconds"]
+    out[2]["wall_over_fixed_c"] = round(auto / fixed, 2)
     return out
 
 

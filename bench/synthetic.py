@@ -13,9 +13,10 @@ from extractor.store import FeatureStore
 
 
 def synthetic_table(home: Path, n: int, dim: int, classes: int = 10, dtype: str = "float16",
-                    shard_rows: int = 4096, seed: int = 0, dataset: str = "synthetic") -> tuple[FeatureStore, str]:
-    """`n` rows of `dim` features (means per class plus noise), split 60/20/20, labeled c0..c{classes-1}, under
-    the backbone name `tiny`; returns the store and the fingerprint id."""
+                    shard_rows: int = 4096, seed: int = 0, dataset: str = "synthetic",
+                    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> tuple[FeatureStore, str]:
+    """`n` rows of `dim` features (means per class plus noise), split train/val/test by `fractions`, labeled
+    c0..c{classes-1}, under the backbone name `tiny`; returns the store and the fingerprint id."""
     store = FeatureStore(home)
     fp_id = f"tiny-synthetic{dim}"
     spec = {"backbone": "tiny", "weights": "synthetic", "dim": dim, "input_size": 0, "preprocess": {}}
@@ -23,10 +24,11 @@ def synthetic_table(home: Path, n: int, dim: int, classes: int = 10, dtype: str 
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 1, (classes, dim)).astype(np.float32)
     labels = rng.integers(0, classes, n)
-    splits = np.array(["train", "val", "test"])[np.searchsorted([0.6, 0.8], rng.random(n), side="right")]
+    cuts = [fractions[0], fractions[0] + fractions[1]]
+    splits = np.array(["train", "val", "test"])[np.searchsorted(cuts, rng.random(n), side="right")]
     shas = [f"{i:064x}" for i in range(n)]
     members = [(f"c{labels[i]}/{i:08d}.jpg", shas[i], f"c{labels[i]}", str(splits[i]), 0) for i in range(n)]
-    info = {"name": dataset, "root": str(home), "kind": "folders", "split": "0.6,0.2,0.2", "seed": 0}
+    info = {"name": dataset, "root": str(home), "kind": "folders", "split": ",".join(map(str, fractions)), "seed": 0}
     source = {"root": str(home), "kind": "folders", "labels_csv": None, "path_column": None, "label_column": None,
               "prefix": ""}
     store.catalog.save_dataset(info, members, [source])

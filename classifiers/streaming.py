@@ -138,14 +138,16 @@ def _classes(train: Blocks) -> tuple[np.ndarray, np.ndarray]:
     return classes, to_class
 
 
-def fit_mlp(head, train: Blocks, val: Blocks, hidden: list[int] | None = None) -> None:
-    """Train an MLPHead over shuffled blocks (hidden None: its own layers; [] a softmax regression)."""
+def fit_mlp(head, train: Blocks, val: Blocks, hidden: list[int] | None = None,
+            standard: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Train an MLPHead over shuffled blocks (hidden None: its own layers; [] a softmax regression). `standard`:
+    the train rows' (mean, scale) when already computed."""
     import torch
 
     from classifiers.mlp import build_net
 
     head.classes_, to_class = _classes(train)
-    head.mean_, head.scale_ = standardise(train)
+    head.mean_, head.scale_ = standard or standardise(train)
     device = head._device()
     head.trained_on = str(device)
     p = head.params
@@ -181,19 +183,45 @@ def fit_mlp(head, train: Blocks, val: Blocks, hidden: list[int] | None = None) -
 
 def fit_logreg(head: LogRegHead, train: Blocks, val: Blocks, device: str | None) -> dict:
     """The same multinomial model as LogRegHead (L2 penalty |w|^2 / 2C beside the summed log-loss), fitted by Adam
-    over shuffled blocks: the mlp trainer with no hidden layer. Returns the solver's description."""
+    over shuffled blocks: the mlp trainer with no hidden layer. Returns the solver's description.
+
+    C=auto: one streamed fit for each C of LogRegHead.C_GRID (the standardiser computed once), the one with the
+    best val accuracy kept (ties: the smaller C), as the in-memory sweep does; the table is read once per fit."""
+    if head.params["C"] != "auto":
+        return _fit_logreg_at(head, train, val, device, float(head.params["C"]))
+    if not val.n:
+        raise HeadstartError("C=auto chooses C on the val split, and this dataset has no labeled val images; "
+                             "pass a number for C, or give the dataset a val split (extract --split)")
+    standard, best, head.sweep_ = standardise(train), None, []
+    for C in LogRegHead.C_GRID:
+        trial = LogRegHead(**{**head.params, "C": C})
+        trial.monitor = head.monitor
+        solver = _fit_logreg_at(trial, train, val, device, C, standard)
+        proba, labels = predict(trial, val)
+        known = np.isin(labels, trial.classes_)  # val labels never seen in train cannot be right: left out
+        accuracy = float((trial.classes_[proba[known].argmax(axis=1)] == labels[known]).mean()) if known.any() else 0.0
+        head.sweep_.append({"C": C, "val_accuracy": accuracy})
+        if best is None or accuracy > best[0]:
+            best = (accuracy, trial, solver)
+    _, chosen, solver = best
+    head.chosen_C_ = float(chosen.params["C"])
+    for name in ("classes_", "mean_", "scale_", "coef_", "intercept_", "history", "trained_on"):
+        setattr(head, name, getattr(chosen, name))
+    return {**solver, "fits": len(LogRegHead.C_GRID)}
+
+
+def _fit_logreg_at(head: LogRegHead, train: Blocks, val: Blocks, device: str | None, C: float,
+                   standard: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """One streamed softmax-regression fit at this C (see fit_logreg)."""
     from classifiers.mlp import MLPHead
 
-    if head.params["C"] == "auto":
-        raise HeadstartError("C=auto on a table above the streaming threshold: the sweep would read the table six "
-                             "times over; pass a number for C (e.g. C=1), or --stream never to fit it in memory")
     epochs = min(LOGREG_SOLVER["epochs"], int(head.params["max_iter"]))  # max_iter caps the epochs here
     # hidden=[1] only passes the params check (at least one layer); fit_mlp builds it with none
     solver = MLPHead(device=device or "auto", hidden=[1], class_weight=head.params["class_weight"],
-                     weight_decay=min(10.0, 1.0 / (float(head.params["C"]) * train.n)),
+                     weight_decay=min(10.0, 1.0 / (C * train.n)),
                      **{**LOGREG_SOLVER, "epochs": epochs})
     solver.monitor = head.monitor
-    fit_mlp(solver, train, val, hidden=[])
+    fit_mlp(solver, train, val, hidden=[], standard=standard)
     weight = solver.net[0].weight.detach().cpu().numpy().astype(np.float32)
     bias = solver.net[0].bias.detach().cpu().numpy().astype(np.float32)
     head.classes_, head.mean_, head.scale_, head.history = solver.classes_, solver.mean_, solver.scale_, \

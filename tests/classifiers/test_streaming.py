@@ -47,9 +47,23 @@ def test_auto_streams_beyond_the_threshold(table, monkeypatch):
         train_head(table, "synthetic", "tiny", "logreg", "auto")
 
 
-def test_what_does_not_stream_is_one_line(table):
-    with pytest.raises(HeadstartError, match="C=auto on a table above the streaming threshold"):
-        train_head(table, "synthetic", "tiny", "logreg", "x", {"C": "auto"}, stream="always")
+def test_c_auto_streams_one_fit_per_c_and_keeps_the_best_on_val(table):
+    whole = train_head(table, "synthetic", "tiny", "logreg", "auto-whole", {"C": "auto"}, stream="never")
+    streamed = train_head(table, "synthetic", "tiny", "logreg", "auto-streamed", {"C": "auto"}, stream="always")
+    assert streamed["training"]["streamed"] and streamed["training"]["fits"] == 6
+    sweep = streamed["chosen"]["sweep"]
+    assert [s["C"] for s in sweep] == [s["C"] for s in whole["chosen"]["sweep"]] == [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+    best = max(s["val_accuracy"] for s in sweep)
+    assert streamed["chosen"]["C"] == next(s["C"] for s in sweep if s["val_accuracy"] == best)  # ties: smaller C
+    assert streamed["metrics"]["val"]["accuracy"] == pytest.approx(best)  # the head kept is the chosen fit
+    a, b = whole["metrics"]["test"]["accuracy"], streamed["metrics"]["test"]["accuracy"]
+    assert a > 0.6 and abs(a - b) <= TOLERANCE, (a, b)
+
+
+def test_what_does_not_stream_is_one_line(table, tmp_path):
+    store, _ = synthetic_table(tmp_path, 200, 8, classes=2, shard_rows=64, fractions=(0.8, 0.0, 0.2))
+    with pytest.raises(HeadstartError, match="C=auto chooses C on the val split"):
+        train_head(store, "synthetic", "tiny", "logreg", "x", {"C": "auto"}, stream="always")
     with pytest.raises(HeadstartError, match="head centroid trains in memory only"):
         train_head(table, "synthetic", "tiny", "centroid", "x", stream="always")
 

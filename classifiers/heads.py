@@ -93,6 +93,10 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+NO_VAL_FOR_C_AUTO = ("C=auto chooses C on the val split, and this dataset has no labeled val images; pass a number "
+                     "for C, or give the dataset a val split (extract --split)")
+
+
 class LogRegHead(Head):
     kind = "logreg"
     Params = params.LogRegParams
@@ -128,8 +132,7 @@ class LogRegHead(Head):
         """C=auto: fit each C of the grid on train, keep the one with the best val accuracy (ties: the smaller C,
         the stronger regularisation). Only train and val are seen; the sweep is kept as `self.sweep_`."""
         if X_val is None or not len(X_val):
-            raise HeadstartError("C=auto chooses C on the val split, and this dataset has no labeled val images; "
-                                 "pass a number for C, or give the dataset a val split (extract --split)")
+            raise HeadstartError(NO_VAL_FOR_C_AUTO)
         val_codes, known = encode(self.classes_, y_val)
         Xv = (np.asarray(X_val, np.float32)[known] - self.mean_) / self.scale_
         best, model, self.sweep_ = None, None, []

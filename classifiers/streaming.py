@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from classifiers.heads import Head, LogRegHead
+from classifiers.heads import NO_VAL_FOR_C_AUTO, Head, LogRegHead
 from extractor.errors import HeadstartError
 from extractor.store import FeatureStore
 
@@ -190,8 +190,7 @@ def fit_logreg(head: LogRegHead, train: Blocks, val: Blocks, device: str | None)
     if head.params["C"] != "auto":
         return _fit_logreg_at(head, train, val, device, float(head.params["C"]))
     if not val.n:
-        raise HeadstartError("C=auto chooses C on the val split, and this dataset has no labeled val images; "
-                             "pass a number for C, or give the dataset a val split (extract --split)")
+        raise HeadstartError(NO_VAL_FOR_C_AUTO)
     standard, best, head.sweep_ = standardise(train), None, []
     for C in LogRegHead.C_GRID:
         trial = LogRegHead(**{**head.params, "C": C})

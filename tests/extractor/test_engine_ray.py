@@ -175,9 +175,10 @@ def test_an_unreachable_ray_address_is_one_line_at_once(data, tmp_path):
 
 def test_a_cluster_that_wants_its_token_is_one_line_saying_how_to_give_it(ray_cluster, data, tmp_path):
     """Ray asks drivers for the cluster's token and, joining an explicit address, sends it only when told to
-    (RAY_AUTH_MODE=token): without it, its core worker retried for 20 s with a log line each time."""
+    (RAY_AUTH_MODE=token): without it, its core worker retried for 20 s with a log line each time (3 tries here)."""
     done = run_cli("extract", str(data), "--dataset", "d", "--backbone", "tiny", "--weights", "random", "--engine",
-                   "ray", "--ray-address", ray_cluster, "--home", str(tmp_path), env={"RAY_AUTH_MODE": "disabled"})
+                   "ray", "--ray-address", ray_cluster, "--home", str(tmp_path),
+                   env={"RAY_AUTH_MODE": "disabled", "RAY_NUM_REDIS_GET_RETRIES": "3"})
     assert_one_line_error(done.returncode, done.stderr, f"cannot join the Ray cluster at {ray_cluster}: it wants "
                                                         f"its authentication token; set RAY_AUTH_MODE=token")
 

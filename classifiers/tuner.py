@@ -4,7 +4,6 @@ of its content, the recipe and the epoch, so a resumed run sees the same pixels)
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from classifiers.mlp import build_net
-from extractor import augment
 from extractor.augment import Recipe
-from extractor.decode import DecodeError, Limits, preprocess, read_file
+from extractor.decode import Limits, decode_job, preprocess
 from extractor.model import LoadedBackbone, Resolved, amp_dtype
 from extractor.stages import Stage, run, split
+from extractor.views import make_views
 
 
 class EpochImages(Dataset):
@@ -32,18 +31,13 @@ class EpochImages(Dataset):
 
     def __getitem__(self, i: int):
         sha, path, _ = self.items[i]
-        try:
-            data = read_file(path, self.limits)
-            if hashlib.sha256(data).hexdigest() != sha:
-                raise DecodeError("file changed since it was extracted; run extract again", content=False)
-            image = preprocess(data, self.size, self.limits)
-            if self.recipe is not None:
-                image = augment.view(image, self.recipe, sha, self.epoch)
-            return i, image, None
-        except DecodeError as exc:
-            return i, None, str(exc)
-        except Exception as exc:  # one bad file is a recorded failure, never a crashed job
-            return i, None, f"unexpected decode error: {type(exc).__name__}: {exc}"
+        if self.recipe is None:  # the bytes are hashed again, as for views (extractor.views.make_views)
+            image, error = decode_job((sha, path, None), self.limits, lambda data: preprocess(data, self.size,
+                                                                                                self.limits))
+        else:
+            views, error = make_views(sha, path, [self.epoch], self.size, self.limits, self.recipe)
+            image = views[0] if error is None else None
+        return i, image, None if error is None else str(error)
 
 
 def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:

@@ -95,7 +95,7 @@ def read_verified(sha256: str, path: Path, stat: tuple[int, int] | None, limits:
     if stat is not None and before == stat == file_stat(path):
         return data
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise DecodeError("file changed while extracting; run the extraction again", content=False)
+        raise DecodeError("file changed since it was hashed; run the extraction again", content=False)
     return data
 
 

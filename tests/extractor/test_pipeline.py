@@ -157,7 +157,7 @@ def test_changed_file_between_hash_and_decode_is_not_cached_under_the_old_key(tm
     monkeypatch.setattr(decode, "read_file", swapped)
     store = FeatureStore(tmp_path / "home")
     summary = extract(opts(tmp_path / "data", workers=1), store)
-    assert summary.extracted == 1 and "changed while extracting" in dict(summary.failures)["a/a_0000.jpg"]
+    assert summary.extracted == 1 and "changed since it was hashed" in dict(summary.failures)["a/a_0000.jpg"]
     assert store.catalog.bad_content(Limits().signature()) == {}  # the bytes on disk may be fine: retried
     monkeypatch.setattr(decode, "read_file", real)
     assert extract(opts(tmp_path / "data"), store).extracted == 1

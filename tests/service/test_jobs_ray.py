@@ -38,5 +38,11 @@ def test_a_ray_extract_job_reports_progress_cancels_and_resumes(ray_cluster, tmp
     fp = done["result"]["fingerprint"]
     assert len(FeatureStore(tmp_path / "home").table("many", fp).paths) == 150
     text = runner.metrics.render()[0].decode()
+    # views as a job on the cluster too: the clean vectors are cached, only the views are computed
+    views = wait(runner, runner.submit_extract({**request, "augment": "crop", "views": 1})[0], ("succeeded",
+                                                                                              "failed"), timeout=180)
     runner.stop(10)
     assert 'headstart_jobs_total{engine="ray",kind="extract",state="succeeded"} 1.0' in text
+    assert views["state"] == "succeeded", views["error"]
+    train = sum(1 for m in FeatureStore(tmp_path / "home").catalog.members("many") if m[3] == "train")
+    assert views["result"]["extracted"] == 0 and views["result"]["views"]["computed"] == train > 0

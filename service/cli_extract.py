@@ -73,7 +73,7 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                         "the data folder and the home on a path every node sees). Default $HEADSTART_ENGINE or local")
     p.add_argument("--ray-address", default=os.environ.get("HEADSTART_RAY_ADDRESS") or None, metavar="HOST:PORT",
                    help="the Ray head to join with --engine ray (default $HEADSTART_RAY_ADDRESS; none: start a "
-                        "local Ray cluster)")
+                        "local Ray cluster, listening on 127.0.0.1 only)")
     p.add_argument("--actors", type=int, help="forward actors with --engine ray (default: one per GPU, else 1)")
     p.add_argument("--shard-rows", type=int, help=argparse.SUPPRESS)
     p.add_argument("--flush-seconds", type=float, default=60.0, help="save finished vectors at least this often")

@@ -280,3 +280,33 @@ def test_a_compare_job_shows_its_ranking(browser, site):
     assert ranking.get_attribute("open") is None
     watch.clean()
     page.context.close()
+
+
+def test_a_tab_in_the_background_polls_the_jobs_rarely_and_at_once_when_shown_again(browser, site):
+    page, watch = open_page(browser, site, "/ui/#jobs")
+    page.locator("#jobs-table").wait_for()
+
+    def polls() -> int:
+        return sum(1 for url, _ in watch.requests if "/jobs?limit=" in url)
+
+    def shown(visible: bool) -> None:  # what the browser does when the tab goes to the background and back
+        page.evaluate("""(visible) => {
+            Object.defineProperty(document, "hidden", {value: !visible, configurable: true});
+            Object.defineProperty(document, "visibilityState", {value: visible ? "visible" : "hidden",
+                                                                configurable: true});
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""", visible)
+
+    start = polls()
+    page.wait_for_timeout(2500)
+    assert polls() - start >= 2  # shown, on the Jobs view: about every 0.7 s
+    shown(False)
+    page.wait_for_timeout(1000)  # the poll already scheduled may still come; then every 30 s
+    hidden = polls()
+    page.wait_for_timeout(3000)
+    assert polls() == hidden
+    shown(True)
+    page.wait_for_timeout(500)  # (events reach the watch while Playwright waits)
+    assert polls() > hidden
+    watch.clean()
+    page.context.close()

@@ -307,8 +307,14 @@ const pollJobs = guarded(async () => {
     if (state.view === "jobs" && changed) renderJobs();
   } finally {
     const busy = state.jobs.some((j) => ACTIVE.has(j.state));
-    pollTimer = setTimeout(pollJobs, busy || state.view === "jobs" ? 700 : 4000);
+    // a tab in the background asks every 30 s, and at once when it is shown again (below)
+    const delay = document.hidden ? 30000 : busy || state.view === "jobs" ? 700 : 4000;
+    pollTimer = setTimeout(pollJobs, delay);
   }
+});
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && pollTimer !== null) pollJobs();
 });
 
 function jobTarget(job) {

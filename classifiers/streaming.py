@@ -188,14 +188,14 @@ def fit_logreg(head: LogRegHead, train: Blocks, val: Blocks, device: str | None)
     C=auto: one streamed fit for each C of LogRegHead.C_GRID (the standardiser computed once), the one with the
     best val accuracy kept (ties: the smaller C), as the in-memory sweep does; the table is read once per fit."""
     if head.params["C"] != "auto":
-        return _fit_logreg_at(head, train, val, device, float(head.params["C"]))
+        return _fit_logreg_at(head, train, val, device)
     if not val.n:
         raise HeadstartError(NO_VAL_FOR_C_AUTO)
     standard, best, head.sweep_ = standardise(train), None, []
     for C in LogRegHead.C_GRID:
         trial = LogRegHead(**{**head.params, "C": C})
         trial.monitor = head.monitor
-        solver = _fit_logreg_at(trial, train, val, device, C, standard)
+        solver = _fit_logreg_at(trial, train, val, device, standard)
         proba, labels = predict(trial, val)
         known = np.isin(labels, trial.classes_)  # val labels never seen in train cannot be right: left out
         accuracy = float((trial.classes_[proba[known].argmax(axis=1)] == labels[known]).mean()) if known.any() else 0.0
@@ -209,15 +209,15 @@ def fit_logreg(head: LogRegHead, train: Blocks, val: Blocks, device: str | None)
     return {**solver, "fits": len(LogRegHead.C_GRID)}
 
 
-def _fit_logreg_at(head: LogRegHead, train: Blocks, val: Blocks, device: str | None, C: float,
+def _fit_logreg_at(head: LogRegHead, train: Blocks, val: Blocks, device: str | None,
                    standard: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-    """One streamed softmax-regression fit at this C (see fit_logreg)."""
+    """One streamed softmax-regression fit at the head's own (numeric) C (see fit_logreg)."""
     from classifiers.mlp import MLPHead
 
     epochs = min(LOGREG_SOLVER["epochs"], int(head.params["max_iter"]))  # max_iter caps the epochs here
     # hidden=[1] only passes the params check (at least one layer); fit_mlp builds it with none
     solver = MLPHead(device=device or "auto", hidden=[1], class_weight=head.params["class_weight"],
-                     weight_decay=min(10.0, 1.0 / (C * train.n)),
+                     weight_decay=min(10.0, 1.0 / (float(head.params["C"]) * train.n)),
                      **{**LOGREG_SOLVER, "epochs": epochs})
     solver.monitor = head.monitor
     fit_mlp(solver, train, val, hidden=[], standard=standard)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from extractor.ray_cluster import ENGINES
 from extractor.store import FeatureStore
 from service.cli import emit, existing_store, table
 
@@ -68,7 +69,7 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="refuse larger images (e.g. 64M, 100M, 2G)")
     p.add_argument("--max-bytes", type=count("--max-bytes", 1024), default=64 * 1024 * 1024,
                    help="refuse larger files (e.g. 64M = 64 MiB)")
-    p.add_argument("--engine", default=os.environ.get("HEADSTART_ENGINE") or "local", choices=("local", "ray"),
+    p.add_argument("--engine", default=os.environ.get("HEADSTART_ENGINE") or "local", choices=ENGINES,
                    help="where the work runs: local (this machine), or ray (tasks and GPU actors on a Ray cluster; "
                         "the data folder and the home on a path every node sees). Default $HEADSTART_ENGINE or local")
     p.add_argument("--ray-address", default=os.environ.get("HEADSTART_RAY_ADDRESS") or None, metavar="HOST:PORT",

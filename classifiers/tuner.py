@@ -12,11 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from classifiers.mlp import build_net
-from extractor.augment import Recipe
+from extractor.augment import Recipe, make_views
 from extractor.decode import Limits, decode_job, preprocess
 from extractor.model import LoadedBackbone, Resolved, amp_dtype
 from extractor.stages import Stage, run, split
-from extractor.views import make_views
 
 
 class EpochImages(Dataset):
@@ -31,7 +30,7 @@ class EpochImages(Dataset):
 
     def __getitem__(self, i: int):
         sha, path, _ = self.items[i]
-        if self.recipe is None:  # the bytes are hashed again, as for views (extractor.views.make_views)
+        if self.recipe is None:  # the bytes are hashed again, as for views (extractor.augment.make_views)
             image, error = decode_job((sha, path, None), self.limits, lambda data: preprocess(data, self.size,
                                                                                                 self.limits))
         else:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
+from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.errors import HeadstartError
 
 IMPLEMENTATION = "headstart-augment/1"  # changes whenever the same recipe would make other pixels
@@ -204,3 +206,17 @@ def tta_view(image: np.ndarray, index: int) -> np.ndarray:
     crop = Image.fromarray(image[top:top + ch, left:left + cw]).resize((w, h), Image.BILINEAR)
     out = np.asarray(crop)
     return np.ascontiguousarray(out[:, ::-1]) if index == 3 else out
+
+
+def make_views(sha: str, path: Path, indices: list[int], size: int, limits: Limits,
+               recipe: Recipe) -> tuple[np.ndarray | None, DecodeError | None]:
+    """One file's views `indices` as one NHWC array, made from its pixels decoded once; or why it failed. The bytes
+    are hashed again (no size+mtime shortcut: views are often made long after the hashing). Used by the local
+    workers and by the Ray engine's decode tasks."""
+    clean, error = decode_job((sha, path, None), limits, lambda data: preprocess(data, size, limits))
+    if error is not None:
+        return None, error
+    try:
+        return np.stack([view(clean, recipe, sha, j) for j in indices]), None
+    except Exception as exc:  # one bad file is a recorded failure, never a crashed job
+        return None, DecodeError(f"unexpected augmentation error: {type(exc).__name__}: {exc}")

@@ -22,7 +22,6 @@ from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.errors import HeadstartError
 from extractor.shardfile import shard_folder, write_shard
 from extractor.summary import Progress
-from extractor.views import make_views
 
 SHARD_ROWS = 256  # rows per shard an actor writes: 4 MB of 8192-d float16 (fewer when a run is small)
 DECODE_ROWS = 32  # images per decode task
@@ -42,7 +41,7 @@ def decode_block(batch: dict, size: int, limits: Limits, roots: list[str], recip
                                                batch["views"], strict=True):
         if made:
             indices = [int(j) for j in str(wanted).split(",")]
-            arrays, error = make_views(str(sha), Path(path), indices, size, limits, made)
+            arrays, error = augment.make_views(str(sha), Path(path), indices, size, limits, made)
         else:
             stat = None if fsize < 0 else (int(fsize), int(mtime))
             array, error = decode_job((str(sha), Path(path), stat), limits, lambda data: preprocess(data, size, limits))

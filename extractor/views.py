@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from extractor import augment
-from extractor.augment import Recipe
-from extractor.decode import DecodeError, Limits, decode_job, preprocess
+from extractor.augment import Recipe, make_views
+from extractor.decode import DecodeError, Limits
 from extractor.model import LoadedBackbone, Resolved
 from extractor.store import FeatureStore
 from extractor.summary import Progress
@@ -50,20 +49,6 @@ class ViewDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, DecodeError | None]:
         sha, path, indices = self.jobs[i]
         return i, *make_views(sha, path, indices, self.size, self.limits, self.recipe)
-
-
-def make_views(sha: str, path: Path, indices: list[int], size: int, limits: Limits,
-               recipe: Recipe) -> tuple[np.ndarray | None, DecodeError | None]:
-    """One file's views `indices` as one NHWC array, made from its pixels decoded once; or why it failed. The bytes
-    are hashed again (no size+mtime shortcut: views are often made long after the hashing). Used by the local
-    workers and by the Ray engine's decode tasks."""
-    clean, error = decode_job((sha, path, None), limits, lambda data: preprocess(data, size, limits))
-    if error is not None:
-        return None, error
-    try:
-        return np.stack([augment.view(clean, recipe, sha, j) for j in indices]), None
-    except Exception as exc:  # one bad file is a recorded failure, never a crashed job
-        return None, DecodeError(f"unexpected augmentation error: {type(exc).__name__}: {exc}")
 
 
 def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, DecodeError]]]:

@@ -80,7 +80,7 @@ class InstantActor(engine_ray.ShardActor):
         return [self.rng.standard_normal((len(pixels), self.dim), dtype=np.float32)]
 
 
-def no_decode(batch: dict, size: int, limits, roots: list[str], recipe: str = "") -> dict:
+def no_decode(batch: dict, size: int, limits, roots: list[str], recipe: str = "", device_decode: bool = False) -> dict:
     n = len(batch["sha"])
     return {"sha": batch["sha"], "view": np.full(n, -1, np.int32), "pixels": np.zeros((n, 1, 1, 3), np.uint8),
             "error": np.array([""] * n, object),

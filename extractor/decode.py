@@ -249,3 +249,27 @@ def preprocess(data: bytes, size: int, limits: Limits) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8)
+
+
+# For decoding on the device (extractor.devicedecode, and the Ray engine's decode tasks): what the CPU side
+# judges of a file without importing torch.
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def jpeg_orientation(data: bytes, limits: Limits) -> tuple[str, int]:
+    """("jpeg", EXIF orientation) for an RGB or greyscale JPEG within the pixel limit, judged from its head (or
+    whole bytes); DecodeError otherwise. The orientation is read here, in the worker: torchvision's own EXIF
+    handling reads it image by image in the decoding thread."""
+    img = open_image(data, limits)  # format by content, pixel limit from the header only
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        raise DecodeError(f"{img.format} {img.mode}: not for the device decoder")
+    orientation = img.getexif().get(ORIENTATION, 1)
+    return "jpeg", orientation if orientation in range(1, 9) else 1
+
+
+def prepare(data: bytes, size: int, limits: Limits) -> tuple[str, object]:
+    """("jpeg", EXIF orientation) when the device can decode these bytes, else ("pixels", the CPU path's array)."""
+    try:
+        return jpeg_orientation(data, limits)
+    except DecodeError:  # the CPU path decodes it, or gives the reason why not
+        return "pixels", preprocess(data, size, limits)

@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from extractor.decode import DecodeError, Limits, decode_job, file_stat, open_image, preprocess, read_verified
+from extractor.decode import (
+    DecodeError,
+    Limits,
+    decode_job,
+    file_stat,
+    jpeg_orientation,
+    prepare,
+    preprocess,
+    read_verified,
+)
 
 METHOD = "tv-decode_jpeg-squash-bilinear-antialias/1"
 HEAD_BYTES = 64 * 1024  # a JPEG's markers before its scan (EXIF, ICC, tables) nearly always fit; else all is read
@@ -66,25 +75,6 @@ def read_head(job: tuple[str, Path, tuple[int, int] | None], limits: Limits) -> 
         return None
 
 
-def jpeg_orientation(data: bytes, limits: Limits) -> tuple[str, int]:
-    """("jpeg", EXIF orientation) for an RGB or greyscale JPEG within the pixel limit, judged from its head (or
-    whole bytes); DecodeError otherwise. The orientation is read here, in the worker: torchvision's own EXIF
-    handling reads it image by image in the decoding thread."""
-    img = open_image(data, limits)  # format by content, pixel limit from the header only
-    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-        raise DecodeError(f"{img.format} {img.mode}: not for the device decoder")
-    orientation = img.getexif().get(ORIENTATION, 1)
-    return "jpeg", orientation if orientation in range(1, 9) else 1
-
-
-def prepare(data: bytes, size: int, limits: Limits) -> tuple[str, object]:
-    """("jpeg", EXIF orientation) when the device can decode these bytes, else ("pixels", the CPU path's array)."""
-    try:
-        return jpeg_orientation(data, limits)
-    except DecodeError:  # the CPU path decodes it, or gives the reason why not
-        return "pixels", preprocess(data, size, limits)
-
-
 def _as_tensor(data: bytes) -> torch.Tensor:
     """Bytes as a uint8 tensor without a copy (the decoder only reads them)."""
     return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
@@ -127,9 +117,6 @@ def _resize_all(images: list[torch.Tensor | None], size: int) -> list[torch.Tens
         for k, image in zip(members, resized, strict=True):
             out[k] = image
     return out
-
-
-ORIENTATION = 0x0112  # the EXIF tag
 
 
 def _orient(image: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""The Ray engine: new files hashed and images decoded as Ray tasks, the frozen forward in an actor pool (one
-actor per GPU, CPU actors otherwise) whose actors write their own shard files, and one driver, the only process
-that opens the SQLite catalog, committing what they report. Everything else is the local engine's: listing,
-content hashes, fingerprints, splits, the shard format, the writer lock (one driver per fingerprint).
+"""The Ray engine: new files hashed and images decoded as Ray tasks, the frozen forward in an actor pool (one actor per
+GPU, CPU actors otherwise) whose actors write their own shard files, and one driver, the only process that opens the
+SQLite catalog, committing what they report. With --decode gpu the decode tasks only read, verify and sniff the
+bytes, and the actors decode JPEG batches on their device (extractor.devicedecode). Everything else is the local
+engine's: listing, content hashes, fingerprints, splits, the shard format, the writer lock (one driver per
+fingerprint).
 
 The data folder and the home must be at the same path on every node (a shared filesystem)."""
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from extractor import augment
-from extractor.decode import DecodeError, Limits, decode_job, preprocess
+from extractor.decode import DecodeError, Limits, decode_job, prepare, preprocess
 from extractor.errors import HeadstartError
 from extractor.shardfile import shard_folder, write_shard
 from extractor.summary import Progress
@@ -30,10 +32,13 @@ SHARED = ("--engine ray needs the data folder and the home at the same path on e
           "shared filesystem)")
 
 
-def decode_block(batch: dict, size: int, limits: Limits, roots: list[str], recipe: str = "") -> dict:
+def decode_block(batch: dict, size: int, limits: Limits, roots: list[str], recipe: str = "",
+                 device_decode: bool = False) -> dict:
     """One Ray task: files -> uint8 pixels (zeros and a reason where a file failed), as the local workers do.
     With a `recipe`: each file decoded once and its missing views made from those pixels, one row per view (a
-    failed file: one row, view -1), as extractor.views does locally."""
+    failed file: one row, view -1), as extractor.views does locally. With `device_decode`: see device_block."""
+    if device_decode:
+        return device_block(batch, size, limits, roots)
     absent = [r for r in roots if not os.path.isdir(r)]
     made = augment.parse(recipe) if recipe else None
     shas, views, rows, errors, content = [], [], [], [], []
@@ -53,23 +58,57 @@ def decode_block(batch: dict, size: int, limits: Limits, roots: list[str], recip
         rows.extend(arrays)
         errors += [str(error) if error is not None else ""] * len(indices)
         content += [error is not None and error.content] * len(indices)
-    n = len(shas)
-    fatal = f"{SHARED}: {', '.join(absent)} is not a folder on node {socket.gethostname()}" if absent else ""
     pixels = np.stack(rows) if rows else np.zeros((0, size, size, 3), np.uint8)
     return {"sha": np.array(shas, dtype=object), "view": np.array(views, np.int32), "pixels": pixels,
-            "error": np.array(errors, dtype=object), "content": np.array(content, bool),
-            "fatal": np.array([fatal] * n, dtype=object)}
+            **_outcome(errors, content, absent)}
+
+
+def _outcome(errors: list[str], content: list[bool], absent: list[str]) -> dict:
+    """The columns every decode block has: each row's failure ("" when none), whether its bytes are to blame, and a
+    reason to stop the run (a data folder missing on this node)."""
+    fatal = f"{SHARED}: {', '.join(absent)} is not a folder on node {socket.gethostname()}" if absent else ""
+    return {"error": np.array(errors, dtype=object), "content": np.array(content, bool),
+            "fatal": np.array([fatal] * len(errors), dtype=object)}
+
+
+def device_block(batch: dict, size: int, limits: Limits, roots: list[str]) -> dict:
+    """One Ray task of --decode gpu: each file read whole and checked to be the content its hash names; a JPEG the
+    device decoder takes travels as its bytes (`payload`) with its EXIF orientation, any other image is decoded
+    here on the CPU path and travels as its pixels' bytes (kind `pixels`), as extractor.devicedecode does locally.
+    A JPEG's file can be larger than its pixels at the input size (bench_ray's photo-like JPEGs: 171 KB on average,
+    against 66 KB at 150x150), so this moves more bytes between nodes than the CPU path does."""
+    absent = [r for r in roots if not os.path.isdir(r)]
+    kinds, orientations, payloads, errors, content = [], [], [], [], []
+    for sha, path, fsize, mtime in zip(batch["sha"], batch["path"], batch["size"], batch["mtime"], strict=True):
+        stat = None if fsize < 0 else (int(fsize), int(mtime))
+        read, error = decode_job((str(sha), Path(path), stat), limits, lambda data: (bytes(data), prepare(data, size,
+                                                                                                         limits)))
+        if error is not None:
+            kind, orientation, payload = "error", 1, b""
+        else:
+            data, (kind, value) = read
+            orientation, payload = (value, data) if kind == "jpeg" else (1, np.ascontiguousarray(value).tobytes())
+        kinds.append(kind)
+        orientations.append(orientation)
+        payloads.append(payload)
+        errors.append(str(error) if error is not None else "")
+        content.append(error is not None and error.content)
+    return {"sha": np.array(batch["sha"], dtype=object), "view": np.full(len(kinds), -1, np.int32),
+            "kind": np.array(kinds, dtype=object), "orientation": np.array(orientations, np.int32),
+            "payload": np.array(payloads, dtype=object), **_outcome(errors, content, absent)}
 
 
 class ShardActor:
     """Loads the backbone once, embeds blocks of decoded images and writes each block's vectors as one shard file
     in the home's feature folder; returns one row per block: (file, content hashes, bytes, failures; with a
-    `recipe`, the rows are views and their indices come back too)."""
+    `recipe`, the rows are views and their indices come back too). With `decode` gpu it decodes the JPEG bytes of
+    each block on its own device, `batch_size` at a time (device_block made the blocks)."""
 
     def __init__(self, home: str, backbone: str, weights: str, size: int, fp_id: str, dtype: str, batch_size: int,
-                 device: str, amp: str, threads: int, recipe: str = "") -> None:
+                 device: str, amp: str, threads: int, recipe: str = "", decode: str = "cpu",
+                 limits: Limits | None = None) -> None:
         self.home, self.fp_id, self.batch_size, self.fatal = Path(home), fp_id, batch_size, ""
-        self.recipe = recipe
+        self.recipe, self.device_decode, self.limits = recipe, decode == "gpu", limits or Limits()
         self.dtype = np.dtype(dtype)
         try:
             self.setup(backbone, weights, size, device, amp, threads)
@@ -79,17 +118,21 @@ class ShardActor:
     def setup(self, backbone: str, weights: str, size: int, device: str, amp: str, threads: int) -> None:
         import torch
 
-        from extractor.model import LoadedBackbone, resolve
+        from extractor.devicedecode import method
+        from extractor.model import PREPROCESS_METHOD, LoadedBackbone, resolve, resolve_device
 
         if not (self.home / "catalog.sqlite").is_file():
             self.fatal = f"{SHARED}: the home {self.home} is not there on node {socket.gethostname()}"
             return
-        resolved = resolve(backbone, weights, size)
+        here = resolve_device(device)
+        resolved = resolve(backbone, weights, size, method(here) if self.device_decode else PREPROCESS_METHOD)
         if resolved.fingerprint.id != self.fp_id:
-            self.fatal = (f"node {socket.gethostname()} computes fingerprint {resolved.fingerprint.id}, the driver "
-                          f"{self.fp_id}: install the same headstart, torch and torchvision on every node")
+            kind = f" (it decodes JPEGs on {here.type}, part of the fingerprint)" if self.device_decode else ""
+            self.fatal = (f"node {socket.gethostname()} computes fingerprint {resolved.fingerprint.id}{kind}, the "
+                          f"driver {self.fp_id}: install the same headstart, torch and torchvision on every node")
             return
         self.dim, self.folder = resolved.fingerprint.dim, shard_folder(self.home, self.fp_id)
+        self.size = resolved.size
         self.loaded = LoadedBackbone(resolved, device, amp)
         if self.loaded.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -102,6 +145,27 @@ class ShardActor:
         return [self.loaded.embed(torch.from_numpy(np.array(pixels[i:i + self.batch_size])))
                 for i in range(0, len(pixels), self.batch_size)]
 
+    def embed_bytes(self, batch: dict, rows: np.ndarray) -> tuple[list[str], list[np.ndarray], list[list]]:
+        """--decode gpu: the block's `rows` (a mask) decoded on this actor's device `batch_size` at a time, a file
+        the device decoder refuses on the CPU path (extractor.devicedecode.to_batch): (content hashes of the rows
+        embedded, their vectors, failures)."""
+        from extractor.devicedecode import to_batch
+
+        shas_in, kinds, orientations, payloads = (batch[c][rows] for c in ("sha", "kind", "orientation", "payload"))
+        shape = (self.size, self.size, 3)
+        shas, vectors, bad = [], [], []
+        for start in range(0, len(shas_in), self.batch_size):
+            items = [(k, "jpeg", int(orientations[k])) if kinds[k] == "jpeg" else
+                     (k, "pixels", np.frombuffer(payloads[k], np.uint8).reshape(shape))
+                     for k in range(start, min(len(shas_in), start + self.batch_size))]
+            order, pixels, failed = to_batch(items, self.size, self.loaded.device, self.limits,
+                                             lambda indices: [payloads[k] for k in indices])
+            bad += [[str(shas_in[k]), str(error), bool(error.content)] for k, error in failed]
+            if pixels is not None:
+                shas += [str(shas_in[k]) for k in order]
+                vectors.append(self.loaded.embed(pixels))
+        return shas, vectors, bad
+
     def __call__(self, batch: dict) -> dict:
         fatal = self.fatal or next((f for f in batch["fatal"] if f), "")
         failed = batch["error"] != ""
@@ -110,9 +174,14 @@ class ShardActor:
         file, size, shas = "", 0, [str(s) for s in batch["sha"][~failed]]
         views = [int(j) for j in batch["view"][~failed]]
         if shas and not fatal:
-            file, size = write_shard(self.home, self.folder, self.fp_id, self.dim, self.dtype, shas,
-                                     self.embed(batch["pixels"][~failed]), self.recipe,
-                                     views if self.recipe else None)
+            if self.device_decode:
+                shas, vectors, refused = self.embed_bytes(batch, ~failed)
+                bad += refused
+            else:
+                vectors = self.embed(batch["pixels"][~failed])
+        if shas and not fatal:
+            file, size = write_shard(self.home, self.folder, self.fp_id, self.dim, self.dtype, shas, vectors,
+                                     self.recipe, views if self.recipe else None)
         return {"file": np.array([file], dtype=object), "shas": np.array(["\n".join(shas)], dtype=object),
                 "views": np.array([",".join(map(str, views)) if self.recipe else ""], dtype=object),
                 "bytes": np.array([size]), "bad": np.array([json.dumps(bad)], dtype=object),
@@ -127,9 +196,7 @@ def plan(jobs: int, batch_size: int, shard_rows: int | None, device: str,
     import ray
 
     res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0)) if device == "auto" or device.startswith("cuda") else 0
-    if device.startswith("cuda") and not gpus:
-        raise HeadstartError(f"--device {device} with --engine ray: the cluster has no GPU; choose auto or cpu")
+    gpus = cluster_gpus(device)
     if actors is not None and actors < 1:
         raise HeadstartError(f"--actors {actors}: expected at least 1")
     count = actors or gpus or 1
@@ -137,6 +204,24 @@ def plan(jobs: int, batch_size: int, shard_rows: int | None, device: str,
     threads = max(1, (len(os.sched_getaffinity(0)) if not gpus else 1) // max(1, count))
     cpus = min(1.0, float(res.get("CPU", 1)) / (2 * count))
     return count, 1 if gpus else 0, rows, threads, cpus
+
+
+def cluster_gpus(device: str) -> int:
+    """The GPUs the actors may use: the cluster's, unless the device is cpu."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if device == "auto" or device.startswith("cuda") else 0
+    if device.startswith("cuda") and not gpus:
+        raise HeadstartError(f"--device {device} with --engine ray: the cluster has no GPU; choose auto or cpu")
+    return gpus
+
+
+def device_method(device: str) -> str:
+    """The preprocessing method of --decode gpu on this cluster: decoded on the actors' device kind (cuda when they
+    get GPUs, else cpu), which the driver's own device need not have."""
+    from extractor.devicedecode import METHOD
+
+    return f"{METHOD}@{'cuda' if cluster_gpus(device) else 'cpu'}"
 
 
 def run(jobs: list[tuple], home: Path, resolved, opts, roots: list[str], actor: type = ShardActor,
@@ -162,14 +247,16 @@ def run(jobs: list[tuple], home: Path, resolved, opts, roots: list[str], actor: 
     block = max(DECODE_ROWS, per_image) * resolved.size * resolved.size * 3
     ds = ds.map_batches(decode, batch_size=images, num_cpus=1, memory=max(64 << 20, 8 * block),
                         batch_format="numpy", fn_kwargs={"size": resolved.size, "limits": opts.limits, "roots": roots,
-                                                         "recipe": recipe})
+                                                         "recipe": recipe, "device_decode": resolved.device_decode})
     fp = resolved.fingerprint
     ds = ds.map_batches(actor, batch_size=rows, batch_format="numpy", compute=ActorPoolStrategy(size=count),
                         num_gpus=gpus, num_cpus=cpus,
                         fn_constructor_kwargs={"home": str(home), "backbone": fp.backbone, "weights": opts.weights,
                                                "size": resolved.size, "fp_id": fp.id, "dtype": opts.dtype,
                                                "batch_size": opts.batch_size, "device": opts.device,
-                                               "amp": opts.amp, "threads": threads, "recipe": recipe})
+                                               "amp": opts.amp, "threads": threads, "recipe": recipe,
+                                               "decode": "gpu" if resolved.device_decode else "cpu",
+                                               "limits": opts.limits})
     batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
     try:
         for out in batches:

@@ -93,12 +93,12 @@ def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int
 def _resolved(opts: ExtractOptions) -> Resolved:
     """The features this run brings into the cache: the CPU path's, or with --decode gpu the device-decode
     path's (views are made from the CPU path's pixels, so --augment keeps the CPU path)."""
-    if opts.augment and opts.decode == "gpu":
-        raise HeadstartError("--decode gpu with --augment: views are made from the CPU path's pixels; pass "
-                             "--decode cpu (or auto) to compute views")
     cpu = resolve(opts.backbone, opts.weights, opts.size)
-    method = decode_method(opts.decode, opts.device)
-    if method == cpu.preprocess.method or opts.augment or opts.engine == "ray":
+    if opts.engine == "ray":  # decoded on the actors' device kind, which the driver need not have
+        method = engine_ray.device_method(opts.device) if opts.decode == "gpu" else cpu.preprocess.method
+    else:
+        method = decode_method(opts.decode, opts.device)
+    if method == cpu.preprocess.method or opts.augment:
         return cpu
     return resolve(opts.backbone, opts.weights, opts.size, method)
 
@@ -111,9 +111,10 @@ def default_workers() -> int:
 
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
-    if ray_cluster.check_engine(opts.engine) == "ray" and opts.decode == "gpu":
-        raise HeadstartError("--engine ray with --decode gpu: the Ray engine decodes on the CPU; run this with "
-                             "--engine local, or pass --decode cpu (or auto)")
+    ray_cluster.check_engine(opts.engine)
+    if opts.augment and opts.decode == "gpu":
+        raise HeadstartError("--decode gpu with --augment: views are made from the CPU path's pixels; pass "
+                             "--decode cpu (or auto) to compute views")
     if opts.augment is not None or opts.views:
         if opts.augment is None or not opts.views:
             raise HeadstartError(f"--augment {opts.augment} --views {opts.views}: views need both, a recipe and "
@@ -138,6 +139,8 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     _check(opts)
     store = store or FeatureStore()
     opts = replace(opts, weights=head_weights(opts.weights, store.home))  # head:NAME -> its trunk file
+    if opts.engine == "ray":
+        ray_cluster.connect(opts.ray_address)
     resolved = _resolved(opts)
     created = store.catalog.dataset(opts.dataset) is None
     try:
@@ -159,10 +162,7 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
         if progress:
             progress(Progress(done, total, 0, time.monotonic() - hashing_started, phase="hashing"))
 
-    mapper = None
-    if opts.engine == "ray":
-        ray_cluster.connect(opts.ray_address)
-        mapper = ray_cluster.RayMap()
+    mapper = ray_cluster.RayMap() if opts.engine == "ray" else None
     try:
         listing, sources = collect(store.catalog, opts.dataset, opts.wanted(), opts.confine, hashed, should_stop,
                                    mapper)

@@ -66,6 +66,30 @@ def test_ray_engine_gives_the_local_engines_cache_bit_for_bit(ray_cluster, data,
     assert again.extracted == 0 and again.cached == local.extracted
 
 
+def test_ray_engine_decodes_jpegs_on_the_actors_device_as_the_local_engine_does(ray_cluster, tmp_path):
+    """--decode gpu on the Ray engine: decode tasks read, verify and sniff the bytes, the actors decode JPEG batches
+    on their device (here CPU actors: libjpeg-turbo through torchvision, the path nvJPEG takes on a GPU); a PNG and a
+    CMYK JPEG fall back to the CPU path per file, a damaged JPEG is a recorded failure. The cache equals the local
+    engine's --decode gpu cache, under the device-decode fingerprint, not the CPU path's."""
+    from tests.extractor.test_devicedecode import mixed_folder
+
+    mixed_folder(tmp_path / "data")
+    local = extract(options(tmp_path / "data", decode="gpu", device="cpu"), FeatureStore(tmp_path / "local"))
+    remote = extract(options(tmp_path / "data", engine="ray", decode="gpu", shard_rows=4),
+                     FeatureStore(tmp_path / "ray"))
+    assert remote.fingerprint == local.fingerprint and remote.extracted == local.extracted == 9
+    fp_l, members_l, failures_l, table_l = cache(tmp_path / "local")
+    fp_r, members_r, failures_r, table_r = cache(tmp_path / "ray")
+    assert members_l == members_r and failures_l == failures_r and [p for p, _ in failures_r] == ["a/broken.jpg"]
+    assert table_l.paths == table_r.paths and np.array_equal(table_l.features, table_r.features)
+    spec = FeatureStore(tmp_path / "ray").catalog.fingerprint(fp_r)["spec"]
+    assert '"method": "tv-decode_jpeg-squash-bilinear-antialias/1@cpu"' in spec
+    cpu = extract(options(tmp_path / "data", engine="ray", decode="cpu"), FeatureStore(tmp_path / "ray"))
+    assert cpu.fingerprint != remote.fingerprint and cpu.extracted == 9  # the CPU path's pixels: its own vectors
+    again = extract(options(tmp_path / "data", engine="ray", decode="gpu"), FeatureStore(tmp_path / "ray"))
+    assert again.extracted == 0 and again.fingerprint == remote.fingerprint
+
+
 def views(home: Path, count: int) -> dict[tuple[str, int], bytes]:
     """Each (content hash, view index) of the dataset's classic train views and its vector's bytes."""
     store = FeatureStore(home)
@@ -244,8 +268,8 @@ def test_decode_and_hash_tasks_never_import_torch():
 
 
 def test_ray_engine_refuses_what_it_does_not_do(data, tmp_path):
-    with pytest.raises(HeadstartError, match="--engine ray with --decode gpu: the Ray engine decodes on the CPU"):
-        extract(options(data, engine="ray", decode="gpu"), FeatureStore(tmp_path))
+    with pytest.raises(HeadstartError, match="--decode gpu with --augment: views are made from the CPU path"):
+        extract(options(data, engine="ray", decode="gpu", augment="classic", views=2), FeatureStore(tmp_path))
     with pytest.raises(HeadstartError, match="expected one of local, ray"):
         extract(options(data, engine="spark"), FeatureStore(tmp_path))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from extractor.augment import parse
 from extractor.errors import HeadstartError
@@ -88,6 +89,21 @@ def test_ray_engine_decodes_jpegs_on_the_actors_device_as_the_local_engine_does(
     assert cpu.fingerprint != remote.fingerprint and cpu.extracted == 9  # the CPU path's pixels: its own vectors
     again = extract(options(tmp_path / "data", engine="ray", decode="gpu"), FeatureStore(tmp_path / "ray"))
     assert again.extracted == 0 and again.fingerprint == remote.fingerprint
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_actors_decode_with_nvjpeg_as_the_local_engine_on_cuda(ray_cluster, tmp_path):
+    """On a GPU host: the local cluster gives its actors the GPU, so --decode gpu names @cuda, and the vectors
+    are those of the local engine's nvJPEG path."""
+    make_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(500, 375))
+    base = dict(backbone="vgg16", decode="gpu", amp="off")
+    local = extract(options(tmp_path / "data", device="cuda", **base), FeatureStore(tmp_path / "local"))
+    remote = extract(options(tmp_path / "data", engine="ray", **base), FeatureStore(tmp_path / "ray"))
+    assert remote.fingerprint == local.fingerprint and remote.extracted == local.extracted == 12
+    spec = FeatureStore(tmp_path / "ray").catalog.fingerprint(remote.fingerprint)["spec"]
+    assert "@cuda" in spec
+    (_, _, _, a), (_, _, _, b) = cache(tmp_path / "local"), cache(tmp_path / "ray")
+    assert a.paths == b.paths and np.allclose(a.features, b.features, atol=1e-3)
 
 
 def views(home: Path, count: int) -> dict[tuple[str, int], bytes]:

@@ -124,8 +124,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
         summary = extract(opts, FeatureStore(args.home), progress=bar)
     finally:
         bar.close()
-    speed = f"({summary.images_per_second:.1f} img/s on {summary.device})" if summary.extracted else \
-        "(nothing to compute)"
+    if summary.extracted:
+        speed = f"({summary.images_per_second:.1f} img/s on {summary.device})"
+    else:  # a rerun that only adds views computes no image vector, but not nothing
+        speed = "(all image vectors cached)" if summary.views and summary.views["computed"] else "(nothing to compute)"
     lines = [f"{summary.dataset} / {summary.fingerprint}: {summary.extracted} extracted, {summary.cached} cached, "
              f"{summary.failed} failed, {summary.duplicates} duplicate files, in {summary.seconds:.1f} s {speed}"]
     if summary.views:

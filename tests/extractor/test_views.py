@@ -171,3 +171,15 @@ def test_the_edge_filled_affine_agrees_with_torchvisions_wherever_no_fill_is_inv
         assert torch.equal(ours[inner], theirs[inner])
     corner = affine(image)[:, 0, 0]
     assert corner.sum() > 0  # filled with the nearest edge pixel, never the black of a constant fill
+
+
+def test_a_rerun_that_only_computes_views_does_not_say_nothing_to_compute(tmp_path, capsys):
+    make_folder(tmp_path / "data", {"a": 3, "b": 3})
+    base = ["extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny", "--weights", "random",
+            "--workers", "0", "--home", str(tmp_path / "home")]
+    assert run_main(capsys, *base)[0] == 0
+    code, out, _ = run_main(capsys, *base, "--augment", "classic", "--views", "2")
+    assert code == 0 and "nothing to compute" not in out and "all image vectors cached" in out, out
+    assert "views (classic, 2 per train image): " in out and " 0 computed" not in out, out
+    code, out, _ = run_main(capsys, *base, "--augment", "classic", "--views", "2")
+    assert code == 0 and "nothing to compute" in out and " 0 computed" in out, out

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from extractor.augment import parse
 from extractor.errors import HeadstartError
@@ -75,10 +76,14 @@ def test_ray_engine_decodes_jpegs_on_the_actors_device_as_the_local_engine_does(
     from tests.extractor.test_devicedecode import mixed_folder
 
     mixed_folder(tmp_path / "data")
+    rng, exif = np.random.default_rng(6), Image.Exif()
+    exif[0x0112] = 6  # turned a quarter: its orientation travels beside its bytes to the actor
+    Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(tmp_path / "data" / "b" / "turned.jpg",
+                                                                          "JPEG", exif=exif.tobytes())
     local = extract(options(tmp_path / "data", decode="gpu", device="cpu"), FeatureStore(tmp_path / "local"))
     remote = extract(options(tmp_path / "data", engine="ray", decode="gpu", shard_rows=4),
                      FeatureStore(tmp_path / "ray"))
-    assert remote.fingerprint == local.fingerprint and remote.extracted == local.extracted == 9
+    assert remote.fingerprint == local.fingerprint and remote.extracted == local.extracted == 10
     fp_l, members_l, failures_l, table_l = cache(tmp_path / "local")
     fp_r, members_r, failures_r, table_r = cache(tmp_path / "ray")
     assert members_l == members_r and failures_l == failures_r and [p for p, _ in failures_r] == ["a/broken.jpg"]
@@ -86,7 +91,7 @@ def test_ray_engine_decodes_jpegs_on_the_actors_device_as_the_local_engine_does(
     spec = FeatureStore(tmp_path / "ray").catalog.fingerprint(fp_r)["spec"]
     assert '"method": "tv-decode_jpeg-squash-bilinear-antialias/1@cpu"' in spec
     cpu = extract(options(tmp_path / "data", engine="ray", decode="cpu"), FeatureStore(tmp_path / "ray"))
-    assert cpu.fingerprint != remote.fingerprint and cpu.extracted == 9  # the CPU path's pixels: its own vectors
+    assert cpu.fingerprint != remote.fingerprint and cpu.extracted == 10  # the CPU path's pixels: its own vectors
     again = extract(options(tmp_path / "data", engine="ray", decode="gpu"), FeatureStore(tmp_path / "ray"))
     assert again.extracted == 0 and again.fingerprint == remote.fingerprint
 

@@ -53,12 +53,17 @@ def resolve(backbone: str, weights: str = "imagenet", size: int | None = None,
 DECODE_CHOICES = ("auto", "cpu", "gpu")
 
 
+def check_decode(decode: str) -> str:
+    if decode not in DECODE_CHOICES:
+        raise HeadstartError(f"--decode {decode!r}: expected one of {', '.join(DECODE_CHOICES)}")
+    return decode
+
+
 def decode_method(decode: str, device: str) -> str:
     """The preprocessing method of a decode choice. `auto` is the path measured faster end to end: today the CPU
     path everywhere (on an H100, vgg16@150 extracted 1.2-1.5x faster with it than with nvJPEG; README,
     Benchmarks); `gpu` decodes JPEGs on the device."""
-    if decode not in DECODE_CHOICES:
-        raise HeadstartError(f"--decode {decode!r}: expected one of {', '.join(DECODE_CHOICES)}")
+    check_decode(decode)
     target = resolve_device(device)
     if decode in ("cpu", "auto"):
         return PREPROCESS_METHOD

@@ -20,7 +20,7 @@ from extractor.decode import DecodeError, Limits, decode_job, preprocess
 from extractor.definition import Wanted, collect
 from extractor.devicedecode import ByteDataset, JpegReader, to_batch
 from extractor.errors import HeadstartError, Stopped
-from extractor.model import LoadedBackbone, Resolved, amp_dtype, decode_method, resolve, resolve_device
+from extractor.model import LoadedBackbone, Resolved, amp_dtype, check_decode, decode_method, resolve, resolve_device
 from extractor.names import check_name
 from extractor.splits import register
 from extractor.store import FeatureStore, check_dtype
@@ -112,7 +112,7 @@ def default_workers() -> int:
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
     ray_cluster.check_engine(opts.engine)
-    if opts.augment and opts.decode == "gpu":
+    if check_decode(opts.decode) == "gpu" and opts.augment:
         raise HeadstartError("--decode gpu with --augment: views are made from the CPU path's pixels; pass "
                              "--decode cpu (or auto) to compute views")
     if opts.augment is not None or opts.views:

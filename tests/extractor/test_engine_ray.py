@@ -293,6 +293,8 @@ def test_ray_engine_refuses_what_it_does_not_do(data, tmp_path):
         extract(options(data, engine="ray", decode="gpu", augment="classic", views=2), FeatureStore(tmp_path))
     with pytest.raises(HeadstartError, match="expected one of local, ray"):
         extract(options(data, engine="spark"), FeatureStore(tmp_path))
+    with pytest.raises(HeadstartError, match="--decode 'nvdec': expected one of auto, cpu, gpu"):  # before a cluster
+        extract(options(data, engine="ray", decode="nvdec"), FeatureStore(tmp_path))
 
 
 def test_the_driver_commits_from_one_thread_while_others_read(ray_cluster, data, tmp_path):

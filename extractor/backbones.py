@@ -205,14 +205,18 @@ def _generic(name: str) -> BackboneSpec:
                         resizable=resizable, mean=mean, std=std)
 
 
+MAX_SIZE = 1024  # an input side above it is a typo, not a choice: 100000 made each decode worker ask for 30 GB
+
+
 def resolve_size(spec: BackboneSpec, size: int | None) -> int:
     if size is None:
         return spec.default_size
-    if not spec.resizable or size < spec.min_size:
-        raise HeadstartError(
-            f"input size {size} is not valid for {spec.name}: expected an integer >= {spec.min_size} "
-            f"(default {spec.default_size})"
-        )
+    if not spec.resizable and size != spec.default_size:
+        raise HeadstartError(f"input size {size} is not valid for {spec.name}: it takes {spec.default_size} only "
+                             f"(its architecture fixes it); leave --size out")
+    if not spec.min_size <= size <= MAX_SIZE:
+        raise HeadstartError(f"input size {size} is not valid for {spec.name}: expected an integer from "
+                             f"{spec.min_size} to {MAX_SIZE} (default {spec.default_size})")
     return size
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -28,11 +30,30 @@ def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str 
     rows = store.catalog.dataset_rows(dataset, fp_id)  # (path, sha, label, split, shard, row)
     if not rows:
         raise HeadstartError(f"dataset {dataset!r} has no cached {fp_id} vectors to export; run extract first")
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise HeadstartError(f"--out {out} is a folder; give a file path, e.g. {out / (dataset + '.h5')}")
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        exported_views = _write(tmp, store, dataset, fp_id, info, rows, np_dtype, views)
+        publish(tmp, out)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # h5py's own text is long: the system's reason is enough
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise HeadstartError(f"cannot write {out}: {reason}; choose another --out (a writable file path)") from None
+        raise
+    return {"out": str(out), "rows": len(rows), "dim": int(info["dim"]), "fingerprint": fp_id,
+            "classes": len({r[2] for r in rows if r[2] is not None}), "views": exported_views}
+
+
+def _write(tmp: Path, store: FeatureStore, dataset: str, fp_id: str, info: dict, rows: list, np_dtype: np.dtype,
+           views: bool) -> int:
+    """The export file's content, written to `tmp`; returns the number of views rows."""
     names = sorted({r[2] for r in rows if r[2] is not None})
     index = {name: i for i, name in enumerate(names)}
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     text = h5py.string_dtype("utf-8")
     with h5py.File(tmp, "w") as fh:
         features = fh.create_dataset("features", shape=(len(rows), info["dim"]), dtype=np_dtype)
@@ -50,9 +71,7 @@ def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str 
             "fingerprint": json.dumps(spec, sort_keys=True), "fingerprint_id": fp_id, "backbone": spec["backbone"],
             "dataset": dataset, "created": time.time(), "failed": len(store.catalog.failures(dataset)),
         })
-    publish(tmp, out)
-    return {"out": str(out), "rows": len(rows), "dim": int(info["dim"]), "fingerprint": fp_id,
-            "classes": len(names), "views": exported_views}
+    return exported_views
 
 
 def _views(fh: h5py.File, store: FeatureStore, dataset: str, fp_id: str, dim: int, np_dtype: np.dtype) -> int:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from classifiers.params import CentroidParams, FinetuneParams, LogRegParams, MLPParams
+from extractor.backbones import MAX_SIZE
 from extractor.errors import HeadstartError
 from extractor.names import NAME_PATTERN, check_name
 
@@ -61,7 +62,7 @@ class ExtractRequest(BaseModel):
     unlabeled: bool = False
     backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
     weights: str = Field(default="imagenet", description="imagenet, random or random:SEED (no files over the API)")
-    size: int | None = Field(default=None, ge=8, le=1024)
+    size: int | None = Field(default=None, ge=8, le=MAX_SIZE)
     dtype: Literal["float32", "float16"] = "float32"
     split: str | None = Field(default=None, max_length=64, description="train,val,test fractions, e.g. 0.6,0.2,0.2")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)

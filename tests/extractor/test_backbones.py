@@ -56,7 +56,7 @@ def test_unknown_backbone_lists_valid_ones():
 
 
 def test_bad_size_and_weights_text():
-    with pytest.raises(HeadstartError, match=">= 75"):
+    with pytest.raises(HeadstartError, match="expected an integer from 75 to 1024"):
         resolve("inception_v3", "random", size=40)
     with pytest.raises(HeadstartError, match="imagenet, random"):
         resolve("vgg16", "pretrained")

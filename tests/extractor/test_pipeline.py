@@ -13,6 +13,7 @@ import torchvision
 from PIL import Image
 
 from extractor.decode import Limits, preprocess
+from extractor.errors import HeadstartError
 from extractor.export import export
 from extractor.model import LoadedBackbone, resolve
 from extractor.pipeline import ExtractOptions, extract
@@ -139,6 +140,34 @@ def test_export_round_trip_through_plain_h5py(tmp_path, monkeypatch):
         expected = store.table("d", summary.fingerprint).features
         np.testing.assert_array_equal(fh["features"][()], expected)
 
+
+
+def test_export_refuses_a_folder_or_an_unwritable_path_in_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    """Before: --out FOLDER wrote FOLDER.tmp beside it and said 'Is a directory: FOLDER.tmp'; an unwritable path gave
+    h5py's own message; a write that failed midway left OUT.tmp behind."""
+    from tests.conftest import assert_one_line_error, run_main
+
+    make_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    store = FeatureStore(tmp_path / "home")
+    fp = extract(opts(tmp_path / "data"), store).fingerprint
+    (tmp_path / "folder").mkdir()
+    base = ["export", "--dataset", "d", "--backbone", "tiny", "--home", str(tmp_path / "home"), "--out"]
+    code, _, err = run_main(capsys, *base, str(tmp_path / "folder"))
+    assert_one_line_error(code, err, f"--out {tmp_path / 'folder'} is a folder; give a file path, e.g. ")
+    assert not (tmp_path / "folder.tmp").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_main(capsys, *base, str(blocker / "sub" / "x.h5"))  # a parent that is a file
+    assert_one_line_error(code, err, f"cannot write {blocker / 'sub' / 'x.h5'}: ")
+    assert "choose another --out" in err
+
+    def full(*_args, **_kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "read_rows", full)
+    with pytest.raises(HeadstartError, match="cannot write .*d.h5: No space left on device; choose another --out"):
+        export(store, "d", fp, tmp_path / "out" / "d.h5")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no d.h5, no d.h5.tmp
 
 def test_changed_file_between_hash_and_decode_is_not_cached_under_the_old_key(tmp_path, monkeypatch):
     make_folder(tmp_path / "data", {"a": 2})

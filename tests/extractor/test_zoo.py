@@ -83,3 +83,15 @@ def test_a_model_outside_the_curated_list_extracts_end_to_end(tmp_path):
                                      size=64, workers=0, device="cpu"), FeatureStore(tmp_path / "home"))
     assert summary.extracted == 4 and summary.fingerprint.startswith("resnet18-")
     assert FeatureStore(tmp_path / "home").table("d", summary.fingerprint).features.shape == (4, 512)
+
+
+def test_input_sizes_outside_what_a_backbone_takes_are_one_line_and_its_own_size_is_accepted():
+    from extractor.backbones import MAX_SIZE, resolve_size
+    from extractor.errors import HeadstartError
+
+    assert resolve_size(get_spec("vit_b_16"), 224) == 224  # before: "expected an integer >= 224" for 224 itself
+    with pytest.raises(HeadstartError, match="vit_b_16: it takes 224 only .*leave --size out"):
+        resolve_size(get_spec("vit_b_16"), 150)
+    assert resolve_size(get_spec("vgg16"), MAX_SIZE) == MAX_SIZE
+    with pytest.raises(HeadstartError, match=f"expected an integer from 32 to {MAX_SIZE} \\(default 150\\)"):
+        resolve_size(get_spec("vgg16"), MAX_SIZE + 1)

@@ -48,6 +48,8 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):
           "--device", "gpu"], "device 'gpu': expected auto, cpu, cuda"),
         (["extract", str(tmp_path / "data"), "--dataset", "x", "--weights", "random", "--backbone", "tiny",
           "--amp", "fp8"], "amp 'fp8': expected one of"),
+        (["extract", str(tmp_path / "data"), "--dataset", "x", "--weights", "random", "--size", "100000"],
+         "input size 100000 is not valid for vgg16: expected an integer from 32 to 1024"),  # was a killed worker
     ]
     (tmp_path / "empty" / "cats").mkdir(parents=True)
     for args, expected in cases:

@@ -18,6 +18,7 @@ from classifiers.metrics import evaluate, roc_columns
 from classifiers.persist import check_name, load, save
 from classifiers.views import pick_recipe, view_arrays
 from extractor.augment import check_views
+from extractor.durable import cannot_write, output_folder
 from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore, FeatureTable
 
@@ -141,6 +142,8 @@ def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir
     check_split(split)
     head, manifest = load(heads_dir(store), name)
     dataset, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
+    if plots_dir is not None:  # before the scoring: a bad folder is said at once
+        plots_dir = output_folder(plots_dir, "--plots")
     if not tta and streaming.should_stream(store, dataset, fp_id, stream):
         proba, y = streaming.predict(head, streaming.locate(store, dataset, fp_id)[split])
     else:
@@ -163,10 +166,13 @@ def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir
         result["tta"] = {"views": tta, "metrics": evaluate(y, averaged, head.classes_)}
     if plots_dir is not None:
         title = f"{name} on {manifest['dataset']} ({split})"
-        written = [plots.confusion(result["metrics"], Path(plots_dir) / f"{name}-confusion.png", title),
-                   plots.roc(y, proba, head.classes_, Path(plots_dir) / f"{name}-roc.png", title)]
-        if head.history:
-            written.append(plots.training(head.history, Path(plots_dir) / f"{name}-training.png", name))
+        try:
+            written = [plots.confusion(result["metrics"], plots_dir / f"{name}-confusion.png", title),
+                       plots.roc(y, proba, head.classes_, plots_dir / f"{name}-roc.png", title)]
+            if head.history:
+                written.append(plots.training(head.history, plots_dir / f"{name}-training.png", name))
+        except OSError as exc:
+            raise cannot_write(plots_dir, "--plots", exc) from None
         result["plots"] = [str(p) for p in written]
     return result
 

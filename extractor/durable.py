@@ -44,3 +44,33 @@ def storage_error(exc: BaseException, doing: str) -> HeadstartError | None:
     if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in text:
         return StorageFull(f"the disk failed while {doing} (disk I/O error); check the disk and run again")
     return None
+
+
+def cannot_write(path: Path, option: str, exc: OSError) -> HeadstartError:
+    """One line for an output the user named that could not be written (the system's reason, not a library's)."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return HeadstartError(f"cannot write {path}: {reason}; choose another {option} (a writable path)")
+
+
+def output_file(path: Path, option: str, example: str) -> Path:
+    """A file the user asked for (`option` names it), checked before any work: not a folder, its folder made."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise HeadstartError(f"{option} {path} is a folder; give a file path, e.g. {path / example}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(path, option, exc) from None
+    return path
+
+
+def output_folder(path: Path, option: str) -> Path:
+    """A folder the user asked for outputs in, made now; one line when it is a file or cannot be made."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise HeadstartError(f"{option} {path} is a file; give a folder (it is made when missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(path, option, exc) from None
+    return path

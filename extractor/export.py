@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from extractor.durable import publish
+from extractor.durable import cannot_write, output_file, publish
 from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore, check_dtype
 
@@ -30,20 +29,16 @@ def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str 
     rows = store.catalog.dataset_rows(dataset, fp_id)  # (path, sha, label, split, shard, row)
     if not rows:
         raise HeadstartError(f"dataset {dataset!r} has no cached {fp_id} vectors to export; run extract first")
-    out = Path(out).expanduser()
-    if out.is_dir():
-        raise HeadstartError(f"--out {out} is a folder; give a file path, e.g. {out / (dataset + '.h5')}")
+    out = output_file(out, "--out", f"{dataset}.h5")
     tmp = out.with_name(out.name + ".tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         exported_views = _write(tmp, store, dataset, fp_id, info, rows, np_dtype, views)
         publish(tmp, out)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):  # h5py's own text is long: the system's reason is enough
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise HeadstartError(f"cannot write {out}: {reason}; choose another --out (a writable file path)") from None
+            raise cannot_write(out, "--out", exc) from None
         raise
     return {"out": str(out), "rows": len(rows), "dim": int(info["dim"]), "fingerprint": fp_id,
             "classes": len({r[2] for r in rows if r[2] is not None}), "views": exported_views}

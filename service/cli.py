@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print("headstart: interrupted; finished batches are saved, run the same command to continue",
               file=sys.stderr)
         return 130
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
+    except OSError as exc:  # a path the user gave (--home, a data folder) that the system refused
+        where = f": {exc.filename}; check that path and its permissions" if exc.filename else ""
         error(args, f"{exc.strerror or exc}{where}")
         return 1
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import sys
 from pathlib import Path
 
+from extractor.durable import cannot_write, output_file, publish
 from extractor.errors import CacheDamaged, HeadstartError
 from service.cli import emit, existing_store
 
@@ -67,9 +69,13 @@ class Output:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.rows, self.failed = args, [], 0
         self.csv_file = self.csv = None
-        if args.csv:
-            args.csv.parent.mkdir(parents=True, exist_ok=True)
-            self.csv_file = open(args.csv.with_name(args.csv.name + ".tmp"), "w", newline="")
+        if args.csv:  # written to a temp file, published whole at the end: checked before any prediction
+            self.path = output_file(args.csv, "--csv", "predictions.csv")
+            self.tmp = self.path.with_name(self.path.name + ".tmp")
+            try:
+                self.csv_file = open(self.tmp, "w", newline="")
+            except OSError as exc:
+                raise cannot_write(self.path, "--csv", exc) from None
             self.csv = csv.DictWriter(self.csv_file, CSV_COLUMNS)
             self.csv.writeheader()
 
@@ -90,12 +96,21 @@ class Output:
 
     def close(self) -> None:
         if self.csv_file:
-            from extractor.durable import publish
-
             self.csv_file.close()
-            publish(Path(self.csv_file.name), self.args.csv)
+            try:
+                publish(self.tmp, self.path)
+            except OSError as exc:
+                self.discard()
+                raise cannot_write(self.path, "--csv", exc) from None
         if self.args.json:
             emit(self.args, self.rows, "")
+
+    def discard(self) -> None:
+        """A run that failed leaves no temp file behind (and no CSV: it would be partial)."""
+        if self.csv_file:
+            self.csv_file.close()
+            with contextlib.suppress(OSError):
+                self.tmp.unlink(missing_ok=True)
 
 
 def _csv_row(r: dict) -> dict:
@@ -173,15 +188,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(heads_dir(store), args.head, device=args.device)  # the head only: the backbone is lazy
     paths, problems = expand(args.images)
     out = Output(args)
-    out.add(problems)  # said before any model loads
-    if not paths and not args.dataset:
-        out.close()
-        return 1
-    if args.dataset:
-        out.add(from_dataset(store, predictor, args.dataset, args.split, args.top_k, args.tta))
-    for start in range(0, len(paths), args.batch_size):  # a chunk at a time: memory does not grow with the count
-        out.add(from_files(store, predictor, paths[start:start + args.batch_size], args.top_k, args.batch_size,
-                           args.tta))
+    try:
+        out.add(problems)  # said before any model loads
+        if not paths and not args.dataset:
+            out.close()
+            return 1
+        if args.dataset:
+            out.add(from_dataset(store, predictor, args.dataset, args.split, args.top_k, args.tta))
+        for start in range(0, len(paths), args.batch_size):  # a chunk at a time: memory does not grow with the count
+            out.add(from_files(store, predictor, paths[start:start + args.batch_size], args.top_k, args.batch_size,
+                               args.tta))
+    except BaseException:
+        out.discard()
+        raise
     out.close()
     return 1 if out.failed else 0
 

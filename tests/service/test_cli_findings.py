@@ -218,3 +218,12 @@ def test_predict_argument_errors(trained, capsys):
                            (["predict", "lr", "--dataset", "colors", "--top-k", "0"], "expected integers >= 1")):
         code, _, err = run_main(capsys, *args, "--home", home)
         assert_one_line_error(code, err, expected)
+
+
+def test_an_os_error_names_the_path_and_what_to_check(tmp_path, capsys):
+    """Before: 'No such file or directory: PATH' and nothing about what to do."""
+    make_folder(tmp_path / "data", {"a": 1, "b": 1})
+    (tmp_path / "file").write_text("")
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
+                            "--weights", "random", "--home", str(tmp_path / "file" / "home"))
+    assert_one_line_error(code, err, f": {tmp_path / 'file' / 'home'}; check that path and its permissions")

@@ -69,3 +69,30 @@ def test_head_errors_are_one_line(tmp_path, capsys):
     for args, expected in cases:
         code, _, err = run_main(capsys, *args, *home)
         assert_one_line_error(code, err, expected)
+
+
+def test_output_paths_that_cannot_be_written_are_one_line_before_any_work_and_leave_nothing(tmp_path, capsys):
+    """Before: predict --csv FOLDER printed every prediction, then 'Is a directory: FOLDER.tmp' (FOLDER.tmp left
+    beside it); an unwritable --csv named OUT.csv.tmp; evaluate --plots FILE said 'File exists: FILE'."""
+    home = ["--home", str(tmp_path / "home")]
+    make_folder(tmp_path / "data", {"a": 3, "b": 3})
+    run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny", "--weights", "random",
+             *home)
+    assert run_main(capsys, "train", "--dataset", "d", "--backbone", "tiny", "--name", "h", *home)[0] == 0
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["predict", "h", "--dataset", "d", "--split", "train", "--csv", str(tmp_path / "folder")],
+         f"--csv {tmp_path / 'folder'} is a folder; give a file path, e.g. {tmp_path / 'folder' / 'predictions.csv'}"),
+        (["predict", "h", "--dataset", "d", "--split", "train", "--csv", str(tmp_path / "file" / "p.csv")],
+         f"cannot write {tmp_path / 'file' / 'p.csv'}: "),
+        (["evaluate", "h", "--plots", str(tmp_path / "file")], f"--plots {tmp_path / 'file'} is a file; give a folder"),
+        (["evaluate", "h", "--plots", str(tmp_path / "file" / "plots")],
+         f"cannot write {tmp_path / 'file' / 'plots'}: "),
+    ]
+    for args, expected in cases:
+        code, out, err = run_main(capsys, *args, *home)
+        assert_one_line_error(code, err, expected)
+        assert out == ""  # refused before any prediction is printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "folder", "home"]  # no *.tmp left
+    assert list((tmp_path / "folder").iterdir()) == []

@@ -150,6 +150,9 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_c
                 raise Stopped()
             _csv_row(root, (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip(), items, failures,
                      seen)
+    if not items and not failures:
+        raise HeadstartError(f"{csv_path} has a header but no rows; expected one row per image "
+                             f"({path_col},{label_col})")
     return Listing(root, "csv", items, failures, columns=(path_col, label_col))
 
 

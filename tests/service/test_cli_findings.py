@@ -120,6 +120,12 @@ def test_csv_that_looks_semicolon_separated_gets_a_hint(tmp_path, capsys):
                             str(tmp_path / "labels.csv"), "--backbone", "tiny", "--weights", "random",
                             "--home", str(tmp_path / "home"))
     assert_one_line_error(code, err, "looks semicolon-separated")
+    (tmp_path / "labels.csv").write_text("id,label\n")  # before: "no images found in DATA; expected class subfolders"
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "x", "--labels",
+                            str(tmp_path / "labels.csv"), "--backbone", "tiny", "--weights", "random",
+                            "--home", str(tmp_path / "home"))
+    assert_one_line_error(code, err, f"{tmp_path / 'labels.csv'} has a header but no rows; expected one row per "
+                                     f"image (id,label)")
 
 
 def test_train_help_shows_the_defaults(capsys):

@@ -65,6 +65,11 @@ def error(args: argparse.Namespace, message: str) -> None:
         print(f"headstart: error: {message}", file=sys.stderr)
 
 
+# commands that keep their work when interrupted, and pick it up when run again
+RESUMABLE = {"extract": "finished batches are saved", "compare": "features extracted so far are saved",
+             "finetune": "its last checkpoint is kept"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         error(args, str(exc))
         return 1
     except KeyboardInterrupt:
-        print("headstart: interrupted; finished batches are saved, run the same command to continue",
+        kept = RESUMABLE.get(args.command)
+        print(f"headstart: interrupted; {kept}, run the same command to continue" if kept else "headstart: interrupted",
               file=sys.stderr)
         return 130
     except OSError as exc:  # a path the user gave (--home, a data folder) that the system refused

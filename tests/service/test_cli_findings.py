@@ -233,3 +233,31 @@ def test_an_os_error_names_the_path_and_what_to_check(tmp_path, capsys):
     code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
                             "--weights", "random", "--home", str(tmp_path / "file" / "home"))
     assert_one_line_error(code, err, f": {tmp_path / 'file' / 'home'}; check that path and its permissions")
+
+
+@pytest.mark.parametrize(("command", "resumable"), [("extract", True), ("finetune", True), ("compare", True),
+                                                    ("train", False), ("predict", False), ("export", False)])
+def test_ctrl_c_says_what_was_kept_for_the_command_interrupted(command, resumable, capsys, monkeypatch):
+    """Before: every command said 'finished batches are saved, run the same command to continue', also train and
+    predict, which keep nothing and do not resume."""
+    from service import cli
+
+    real = cli.build_parser
+
+    def interrupted_parser():
+        parser = real()
+        parser.set_defaults(func=None)
+        for action in parser._subparsers._group_actions:
+            for sub in action.choices.values():
+                sub.set_defaults(func=lambda _args: (_ for _ in ()).throw(KeyboardInterrupt()))
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", interrupted_parser)
+    args = {"extract": ["extract", "d", "--dataset", "x"], "finetune": ["finetune", "--dataset", "x", "--name", "f"],
+            "compare": ["compare", "--dataset", "x", "--backbones", "tiny"], "train": ["train", "--dataset", "x",
+            "--backbone", "tiny", "--name", "h"], "predict": ["predict", "h", "x.jpg"],
+            "export": ["export", "--dataset", "x", "--backbone", "tiny", "--out", "x.h5"]}[command]
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("headstart: interrupted")
+    assert ("run the same command to continue" in err) == resumable, err

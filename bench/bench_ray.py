@@ -107,14 +107,16 @@ class TimedCommits:
 
 
 def commit_path(vectors: int, actors: int, work: Path) -> dict:
+    from extractor.backbones import PREPROCESS_METHOD, get_spec
     from extractor.model import Resolved
 
     store = FeatureStore(Path(tempfile.mkdtemp(dir=work)))
-    fp = Fingerprint(id="bench-instant8192", backbone="vgg16", dim=8192, spec={"backbone": "vgg16"}, source="bench")
+    fp = Fingerprint(id="bench-instant8192", backbone="vgg16", dim=8192, source="bench",
+                     spec={"backbone": "vgg16", "preprocess": {"method": PREPROCESS_METHOD}})
     jobs = [(f"{i:064x}", Path("/nonexistent"), None) for i in range(vectors)]
     opts = ExtractOptions(data_dir=work, dataset="bench", dtype="float16", actors=actors, device="cpu",
                           engine="ray", weights="random")
-    resolved = Resolved(spec=None, size=1, weights=None, fingerprint=fp)
+    resolved = Resolved(spec=get_spec("vgg16"), size=1, weights=None, fingerprint=fp)
     with store.writer(fp, "float16") as writer:
         timed = TimedCommits(writer)
         t = time.monotonic()

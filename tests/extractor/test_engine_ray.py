@@ -346,3 +346,12 @@ def test_hashing_stopped_early_cancels_the_unfinished_ray_tasks_and_the_cluster_
     assert stopped.stopped and stopped.extracted == 0
     # the cluster takes the next run (a second driver crashed in Ray when finished tasks were cancelled too)
     assert extract(options(data, engine="ray"), FeatureStore(tmp_path / "h")).extracted == 110
+
+
+def test_the_commit_path_bench_runs_on_the_shipped_engine(ray_cluster, tmp_path):
+    """bench/bench_ray.py's commit path swaps in an instant actor and no decoding; kept running against the engine
+    (it broke once when the engine started reading the preprocessing of the fingerprint it is given)."""
+    from bench.bench_ray import commit_path
+
+    out = commit_path(64, 2, tmp_path)
+    assert out["vectors"] == 64 and out["shards"] >= 1 and out["driver_commit_capacity_vectors_s"] > 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers.heads import LogRegHead
-from classifiers.metrics import evaluate
+from classifiers.metrics import evaluate, small_split_warning
 from classifiers.training import split_arrays
 from extractor.backbones import get_spec
 from extractor.errors import HeadstartError, NotFound
@@ -95,7 +95,15 @@ def _probe(store: FeatureStore, dataset: str, backbone: str, fp_id: str, only: f
             "test_accuracy": test.get("accuracy"), "test_f1_macro": test.get("f1_macro"),
             "images": {s: int(len(data[s][0])) for s in data}, "extracted_now": extracted,
             "extract_img_s": rate, "cache_mb": round(len(table.sha256) * dim * table.features.itemsize / 2**20, 2),
-            "fit_seconds": round(fit_seconds, 3)}
+            "fit_seconds": round(fit_seconds, 3),
+            "warnings": [w for split, m in (("val", val), ("test", test))
+                         if (w := small_split_warning(split, m, sampled=only is not None))]}
+
+
+def images_used(rows: list[dict]) -> str:
+    """`train/val/test images train/val/test` of the rows (the same for every backbone unless one failed more)."""
+    counts = {"/".join(str(r["images"].get(s, 0)) for s in ("train", "val", "test")) for r in rows}
+    return f"{' or '.join(sorted(counts))} images train/val/test" if counts else "no images"
 
 
 def table_lines(rows: list[dict]) -> list[str]:

@@ -71,13 +71,15 @@ def small_classes(m: dict) -> dict[str, int]:
     return {lab: v["support"] for lab, v in m.get("per_class", {}).items() if 0 < v["support"] < SMALL_CLASS}
 
 
-def small_split_warning(split: str, m: dict) -> str | None:
+def small_split_warning(split: str, m: dict, sampled: bool = False) -> str | None:
+    """A warning when the split holds classes with too few images to judge by; `sampled`: it is a --sample."""
     small = small_classes(m)
     if not small:
         return None
     listed = ", ".join(f"{lab} ({n})" for lab, n in list(small.items())[:8]) + (" ..." if len(small) > 8 else "")
+    more = "use a larger --sample, add images," if sampled else "add images,"
     return (f"the {split} split has fewer than {SMALL_CLASS} images of {len(small)} classes: {listed}; its figures "
-            f"are noisy (add images, or give {split} a larger share with --split when extracting)")
+            f"are noisy ({more} or give {split} a larger share with --split when extracting)")
 
 
 def confusion_lines(m: dict, max_classes: int = 15) -> list[str]:

@@ -23,7 +23,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from classifiers.compare import compare, table_lines
+    from classifiers.compare import compare, images_used, table_lines
 
     def progress(name: str, done: int, total: int) -> None:
         if not args.json:
@@ -31,6 +31,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     rows = compare(existing_store(args.home), args.dataset, args.backbones.split(","), args.sample, args.weights,
                    args.device, progress)
+    if not args.json:
+        for warning in dict.fromkeys(w for r in rows for w in r["warnings"]):
+            print(f"headstart: warning: {warning}", file=sys.stderr)
     emit(args, {"dataset": args.dataset, "sample": args.sample, "rows": rows},
-         "\n".join([f"backbones on {args.dataset} (logreg, C chosen on val), best first:", *table_lines(rows)]))
+         "\n".join([f"backbones on {args.dataset} (logreg, C chosen on val; {images_used(rows)}), best first:",
+                    *table_lines(rows)]))
     return 0

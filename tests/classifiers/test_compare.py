@@ -54,6 +54,21 @@ def test_compare_on_a_sample_extracts_only_the_sample(home, capsys):
     assert min(row["images"].values()) >= 1
 
 
+
+def test_a_sample_too_small_to_rank_on_is_said_with_the_images_used(home, capsys):
+    """Before: --sample 5 on 3 classes printed val acc 1.000 and test acc 0.000 from 1 image each, no word of it."""
+    code, out, err = run_main(capsys, "compare", "--dataset", "d", "--backbones", "tiny", "--weights", "random",
+                              "--sample", "5", "--home", str(home))
+    assert code == 0
+    header = out.splitlines()[0]
+    assert "3/1/1 images train/val/test" in header, out
+    warnings = [line for line in err.splitlines() if line.startswith("headstart: warning: ")]
+    assert any("the val split has fewer than 5 images" in w and "a larger --sample" in w for w in warnings), err
+    code, out, _ = run_main(capsys, "compare", "--dataset", "d", "--backbones", "tiny", "--weights", "random",
+                            "--sample", "5", "--home", str(home), "--json")
+    row = json.loads(out)["rows"][0]
+    assert any("the test split has fewer than 5 images" in w for w in row["warnings"])
+
 @pytest.mark.parametrize("args, expected", [
     (("--backbones", "tiny,vgg61"), "vgg16"), (("--backbones", ","), "comma-separated"),
     (("--backbones", "tiny", "--sample", "0"), "at least 1"),

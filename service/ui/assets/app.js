@@ -331,7 +331,8 @@ function ranking(rows) {
       el("td", { text: r.rank ?? i + 1 }), el("td", { text: r.backbone }),
       el("td", { class: "num", text: fmt.num(r.val_accuracy) }), el("td", { class: "num", text: fmt.num(r.test_accuracy) }),
       el("td", { class: "num", text: r.dim }), el("td", { class: "num", text: fmt.rate(r.extract_img_s) }),
-      el("td", { class: "num", text: r.cache_mb }))))));
+      el("td", { class: "num", text: r.cache_mb }))))),
+    ...[...new Set(rows.flatMap((r) => r.warnings ?? []))].map((w) => el("p", { class: "warning", text: w })));
 }
 
 function renderJobs() {

@@ -119,9 +119,16 @@ NOT_IN_FOLDER = "listed in the CSV but not found inside the data folder"
 
 def _locate(root: Path, value: str) -> Path | None:
     """The file a CSV value names inside `root`, or None. Confinement is checked before existence, so that
-    the answer is the same for a file outside the folder and for no file at all (nothing leaks)."""
-    if Path(value).is_absolute() or ".." in Path(value).parts:
+    the answer is the same for a file outside the folder and for no file at all (nothing leaks). An absolute path
+    into `root` and one with `..` that stays inside it name their file (as written, before symlinks)."""
+    named = Path(os.path.normpath(value))
+    if named.is_absolute():
+        if not named.is_relative_to(root):
+            return None
+        named = named.relative_to(root)
+    if named.parts[:1] == ("..",):
         return None
+    value = str(named)
     for name in (value, *(value + s for s in GUESS_SUFFIXES if not Path(value).suffix)):
         candidate = (root / name).resolve()
         if candidate.is_relative_to(root) and candidate.is_file():

@@ -150,6 +150,20 @@ def test_csv_rows_outside_the_folder_get_one_answer(tmp_path):
     assert len(reasons) == 1 and "not found inside the data folder" in reasons.pop()
 
 
+def test_csv_rows_naming_a_file_inside_the_folder_by_an_absolute_or_dotted_path_are_that_file(tmp_path):
+    """Before: an absolute path into the data folder (as CSVs from other tools carry) or a/../a/x.jpg was 'not found
+    inside the data folder' although the file is there; paths that leave the folder still get the one answer."""
+    inside = make_folder(tmp_path / "data", {"a": 3})
+    (tmp_path / "secret.jpg").write_bytes(inside[0].read_bytes())
+    rows = [f"{inside[0]},a", f"a/../a/{inside[1].name},a", f"./a/{inside[2].stem},a",  # all three inside
+            f"{tmp_path / 'secret.jpg'},a", "a/../../secret.jpg,a", f"{tmp_path / 'data'}/../secret.jpg,a"]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    listing = scan_csv(tmp_path / "data", tmp_path / "labels.csv")
+    assert sorted(i.rel for i in listing.items) == sorted(f"a/{p.name}" for p in inside)
+    assert len(listing.failures) == 3 and {r for _, r in listing.failures} == {
+        "listed in the CSV but not found inside the data folder"}
+
+
 @pytest.mark.parametrize("name", ["hd\n", "con", "NUL", "com1", "Aux.txt", "a" * 65, ".x", ""])
 def test_names_are_matched_whole_and_windows_device_names_refused(name):
     with pytest.raises(HeadstartError):

@@ -101,7 +101,8 @@ def _probe(store: FeatureStore, dataset: str, backbone: str, fp_id: str, only: f
 
 
 def images_used(rows: list[dict]) -> str:
-    """`train/val/test images train/val/test` of the rows (the same for every backbone unless one failed more)."""
+    """The images each split held, e.g. `3/1/1 images train/val/test` (rows differ only where a backbone failed on
+    more images)."""
     counts = {"/".join(str(r["images"].get(s, 0)) for s in ("train", "val", "test")) for r in rows}
     return f"{' or '.join(sorted(counts))} images train/val/test" if counts else "no images"
 

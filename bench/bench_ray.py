@@ -155,8 +155,8 @@ def heads(rows: int, work: Path) -> list[dict]:
                     "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])), 1) if history else None,
                     "test_accuracy": json.loads(stdout.strip().splitlines()[-1])["metrics"]["test"]["accuracy"]
                     if stdout.strip() else None})
-    fixed, auto = out[1]["seconds"], out[2]["seconds"]
-    out[2]["wall_over_fixed_c"] = round(auto / fixed, 2)
+    by = {row["head"]: row for row in out}
+    by["logreg C=auto"]["wall_over_fixed_c"] = round(by["logreg C=auto"]["seconds"] / by["logreg"]["seconds"], 2)
     return out
 
 

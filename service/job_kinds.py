@@ -139,4 +139,5 @@ def compare(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
                            should_stop=lambda: runner.should_stop(job_id))
     if runner.should_stop(job_id):
         raise Stopped("compare stopped")
+    runner.report(job_id, {"phase": "ranked", "done": len(rows), "total": len(rows)}, last, final=True)
     return "succeeded", {"dataset": request["dataset"], "sample": request.get("sample"), "rows": rows}, None

@@ -251,6 +251,7 @@ def test_compare_job_ranks_backbones(served):
     assert accepted.status_code == 202, accepted.text
     done = served.wait_job(accepted.json()["job_id"])
     assert done["state"] == "succeeded", done
+    assert done["done"] == done["total"] == 2  # before: a finished compare showed 1 of 2 (its last start)
     rows = done["result"]["rows"]
     assert [r["rank"] for r in rows] == [1, 2] and {r["backbone"] for r in rows} == {"tiny", "vgg16"}
     assert all(r["C"] > 0 and 0 <= r["val_accuracy"] <= 1 for r in rows)

@@ -277,6 +277,8 @@ def test_a_compare_job_shows_its_ranking(browser, site):
     assert cells[:2] == ["1", "tiny"] and float(cells[2]) == pytest.approx(row["val_accuracy"], abs=5e-4)
     assert row["warnings"] and "the val split has fewer than 5 images" in row["warnings"][0]  # 16 images a class
     notes = ranking.locator("p.warning").all_inner_texts()  # said under the ranking, as text (a label is XSS)
+    bar = page.locator(f"#jobs-table tr[data-id='{job['id']}'] progress")
+    assert bar.get_attribute("value") == bar.get_attribute("max")  # finished: a full bar
     assert notes == list(dict.fromkeys(row["warnings"])) and ranking.locator("img").count() == 0
     page.click(f"#jobs-table tr[data-id='{job['id']}'] details.ranking summary")  # closed by the user...
     page.wait_for_timeout(1500)  # ...stays closed while the page polls (nothing changed)

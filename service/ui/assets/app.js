@@ -338,7 +338,8 @@ function ranking(rows) {
 function renderJobs() {
   const body = $("#jobs-table tbody");
   body.replaceChildren(...state.jobs.map((j) => {
-    const bar = el("progress", { max: j.total || 1, value: j.state === "succeeded" && !j.total ? 1 : j.done || 0 });
+    // a succeeded job is whole, also one that stopped early by design (a fine-tune's patience)
+    const bar = el("progress", { max: j.total || 1, value: j.state === "succeeded" ? j.total || 1 : j.done || 0 });
     const actions = el("td", {});
     const act = (label, path, method) => el("button", { type: "button", class: "quiet", onclick: guarded(async () => {
       await api(path, { method });

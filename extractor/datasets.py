@@ -48,14 +48,24 @@ class Listing:
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped: int = 0  # files whose suffix is not an image's
     top_level: int = 0  # files directly in the root of a class-folder dataset (not read)
+    system_folders: list[str] = field(default_factory=list)  # SYSTEM_FOLDERS found and not read, relative to root
     columns: tuple[str | None, str | None] = (None, None)  # the CSV's path and label columns
 
 
-def image_files(folder: Path) -> tuple[list[Path], int]:
-    """Image files below `folder` (by suffix; hidden entries skipped), sorted; and how many other files."""
+# folders that systems and tools add beside the photos: NAS thumbnails (Synology's @eaDir holds small copies of
+# every photo), archive metadata, recycle bins. Never classes, never images of a dataset.
+SYSTEM_FOLDERS = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information", "#recycle",
+                            "#snapshot", "lost+found"})
+
+
+def image_files(folder: Path, system: list[Path] | None = None) -> tuple[list[Path], int]:
+    """Image files below `folder` (by suffix; hidden entries and SYSTEM_FOLDERS skipped, the latter added to
+    `system`), sorted; and how many other files."""
     found, skipped = [], 0
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if system is not None:
+            system += [Path(dirpath) / d for d in sorted(dirnames) if d in SYSTEM_FOLDERS]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SYSTEM_FOLDERS)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -69,17 +79,21 @@ def image_files(folder: Path) -> tuple[list[Path], int]:
 def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
     """Class subfolders -> labeled items; images directly in root (or `unlabeled`) -> unlabeled items."""
     root = existing_dir(root)
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    system = [p for p in root.iterdir() if p.is_dir() and p.name in SYSTEM_FOLDERS]
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in system)
     if unlabeled or not classes:
-        files, skipped = image_files(root)
-        return Listing(root, "unlabeled", [Item.at(root, f, None) for f in files], skipped=skipped)
+        system = []  # the walk from the root finds them all, at every depth
+        files, skipped = image_files(root, system)
+        return Listing(root, "unlabeled", [Item.at(root, f, None) for f in files], skipped=skipped,
+                       system_folders=sorted(str(p.relative_to(root)) for p in system))
     items, skipped = [], 0
     for folder in classes:
-        files, n_skip = image_files(folder)
+        files, n_skip = image_files(folder, system)
         skipped += n_skip
         items += [Item.at(root, f, folder.name) for f in files]
     top_level = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
-    return Listing(root, "folders", items, skipped=skipped, top_level=top_level)
+    return Listing(root, "folders", items, skipped=skipped, top_level=top_level,
+                   system_folders=sorted(str(p.relative_to(root)) for p in system))
 
 
 def existing_dir(root: Path) -> Path:

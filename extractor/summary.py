@@ -78,6 +78,10 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
                    f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
     if listing.skipped:
         out.append(f"{listing.skipped} files without an image suffix (.jpg, .png, ...) were skipped")
+    if folders := listing.system_folders:
+        shown = ", ".join(folders[:5]) + (" ..." if len(folders) > 5 else "")
+        out.append(f"{len(folders)} system folders were not read ({shown}): NAS thumbnails, archive metadata and "
+                   f"recycle bins hold no images of the dataset")
     labels = {m[2] for m in members if m[2] is not None}
     if len(labels) == 1:
         out.append(f"dataset {opts.dataset!r} has one class ({labels.pop()!r}); training a head needs at least two")

@@ -30,6 +30,27 @@ def test_class_folders_and_unlabeled(tmp_path):
     assert forced.kind == "unlabeled" and len(forced.items) == 5
 
 
+
+def test_system_folders_of_nas_and_archives_are_not_classes_or_images(tmp_path, capsys):
+    """Before: a Synology NAS's @eaDir became a class, and its thumbnails inside a class folder were taken as more
+    images of that class (small copies of the photos, which could land in another split than their photo)."""
+    import shutil
+
+    from tests.conftest import run_main
+
+    written = make_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    for system in ("@eaDir", "cat/@eaDir/cat_0000.jpg", "__MACOSX/cat", "$RECYCLE.BIN", "#recycle"):
+        (tmp_path / "data" / system).mkdir(parents=True, exist_ok=True)
+        shutil.copy(written[0], tmp_path / "data" / system / "SYNOPHOTO_THUMB_M.jpg")
+    listing = scan_folder(tmp_path / "data")
+    assert sorted(i.rel for i in listing.items) == sorted(f"{p.parent.name}/{p.name}" for p in written)
+    assert listing.system_folders == ["#recycle", "$RECYCLE.BIN", "@eaDir", "__MACOSX", "cat/@eaDir"]
+    unlabeled = scan_folder(tmp_path / "data", unlabeled=True)
+    assert len(unlabeled.items) == 4
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
+                            "--weights", "random", "--home", str(tmp_path / "home"))
+    assert code == 0 and "headstart: warning: 5 system folders were not read (#recycle, $RECYCLE.BIN, @eaDir, " in err
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(HeadstartError, match="does not exist"):
         scan_folder(tmp_path / "nope")

@@ -85,6 +85,11 @@ def decide(name: str, recorded: list[dict], wanted: Wanted) -> list[dict]:
         return recorded
     if wanted.add:
         return [*recorded, wanted.source(root, _prefix(root, {s["prefix"] for s in recorded}))]
+    gone = [s for s in recorded if not Path(s["root"]).is_dir()]
+    if len(gone) == len(recorded) == 1:
+        raise HeadstartError(
+            f"dataset {name!r} is made of {describe(gone[0])}, which is no longer there; if it moved to {root}, pass "
+            f"--redefine (the cached vectors are kept: they are found by content), or choose another --dataset name")
     known = "; ".join(describe(s) for s in recorded)
     raise HeadstartError(
         f"dataset {name!r} is made of {known}; this run names {root}. Pass --add to add this folder's images to "

@@ -137,3 +137,16 @@ def test_vectors_of_an_added_folder_equal_a_direct_extraction(tmp_path):
     both, single = store.table("fm", fp), alone.table("two", fp)
     rows = {s: v for s, v in zip(both.sha256, both.features, strict=True)}
     assert all(np.array_equal(rows[s], v) for s, v in zip(single.sha256, single.features, strict=True))
+
+
+def test_a_moved_folder_is_named_as_gone_and_redefine_computes_nothing_again(tmp_path):
+    """Before: a dataset whose folder was moved answered as if another folder were added by mistake; the recorded
+    folder being gone is now said, with --redefine as the way on (the vectors are kept: content-addressed)."""
+    make_folder(tmp_path / "old", {"a": 3, "b": 3})
+    store = FeatureStore(tmp_path / "home")
+    extract(opts(tmp_path / "old"), store)
+    (tmp_path / "old").rename(tmp_path / "new")
+    with pytest.raises(HeadstartError, match=f"{tmp_path / 'old'} .*is no longer there; if it moved to "
+                                             f"{tmp_path / 'new'}, pass --redefine"):
+        extract(opts(tmp_path / "new"), store)
+    assert extract(opts(tmp_path / "new", redefine=True), store).extracted == 0

@@ -75,8 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.home.mkdir(parents=True, exist_ok=True)
     lock = own_home(settings.home, settings.host, settings.port)
     app = create_app(settings)
-    print(f"headstart: serving {settings.home} on http://{settings.host}:{settings.port} (docs at /docs); "
-          f"dataset paths are relative to {settings.data_root.resolve()}", file=sys.stderr, flush=True)
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"headstart: serving {settings.home}: the page at {url}/ui, the API docs at {url}/docs; dataset paths are "
+          f"relative to {settings.data_root.resolve()}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="info", backlog=settings.backlog,
                             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
                             timeout_keep_alive=settings.timeout_keep_alive_s,

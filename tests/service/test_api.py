@@ -29,6 +29,8 @@ def sample(served: Server, label: str) -> bytes:
 
 
 def test_extract_train_predict_loop(served):
+    banner = served.log.read_text().splitlines()[0]  # the first line a user sees names the page and the docs
+    assert f"the page at {served.url}/ui" in banner and f"the API docs at {served.url}/docs" in banner, banner
     c = served.client
     accepted = c.post("/extract", json={"dataset": "colors", "path": "colors", "backbone": "tiny",
                                         "weights": "random", "split": "0.6,0.2,0.2", "seed": 1})

@@ -7,6 +7,7 @@ import hashlib
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from extractor.errors import HeadstartError, Stopped
 
 # Listing only: which files are candidates. Whether a file *is* an image is decided by its content.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ""}
+# photos in formats not read (phones' HEIC, AVIF, JPEG XL, cameras' RAW, layered files): counted apart from other
+# files, so that the user hears they are photos to convert, not stray files
+UNREAD_PHOTO_SUFFIXES = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf",
+                         ".rw2", ".psd"}
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "id", "image_id", "img")
 LABEL_COLUMNS = ("label", "class", "breed", "category", "target", "y")
 GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -49,6 +54,7 @@ class Listing:
     skipped: int = 0  # files whose suffix is not an image's
     top_level: int = 0  # files directly in the root of a class-folder dataset (not read)
     system_folders: list[str] = field(default_factory=list)  # SYSTEM_FOLDERS found and not read, relative to root
+    unsupported: dict[str, int] = field(default_factory=dict)  # photos in formats not read, by suffix
     columns: tuple[str | None, str | None] = (None, None)  # the CSV's path and label columns
 
 
@@ -58,9 +64,10 @@ SYSTEM_FOLDERS = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume
                             "#snapshot", "lost+found"})
 
 
-def image_files(folder: Path, system: list[Path] | None = None) -> tuple[list[Path], int]:
+def image_files(folder: Path, system: list[Path] | None = None,
+                unread: Counter | None = None) -> tuple[list[Path], int]:
     """Image files below `folder` (by suffix; hidden entries and SYSTEM_FOLDERS skipped, the latter added to
-    `system`), sorted; and how many other files."""
+    `system`), sorted; and how many other files (photos in formats not read counted in `unread` by suffix instead)."""
     found, skipped = [], 0
     for dirpath, dirnames, filenames in os.walk(folder):
         if system is not None:
@@ -69,8 +76,11 @@ def image_files(folder: Path, system: list[Path] | None = None) -> tuple[list[Pa
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            suffix = Path(name).suffix.lower()
+            if suffix in IMAGE_SUFFIXES:
                 found.append(Path(dirpath) / name)
+            elif unread is not None and suffix in UNREAD_PHOTO_SUFFIXES:
+                unread[suffix] += 1
             else:
                 skipped += 1
     return found, skipped
@@ -81,19 +91,20 @@ def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
     root = existing_dir(root)
     system = [p for p in root.iterdir() if p.is_dir() and p.name in SYSTEM_FOLDERS]
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in system)
+    unread: Counter = Counter()
     if unlabeled or not classes:
         system = []  # the walk from the root finds them all, at every depth
-        files, skipped = image_files(root, system)
+        files, skipped = image_files(root, system, unread)
         return Listing(root, "unlabeled", [Item.at(root, f, None) for f in files], skipped=skipped,
-                       system_folders=sorted(str(p.relative_to(root)) for p in system))
+                       system_folders=sorted(str(p.relative_to(root)) for p in system), unsupported=dict(unread))
     items, skipped = [], 0
     for folder in classes:
-        files, n_skip = image_files(folder, system)
+        files, n_skip = image_files(folder, system, unread)
         skipped += n_skip
         items += [Item.at(root, f, folder.name) for f in files]
     top_level = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     return Listing(root, "folders", items, skipped=skipped, top_level=top_level,
-                   system_folders=sorted(str(p.relative_to(root)) for p in system))
+                   system_folders=sorted(str(p.relative_to(root)) for p in system), unsupported=dict(unread))
 
 
 def existing_dir(root: Path) -> Path:

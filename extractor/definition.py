@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,8 @@ def merge(listings: list[Listing], sources: list[dict]) -> Listing:
                      skipped=sum(x.skipped for x in listings), top_level=sum(x.top_level for x in listings),
                      system_folders=[f"{source['prefix']}/{f}" if source["prefix"] else f
                                      for listing, source in zip(listings, sources, strict=True)
-                                     for f in listing.system_folders])
+                                     for f in listing.system_folders],
+                     unsupported=dict(sum((Counter(x.unsupported) for x in listings), Counter())))
     merged.items = _drop_conflicts(sorted(items, key=lambda i: i.rel), merged.failures)
     return merged
 

@@ -51,6 +51,23 @@ def test_system_folders_of_nas_and_archives_are_not_classes_or_images(tmp_path, 
                             "--weights", "random", "--home", str(tmp_path / "home"))
     assert code == 0 and "headstart: warning: 5 system folders were not read (#recycle, $RECYCLE.BIN, @eaDir, " in err
 
+
+def test_photos_in_formats_not_read_are_named_apart_from_other_files(tmp_path, capsys):
+    """Before: iPhone HEIC photos and camera RAW files were counted as 'files without an image suffix (.jpg, .png,
+    ...)', which reads as if they were not images at all."""
+    from tests.conftest import run_main
+
+    make_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    for name in ("cat/IMG_0001.HEIC", "cat/IMG_0002.heic", "dog/DSC_0001.NEF", "dog/notes.txt"):
+        (tmp_path / "data" / name).write_bytes(b"x")
+    listing = scan_folder(tmp_path / "data")
+    assert len(listing.items) == 4 and listing.skipped == 1 and listing.unsupported == {".heic": 2, ".nef": 1}
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
+                            "--weights", "random", "--home", str(tmp_path / "home"))
+    assert code == 0 and "headstart: warning: 3 photos in formats headstart does not read were skipped (.heic 2, " \
+                         ".nef 1): convert them to JPEG or PNG" in err
+    assert "headstart: warning: 1 files without an image suffix" in err
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(HeadstartError, match="does not exist"):
         scan_folder(tmp_path / "nope")

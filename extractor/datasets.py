@@ -64,6 +64,12 @@ SYSTEM_FOLDERS = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume
                             "#snapshot", "lost+found"})
 
 
+def unread_photos(unsupported: dict[str, int]) -> str:
+    """`3 photos in formats headstart does not read (.heic 2, .nef 1)`."""
+    counts = ", ".join(f"{suffix} {n}" for suffix, n in sorted(unsupported.items()))
+    return f"{sum(unsupported.values())} photos in formats headstart does not read ({counts})"
+
+
 def image_files(folder: Path, system: list[Path] | None = None,
                 unread: Counter | None = None) -> tuple[list[Path], int]:
     """Image files below `folder` (by suffix; hidden entries and SYSTEM_FOLDERS skipped, the latter added to

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extractor.catalog import Catalog
-from extractor.datasets import Item, Listing, ThreadMap, existing_dir, hash_items, scan_csv, scan_folder
+from extractor.datasets import (
+    Item,
+    Listing,
+    ThreadMap,
+    existing_dir,
+    hash_items,
+    scan_csv,
+    scan_folder,
+    unread_photos,
+)
 from extractor.errors import HeadstartError
 
 
@@ -122,8 +131,10 @@ def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,
                                             if listing.kind == "csv" else {}))
         listings.append(listing)
     if not any(listing.items or listing.failures for listing in listings):
+        unread = sum((Counter(listing.unsupported) for listing in listings), Counter())
+        also = f"; it holds {unread_photos(unread)}: convert them to JPEG or PNG" if unread else ""
         raise HeadstartError(f"no images found in {wanted.data_dir}; expected class subfolders of images, "
-                             f"images directly in the folder, or a labels CSV")
+                             f"images directly in the folder, or a labels CSV{also}")
     total, done = sum(len(listing.items) for listing in listings), 0
     for listing in listings:
         def hashed(n: int, _: int, offset: int = done) -> None:

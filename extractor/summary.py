@@ -78,10 +78,11 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
                    f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
     if listing.skipped:
         out.append(f"{listing.skipped} files without an image suffix (.jpg, .png, ...) were skipped")
-    if unread := listing.unsupported:
-        counts = ", ".join(f"{suffix} {n}" for suffix, n in sorted(unread.items()))
-        out.append(f"{sum(unread.values())} photos in formats headstart does not read were skipped ({counts}): "
-                   f"convert them to JPEG or PNG (a photo app's export, or a converter such as ImageMagick)")
+    if listing.unsupported:
+        from extractor.datasets import unread_photos
+
+        out.append(f"{unread_photos(listing.unsupported)} were skipped: convert them to JPEG or PNG (a photo app's "
+                   f"export, or a converter such as ImageMagick)")
     if folders := listing.system_folders:
         shown = ", ".join(folders[:5]) + (" ..." if len(folders) > 5 else "")
         out.append(f"{len(folders)} system folders were not read ({shown}): NAS thumbnails, archive metadata and "

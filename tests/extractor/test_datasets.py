@@ -153,3 +153,14 @@ def test_register_records_split_once(tmp_path):
     assert Counter(m[3] for m in kept) == {"train": 6, "val": 2, "test": 2}
     redone = register(catalog, "d", listing, SOURCES, "0.8,0.1,0.1", 42, resplit=True)
     assert Counter(m[3] for m in redone) == {"train": 8, "val": 1, "test": 1}
+
+
+def test_a_folder_of_heic_photos_only_says_to_convert_them(tmp_path, capsys):
+    from tests.conftest import assert_one_line_error, run_main
+
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "data" / "cat" / f"IMG_{i}.HEIC").write_bytes(b"x")
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
+                            "--weights", "random", "--home", str(tmp_path / "home"))
+    assert_one_line_error(code, err, "it holds 3 photos in formats headstart does not read (.heic 3): convert them")

@@ -64,8 +64,8 @@ def test_photos_in_formats_not_read_are_named_apart_from_other_files(tmp_path, c
     assert len(listing.items) == 4 and listing.skipped == 1 and listing.unsupported == {".heic": 2, ".nef": 1}
     code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
                             "--weights", "random", "--home", str(tmp_path / "home"))
-    assert code == 0 and "headstart: warning: 3 photos in formats headstart does not read were skipped (.heic 2, " \
-                         ".nef 1): convert them to JPEG or PNG" in err
+    assert code == 0 and "headstart: warning: 3 photos in formats headstart does not read (.heic 2, .nef 1) were " \
+                         "skipped: convert them to JPEG or PNG" in err
     assert "headstart: warning: 1 files without an image suffix" in err
 
 def test_missing_folder_is_a_clear_error(tmp_path):

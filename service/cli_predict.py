@@ -47,15 +47,19 @@ def _check(args: argparse.Namespace) -> None:
 
 def expand(items: list[Path]) -> tuple[list[Path], list[dict]]:
     """Files as given and every image below given folders; rows for paths that do not exist or hold none."""
-    from extractor.datasets import image_files
+    from collections import Counter
+
+    from extractor.datasets import image_files, unread_photos
 
     found, problems = [], []
     for item in items:
         if item.is_dir():
-            images, _ = image_files(item)
+            images, _ = image_files(item, unread=(unread := Counter()))
             found += images
             if not images:
-                problems.append({"image": str(item), "error": "folder holds no image files (.jpg, .png, .webp, ...)"})
+                also = f"; {unread_photos(unread)}: convert them to JPEG or PNG" if unread else \
+                    " (.jpg, .png, .webp, ...)"
+                problems.append({"image": str(item), "error": f"folder holds no image files headstart reads{also}"})
         elif item.exists():
             found.append(item)
         else:

@@ -111,6 +111,15 @@ def decode_job(job: tuple[str, Path, tuple[int, int] | None], limits: Limits,
         return None, DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
 
 
+# ISO-BMFF brands of phone photo formats that are not read (the `ftyp` box at byte 4 names them)
+UNREAD_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"mif1": "HEIF",
+                 b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def _unread_format(data: bytes) -> str | None:
+    return UNREAD_BRANDS.get(bytes(data[8:12])) if bytes(data[4:8]) == b"ftyp" else None
+
+
 def open_image(data: bytes, limits: Limits) -> Image.Image:
     """Identify the format from content (allowlist) and check the pixel count from the header only."""
     if not data:
@@ -122,6 +131,9 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb refused: {exc}") from None
     except Exception:
+        if known := _unread_format(data):
+            raise DecodeError(f"a {known} photo, a format headstart does not read: convert it to JPEG or PNG (a photo "
+                              f"app's export, or a converter such as ImageMagick)", status=415) from None
         head = data[:8].hex(" ")
         raise DecodeError(
             f"not a supported image (expected {', '.join(ALLOWED_FORMATS)} by content; first bytes {head})",

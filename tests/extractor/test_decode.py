@@ -44,6 +44,17 @@ def test_format_is_sniffed_from_content_not_extension(tmp_path):
         decode(ppm, LIMITS)
 
 
+@pytest.mark.parametrize(("brand", "name"), [(b"heic", "HEIC"), (b"mif1", "HEIF"), (b"avif", "AVIF")])
+def test_a_phone_photo_in_a_format_not_read_is_named_with_what_to_do(brand, name):
+    """Before: 'not a supported image (expected JPEG, ...; first bytes 00 00 00 18 66 74 79 70)' for an iPhone
+    photo; the ISO-BMFF box names its format."""
+    data = struct.pack(">I", 24) + b"ftyp" + brand + b"\0\0\0\0" + brand + b"mif1" + b"\0" * 64
+    with pytest.raises(DecodeError, match=f"a {name} photo, a format headstart does not read: convert it to JPEG "
+                                          f"or PNG") as caught:
+        decode(data, LIMITS)
+    assert caught.value.status == 415
+
+
 def test_gif_first_frame():
     frames = [solid((250, 0, 0)), solid((0, 0, 250))]
     buf = io.BytesIO()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extractor.catalog import Catalog
+from extractor.decode import CONVERT
 from extractor.errors import HeadstartError, Stopped
 
 # Listing only: which files are candidates. Whether a file *is* an image is decided by its content.
@@ -64,10 +65,13 @@ SYSTEM_FOLDERS = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume
                             "#snapshot", "lost+found"})
 
 
-def unread_photos(unsupported: dict[str, int]) -> str:
-    """`3 photos in formats headstart does not read (.heic 2, .nef 1)`."""
+def unread_photos(unsupported: dict[str, int], verb: str = "") -> str:
+    """`3 photos in formats headstart does not read (.heic 2, .nef 1)[ VERB]: convert them ...`: one wording for the
+    listing's warning, the empty-folder error and predict's folder check."""
     counts = ", ".join(f"{suffix} {n}" for suffix, n in sorted(unsupported.items()))
-    return f"{sum(unsupported.values())} photos in formats headstart does not read ({counts})"
+    said = f" {verb}" if verb else ""
+    return f"{sum(unsupported.values())} photos in formats headstart does not read ({counts}){said}: " \
+           f"convert them {CONVERT}"
 
 
 def image_files(folder: Path, system: list[Path] | None = None,
@@ -95,22 +99,25 @@ def image_files(folder: Path, system: list[Path] | None = None,
 def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
     """Class subfolders -> labeled items; images directly in root (or `unlabeled`) -> unlabeled items."""
     root = existing_dir(root)
-    system = [p for p in root.iterdir() if p.is_dir() and p.name in SYSTEM_FOLDERS]
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in system)
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    folders = [p for p in entries if p.is_dir()]
+    classes = [p for p in folders if p.name not in SYSTEM_FOLDERS]
+    system: list[Path] = []
     unread: Counter = Counter()
-    if unlabeled or not classes:
-        system = []  # the walk from the root finds them all, at every depth
+    if unlabeled or not classes:  # the walk from the root meets the system folders, at every depth
         files, skipped = image_files(root, system, unread)
-        return Listing(root, "unlabeled", [Item.at(root, f, None) for f in files], skipped=skipped,
-                       system_folders=sorted(str(p.relative_to(root)) for p in system), unsupported=dict(unread))
-    items, skipped = [], 0
-    for folder in classes:
-        files, n_skip = image_files(folder, system, unread)
-        skipped += n_skip
-        items += [Item.at(root, f, folder.name) for f in files]
-    top_level = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
-    return Listing(root, "folders", items, skipped=skipped, top_level=top_level,
-                   system_folders=sorted(str(p.relative_to(root)) for p in system), unsupported=dict(unread))
+        listing = Listing(root, "unlabeled", [Item.at(root, f, None) for f in files], skipped=skipped)
+    else:
+        system += [p for p in folders if p.name in SYSTEM_FOLDERS]
+        items, skipped = [], 0
+        for folder in classes:
+            files, n_skip = image_files(folder, system, unread)
+            skipped += n_skip
+            items += [Item.at(root, f, folder.name) for f in files]
+        listing = Listing(root, "folders", items, skipped=skipped, top_level=sum(p.is_file() for p in entries))
+    listing.system_folders = sorted(str(p.relative_to(root)) for p in system)
+    listing.unsupported = dict(unread)
+    return listing
 
 
 def existing_dir(root: Path) -> Path:

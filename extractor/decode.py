@@ -111,6 +111,8 @@ def decode_job(job: tuple[str, Path, tuple[int, int] | None], limits: Limits,
         return None, DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
 
 
+# what to do with photos in formats not read (here per file; extractor.datasets counts them in folders)
+CONVERT = "to JPEG or PNG (a photo app's export, or a converter such as ImageMagick)"
 # ISO-BMFF brands of phone photo formats that are not read (the `ftyp` box at byte 4 names them)
 UNREAD_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"mif1": "HEIF",
                  b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
@@ -132,8 +134,8 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         raise DecodeError(f"decompression bomb refused: {exc}") from None
     except Exception:
         if known := _unread_format(data):
-            raise DecodeError(f"a {known} photo, a format headstart does not read: convert it to JPEG or PNG (a photo "
-                              f"app's export, or a converter such as ImageMagick)", status=415) from None
+            raise DecodeError(f"a {known} photo, a format headstart does not read: convert it {CONVERT}",
+                              status=415) from None
         head = data[:8].hex(" ")
         raise DecodeError(
             f"not a supported image (expected {', '.join(ALLOWED_FORMATS)} by content; first bytes {head})",

@@ -132,7 +132,7 @@ def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,
         listings.append(listing)
     if not any(listing.items or listing.failures for listing in listings):
         unread = sum((Counter(listing.unsupported) for listing in listings), Counter())
-        also = f"; it holds {unread_photos(unread)}: convert them to JPEG or PNG" if unread else ""
+        also = f"; it holds {unread_photos(unread)}" if unread else ""
         raise HeadstartError(f"no images found in {wanted.data_dir}; expected class subfolders of images, "
                              f"images directly in the folder, or a labels CSV{also}")
     total, done = sum(len(listing.items) for listing in listings), 0

@@ -173,14 +173,14 @@ class ShardActor:
         file, size, shas = "", 0, [str(s) for s in batch["sha"][~failed]]
         views = [int(j) for j in batch["view"][~failed]]
         if shas and not fatal:
-            if self.device_decode:
+            if self.device_decode:  # a file the device and the CPU path both refuse leaves the block here
                 shas, vectors, refused = self.embed_bytes(batch, ~failed)
                 bad += refused
             else:
                 vectors = self.embed(batch["pixels"][~failed])
-        if shas and not fatal:
-            file, size = write_shard(self.home, self.folder, self.fp_id, self.dim, self.dtype, shas, vectors,
-                                     self.recipe, views if self.recipe else None)
+            if shas:
+                file, size = write_shard(self.home, self.folder, self.fp_id, self.dim, self.dtype, shas, vectors,
+                                         self.recipe, views if self.recipe else None)
         return {"file": np.array([file], dtype=object), "shas": np.array(["\n".join(shas)], dtype=object),
                 "views": np.array([",".join(map(str, views)) if self.recipe else ""], dtype=object),
                 "bytes": np.array([size]), "bad": np.array([json.dumps(bad)], dtype=object),

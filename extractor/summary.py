@@ -81,8 +81,7 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
     if listing.unsupported:
         from extractor.datasets import unread_photos
 
-        out.append(f"{unread_photos(listing.unsupported)} were skipped: convert them to JPEG or PNG (a photo app's "
-                   f"export, or a converter such as ImageMagick)")
+        out.append(unread_photos(listing.unsupported, "were skipped"))
     if folders := listing.system_folders:
         shown = ", ".join(folders[:5]) + (" ..." if len(folders) > 5 else "")
         out.append(f"{len(folders)} system folders were not read ({shown}): NAS thumbnails, archive metadata and "

@@ -54,11 +54,11 @@ def expand(items: list[Path]) -> tuple[list[Path], list[dict]]:
     found, problems = [], []
     for item in items:
         if item.is_dir():
-            images, _ = image_files(item, unread=(unread := Counter()))
+            unread: Counter = Counter()
+            images, _ = image_files(item, unread=unread)
             found += images
             if not images:
-                also = f"; {unread_photos(unread)}: convert them to JPEG or PNG" if unread else \
-                    " (.jpg, .png, .webp, ...)"
+                also = f"; {unread_photos(unread)}" if unread else " (.jpg, .png, .webp, ...)"
                 problems.append({"image": str(item), "error": f"folder holds no image files headstart reads{also}"})
         elif item.exists():
             found.append(item)

@@ -161,10 +161,12 @@ def test_export_refuses_a_folder_or_an_unwritable_path_in_one_line_and_leaves_no
     assert_one_line_error(code, err, f"cannot write {blocker / 'sub' / 'x.h5'}: ")
     assert "choose another --out" in err
 
-    def full(*_args, **_kw):
+    import extractor.export
+
+    def full(*_args, **_kw):  # the file written whole, then its fsync finds the disk full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store, "read_rows", full)
+    monkeypatch.setattr(extractor.export, "publish", full)
     with pytest.raises(HeadstartError, match="cannot write .*d.h5: No space left on device; choose another --out"):
         export(store, "d", fp, tmp_path / "out" / "d.h5")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no d.h5, no d.h5.tmp

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -41,7 +43,26 @@ class Item:
 
     @classmethod
     def at(cls, root: Path, path: Path, label: str | None) -> "Item":
-        return cls(path.relative_to(root).as_posix(), label, file=path)
+        return cls(shown(path.relative_to(root).as_posix()), label, file=path)
+
+
+def shown(text: str) -> str:
+    """A file or folder name as text that can be stored and printed: the bytes of a name that are not UTF-8 (names
+    from an old archive or a Windows share: b'caf\\xe9.jpg') become `\\xNN` (`caf\\xe9.jpg`); other names are
+    unchanged. Python gives such bytes as lone surrogates, which SQLite, CSV and JSON writers refuse."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_ESCAPED = re.compile(r"\\x([89a-f][0-9a-f])")
+
+
+def unshown(text: str) -> str:
+    """The name `shown` gave as `text`, as the file system has it."""
+    return _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
 
 
 @dataclass
@@ -57,6 +78,7 @@ class Listing:
     system_folders: list[str] = field(default_factory=list)  # SYSTEM_FOLDERS found and not read, relative to root
     unsupported: dict[str, int] = field(default_factory=dict)  # photos in formats not read, by suffix
     columns: tuple[str | None, str | None] = (None, None)  # the CSV's path and label columns
+    notes: list[str] = field(default_factory=list)  # how the input was read, when the user should know (warnings)
 
 
 # folders that systems and tools add beside the photos: NAS thumbnails (Synology's @eaDir holds small copies of
@@ -113,7 +135,7 @@ def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
         for folder in classes:
             files, n_skip = image_files(folder, system, unread)
             skipped += n_skip
-            items += [Item.at(root, f, folder.name) for f in files]
+            items += [Item.at(root, f, shown(folder.name)) for f in files]
         listing = Listing(root, "folders", items, skipped=skipped, top_level=sum(p.is_file() for p in entries))
     listing.system_folders = sorted(str(p.relative_to(root)) for p in system)
     listing.unsupported = dict(unread)
@@ -124,7 +146,11 @@ def existing_dir(root: Path) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise HeadstartError(f"data folder {root} does not exist or is not a folder; give a folder of images")
-    return root.resolve()
+    root = root.resolve()
+    if shown(str(root)) != str(root):
+        raise HeadstartError(f"data folder {shown(str(root))}: its path is not UTF-8 text (\\x.. marks the bytes); "
+                             f"rename the folders named so (e.g. convmv -f cp1252 -t utf-8 --notest)")
+    return root
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, csv_path: Path) -> str:
@@ -143,13 +169,34 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
         f"pass --{what}-column NAME")
 
 
-def _check_separator(columns: list[str], csv_path: Path) -> None:
-    """A one-column header holding ';' or a tab: the file was saved with another separator."""
-    if len(columns) == 1:
-        for sep, name in ((";", "semicolon"), ("\t", "tab")):
-            if sep in columns[0]:
-                raise HeadstartError(f"{csv_path}: the header is one column {columns[0]!r}; the file looks "
-                                     f"{name}-separated. Expected comma-separated values: save it as CSV with commas")
+def _read_csv_text(csv_path: Path) -> tuple[str, str | None]:
+    """The CSV's text, and a note when it is not UTF-8: Excel on Windows saves "CSV" in the system's code page
+    (Windows-1252 in Western Europe and the Americas), so such a file is read as Windows-1252."""
+    try:
+        data = csv_path.read_bytes()
+    except OSError as exc:
+        raise HeadstartError(f"cannot read labels file {csv_path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            raise HeadstartError(f"{csv_path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                                 f"save it as UTF-8 (Excel: 'CSV UTF-8')") from None
+        return text, (f"{csv_path} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); it was read as "
+                      f"Windows-1252, Excel's CSV encoding: if labels look wrong, save it as UTF-8 "
+                      f"(Excel: 'CSV UTF-8')")
+
+
+def _separator(header: str) -> str:
+    """',' unless the header has no comma but semicolons or tabs (Excel in many European locales saves CSV with ';')."""
+    if "," not in header:
+        for sep in (";", "\t"):
+            if sep in header:
+                return sep
+    return ","
 
 
 NOT_IN_FOLDER = "listed in the CSV but not found inside the data folder"
@@ -181,24 +228,23 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_c
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise HeadstartError(f"labels file {csv_path} does not exist; give a CSV with path and label columns")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        if not columns:
-            raise HeadstartError(f"{csv_path} is empty; expected a header row with path and label columns")
-        _check_separator(columns, csv_path)
-        path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
-        label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path)
-        items, failures, seen = [], [], {}
-        for i, row in enumerate(reader):
-            if should_stop and i % 10_000 == 0 and should_stop():
-                raise Stopped()
-            _csv_row(root, (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip(), items, failures,
-                     seen)
+    text, note = _read_csv_text(csv_path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_separator(text.partition("\n")[0]))
+    columns = list(reader.fieldnames or [])
+    if not columns:
+        raise HeadstartError(f"{csv_path} is empty; expected a header row with path and label columns")
+    path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
+    label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path)
+    items, failures, seen = [], [], {}
+    for i, row in enumerate(reader):
+        if should_stop and i % 10_000 == 0 and should_stop():
+            raise Stopped()
+        _csv_row(root, (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip(), items, failures,
+                 seen)
     if not items and not failures:
         raise HeadstartError(f"{csv_path} has a header but no rows; expected one row per image "
                              f"({path_col},{label_col})")
-    return Listing(root, "csv", items, failures, columns=(path_col, label_col))
+    return Listing(root, "csv", items, failures, columns=(path_col, label_col), notes=[note] if note else [])
 
 
 def _csv_row(root: Path, value: str, label: str, items: list[Item], failures: list, seen: dict) -> None:
@@ -287,7 +333,7 @@ def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bo
         except OSError as exc:
             listing.failures.append((item.rel, f"cannot read file: {exc.strerror or exc}"))
             continue
-        hit = cache.get(str(path))
+        hit = cache.get(shown(str(path)))
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             item.sha256, item.stat = hit[2], (st.st_size, st.st_mtime_ns)
             keep.append(item)
@@ -311,7 +357,7 @@ def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bo
                 continue
             item.sha256, item.stat = sha, (size, mtime)
             keep.append(item)
-            fresh.append((str(path), size, mtime, sha))
+            fresh.append((shown(str(path)), size, mtime, sha))
     finally:
         results.close()
         if fresh:  # also when stopped: the next run does not read these files again

@@ -17,6 +17,7 @@ from extractor.datasets import (
     scan_csv,
     scan_folder,
     unread_photos,
+    unshown,
 )
 from extractor.errors import HeadstartError
 
@@ -165,7 +166,8 @@ def merge(listings: list[Listing], sources: list[dict]) -> Listing:
                      system_folders=[f"{source['prefix']}/{f}" if source["prefix"] else f
                                      for listing, source in zip(listings, sources, strict=True)
                                      for f in listing.system_folders],
-                     unsupported=dict(sum((Counter(x.unsupported) for x in listings), Counter())))
+                     unsupported=dict(sum((Counter(x.unsupported) for x in listings), Counter())),
+                     notes=[note for x in listings for note in x.notes])
     merged.items = _drop_conflicts(sorted(items, key=lambda i: i.rel), merged.failures)
     return merged
 
@@ -198,4 +200,7 @@ def member_path(source: dict, path: str) -> Path:
     """The file of a member recorded as `path` (its display path, with the source's prefix) in `source`."""
     prefix = source["prefix"]
     rel = path[len(prefix) + 1:] if prefix and path.startswith(prefix + "/") else path
-    return Path(source["root"]) / rel
+    file = Path(source["root"]) / rel
+    if "\\x" in rel and not file.exists():  # a name that is not UTF-8, recorded as `shown` gave it
+        file = Path(source["root"]) / unshown(rel)
+    return file

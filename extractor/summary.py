@@ -73,6 +73,7 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
     if summary.repaired:
         out.append(f"{summary.repaired} cached vectors were in shard files that are missing or damaged; they were "
                    f"dropped from the catalog and computed again")
+    out += listing.notes
     if listing.top_level:
         out.append(f"{listing.top_level} files at the top level of {listing.root} were not read: a dataset of class "
                    f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")

@@ -118,7 +118,7 @@ def check(name: str) -> None:
 
     known = sorted({*REGISTRY, *names()})
     close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    hint = f"; did you mean {', '.join(close)}?" if close else "."
     raise NotFound(f"unknown backbone {name!r}{hint} Expected a registry name ({', '.join(sorted(REGISTRY))}) or "
                    f"any torchvision classification model (`headstart backbones --all` lists them)")
 

@@ -77,14 +77,18 @@ class Output:
             self.path = output_file(args.csv, "--csv", "predictions.csv")
             self.tmp = self.path.with_name(self.path.name + ".tmp")
             try:
-                self.csv_file = open(self.tmp, "w", newline="")
+                self.csv_file = open(self.tmp, "w", newline="", encoding="utf-8")
             except OSError as exc:
                 raise cannot_write(self.path, "--csv", exc) from None
             self.csv = csv.DictWriter(self.csv_file, CSV_COLUMNS)
             self.csv.writeheader()
 
     def add(self, rows: list[dict]) -> None:
+        from extractor.datasets import shown
+
         self.failed += sum("error" in r for r in rows)
+        for r in rows:  # a file name that is not UTF-8: as `\\xNN`, which every output can hold
+            r["image"] = shown(r["image"])
         if self.csv:
             self.csv.writerows(_csv_row(r) for r in rows)
         if self.args.json:

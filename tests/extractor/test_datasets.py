@@ -93,6 +93,17 @@ def test_dog_breed_csv_maps_ids_to_jpg(tmp_path):
     assert rel == "img0" and "again in the CSV with label 'pug'" in reason and "'beagle' is used" in reason
 
 
+def test_csv_separators_and_encodings(tmp_path):
+    make_folder(tmp_path / "data", {"a": 1, "b": 1})
+    for name, data in [("tab", b"path\tlabel\na/a_0000.jpg\tx, y\nb/b_0000.jpg\tz\n"),
+                       ("bom-crlf", "path,label\r\na/a_0000.jpg,\"x, y\"\r\nb/b_0000.jpg,z\r\n".encode("utf-8-sig")),
+                       ("semicolon", b"path;label\na/a_0000.jpg;x, y\nb/b_0000.jpg;z\n")]:
+        (tmp_path / f"{name}.csv").write_bytes(data)
+        listing = scan_csv(tmp_path / "data", tmp_path / f"{name}.csv")
+        assert [(i.rel, i.label) for i in listing.items] == [("a/a_0000.jpg", "x, y"), ("b/b_0000.jpg", "z")], name
+        assert listing.columns == ("path", "label") and listing.notes == [] and listing.failures == [], name
+
+
 def test_csv_columns_must_be_identifiable(tmp_path):
     (tmp_path / "x.csv").write_text("a,b,c\n1,2,3\n")
     with pytest.raises(HeadstartError, match="--path-column"):

@@ -75,6 +75,8 @@ def test_every_model_is_listed_and_a_typo_gets_close_matches(capsys):
     assert {r["name"] for r in json.loads(out)} == set(REGISTRY)
     with pytest.raises(NotFound, match="did you mean .*convnext_tiny"):
         get_spec("convnext_tinny")
+    with pytest.raises(NotFound, match=r"^unknown backbone 'qqq'\. Expected a registry name \("):  # no close match
+        get_spec("qqq")
 
 
 def test_a_model_outside_the_curated_list_extracts_end_to_end(tmp_path):

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from extractor.catalog import Catalog
 from tests.conftest import REPO, assert_one_line_error, make_folder, run_cli, run_main
 
 
@@ -118,19 +119,64 @@ def test_heads_listing_and_settings_errors_name_what_the_user_typed(trained, cap
     assert_one_line_error(code, err, "--port=99999")
 
 
-def test_csv_that_looks_semicolon_separated_gets_a_hint(tmp_path, capsys):
-    make_folder(tmp_path / "data", {"a": 1})
-    (tmp_path / "labels.csv").write_text("path;label\na/a_0000.jpg;a\n")
-    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "x", "--labels",
+def test_csv_as_excel_saves_it_is_read(tmp_path, capsys):
+    """Excel in European locales saves CSV with ';' in the Windows code page; before, ';' was refused and
+    Windows-1252 ended in a UnicodeDecodeError traceback."""
+    make_folder(tmp_path / "data", {"a": 2, "b": 2})
+    (tmp_path / "labels.csv").write_bytes("path;label\r\na/a_0000.jpg;caf\u00e9\r\na/a_0001.jpg;caf\u00e9\r\n"
+                                          "b/b_0000.jpg;b\r\nb/b_0001.jpg;b\r\n".encode("cp1252"))
+    code, out, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "x", "--labels",
+                              str(tmp_path / "labels.csv"), "--backbone", "tiny", "--weights", "random", "--json",
+                              "--home", str(tmp_path / "home"))
+    assert code == 0 and json.loads(out)["extracted"] == 4, err
+    assert any(w.startswith(f"{tmp_path / 'labels.csv'} is not UTF-8 (byte 0xe9 on line 2); it was read as "
+                            f"Windows-1252") for w in json.loads(out)["warnings"]), out
+    members = Catalog(tmp_path / "home" / "catalog.sqlite").members("x")
+    assert sorted((m[0], m[2]) for m in members) == [("a/a_0000.jpg", "caf\u00e9"), ("a/a_0001.jpg", "caf\u00e9"),
+                                                     ("b/b_0000.jpg", "b"), ("b/b_0001.jpg", "b")]
+    (tmp_path / "labels.csv").write_bytes(b"path,label\na/a_0000.jpg,\x81\n")  # neither UTF-8 nor Windows-1252
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "y", "--labels",
                             str(tmp_path / "labels.csv"), "--backbone", "tiny", "--weights", "random",
                             "--home", str(tmp_path / "home"))
-    assert_one_line_error(code, err, "looks semicolon-separated")
+    assert_one_line_error(code, err, "is not UTF-8 text (byte 0x81 on line 2); save it as UTF-8")
     (tmp_path / "labels.csv").write_text("id,label\n")  # before: "no images found in DATA; expected class subfolders"
-    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "x", "--labels",
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "z", "--labels",
                             str(tmp_path / "labels.csv"), "--backbone", "tiny", "--weights", "random",
                             "--home", str(tmp_path / "home"))
     assert_one_line_error(code, err, f"{tmp_path / 'labels.csv'} has a header but no rows; expected one row per "
                                      f"image (id,label)")
+
+
+def test_file_and_folder_names_that_are_not_utf8(tmp_path, capsys):
+    """Names from an old archive or a Windows share (b'caf\\xe9.jpg'): before, extract ended in a traceback from SQLite
+    ("surrogates not allowed") and predict --csv in one from the CSV writer. Now they show as `\\xNN`."""
+    written = make_folder(tmp_path / "src", {"a": 3, "b": 3})
+    data = os.fsencode(tmp_path / "data")
+    for path in written:
+        folder = data + b"/" + (b"\xe9t\xe9" if path.parent.name == "a" else b"b")
+        os.makedirs(folder, exist_ok=True)
+        with open(folder + b"/caf\xe9_" + os.fsencode(path.name), "wb") as fh:
+            fh.write(path.read_bytes())
+    home = str(tmp_path / "home")
+    code, out, err = run_main(capsys, "extract", os.fsdecode(data), "--dataset", "x", "--backbone", "tiny",
+                              "--weights", "random", "--json", "--home", home)
+    assert code == 0 and json.loads(out)["extracted"] == 6, err
+    members = Catalog(tmp_path / "home" / "catalog.sqlite").members("x")
+    assert ("\\xe9t\\xe9/caf\\xe9_a_0000.jpg", "\\xe9t\\xe9") in [(m[0], m[2]) for m in members]
+    code, out, err = run_main(capsys, "extract", os.fsdecode(data), "--dataset", "x", "--backbone", "tiny",
+                              "--weights", "random", "--json", "--home", home)  # hashes reused, nothing computed
+    assert code == 0 and json.loads(out)["extracted"] == 0 and json.loads(out)["cached"] == 6, err
+    assert run_main(capsys, "train", "--dataset", "x", "--backbone", "tiny", "--name", "h", "--home", home)[0] == 0
+    code, out, err = run_main(capsys, "predict", "h", os.fsdecode(data + b"/b"), "--csv", str(tmp_path / "p.csv"),
+                              "--home", home)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8")))
+    assert [r["image"] for r in rows] == [f"{tmp_path}/data/b/caf\\xe9_b_000{i}.jpg" for i in range(3)]
+    assert out.splitlines()[0].startswith(f"{tmp_path}/data/b/caf\\xe9_b_0000.jpg: ")
+    from extractor.definition import member_files  # what views, test-time views and fine-tuning read
+
+    files = member_files(Catalog(tmp_path / "home" / "catalog.sqlite"), "x")
+    assert len(files) == 6 and all(f.is_file() for f in files.values())
 
 
 def test_train_help_shows_the_defaults(capsys):

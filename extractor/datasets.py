@@ -205,11 +205,14 @@ NOT_IN_FOLDER = "listed in the CSV but not found inside the data folder"
 def _locate(root: Path, value: str) -> Path | None:
     """The file a CSV value names inside `root`, or None. Confinement is checked before existence, so that
     the answer is the same for a file outside the folder and for no file at all (nothing leaks). An absolute path
-    into `root` and one with `..` that stays inside it name their file (as written, before symlinks)."""
+    into `root` (`root` is resolved; the path may reach it through a symlink, as the folder was given) and one with
+    `..` that stays inside it name their file (as written: `..` before symlinks, the file's own name kept)."""
     named = Path(os.path.normpath(value))
     if named.is_absolute():
         if not named.is_relative_to(root):
-            return None
+            named = Path(os.path.realpath(named.parent)) / named.name
+            if not named.is_relative_to(root):
+                return None
         named = named.relative_to(root)
     if named.parts[:1] == ("..",):
         return None

@@ -162,6 +162,14 @@ def test_csv_rows_naming_a_file_inside_the_folder_by_an_absolute_or_dotted_path_
     assert sorted(i.rel for i in listing.items) == sorted(f"a/{p.name}" for p in inside)
     assert len(listing.failures) == 3 and {r for _, r in listing.failures} == {
         "listed in the CSV but not found inside the data folder"}
+    (tmp_path / "link").symlink_to(tmp_path / "data")  # the folder given and written in the CSV through a symlink
+    (tmp_path / "outside").symlink_to(tmp_path)
+    (tmp_path / "labels.csv").write_text(f"path,label\n{tmp_path}/link/a/{inside[0].name},a\n"
+                                         f"{tmp_path}/outside/data/a/{inside[1].name},a\n"
+                                         f"{tmp_path}/outside/secret.jpg,a\n{tmp_path}/link/../secret.jpg,a\n")
+    listing = scan_csv(tmp_path / "link", tmp_path / "labels.csv")
+    assert [i.rel for i in listing.items] == [f"a/{inside[0].name}", f"a/{inside[1].name}"]
+    assert [p for p, _ in listing.failures] == [f"{tmp_path}/outside/secret.jpg", f"{tmp_path}/link/../secret.jpg"]
 
 
 @pytest.mark.parametrize("name", ["hd\n", "con", "NUL", "com1", "Aux.txt", "a" * 65, ".x", ""])

@@ -14,12 +14,12 @@ from extractor.datasets import (
     ThreadMap,
     existing_dir,
     hash_items,
-    scan_csv,
     scan_folder,
     unread_photos,
     unshown,
 )
 from extractor.errors import HeadstartError
+from extractor.labelcsv import scan_csv
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from extractor.datasets import scan_csv
 from extractor.errors import HeadstartError
+from extractor.labelcsv import scan_csv
 from extractor.names import check_name
 from tests.conftest import REPO, make_folder
 from tests.service.server import Server

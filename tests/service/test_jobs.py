@@ -180,12 +180,12 @@ def test_caps_refuse_or_stop_what_would_hold_the_machine(data):
 
 
 def test_a_huge_labels_csv_cancels_while_it_is_read(data, monkeypatch):
-    import extractor.datasets as datasets
+    import extractor.labelcsv as labelcsv
 
     rows = "\n".join(f"img{i}.jpg,a" for i in range(200_000))
     (data / "data" / "big.csv").write_text("path,label\n" + rows + "\n")
-    real = datasets._locate
-    monkeypatch.setattr(datasets, "_locate", lambda root, value: time.sleep(0.0005) or real(root, value))
+    real = labelcsv._locate
+    monkeypatch.setattr(labelcsv, "_locate", lambda root, value: time.sleep(0.0005) or real(root, value))
     runner = runner_for(data)
     runner.start()
     job_id = runner.submit_extract({**EXTRACT, "labels_csv": "big.csv"})[0]

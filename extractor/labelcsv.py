@@ -1,0 +1,128 @@
+"""Labels from a CSV of (path or id, label): separators and encodings as spreadsheets save them, paths confined
+to the data folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from extractor.datasets import Item, Listing, existing_dir
+from extractor.errors import HeadstartError, Stopped
+
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "id", "image_id", "img")
+LABEL_COLUMNS = ("label", "class", "breed", "category", "target", "y")
+GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, csv_path: Path) -> str:
+    if wanted:
+        if wanted not in columns:
+            raise HeadstartError(f"{csv_path}: no column {wanted!r}; columns are {', '.join(columns)}")
+        return wanted
+    lowered = {c.lower().strip(): c for c in columns}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    if len(columns) == 2:
+        return columns[0] if what == "path" else columns[1]
+    raise HeadstartError(
+        f"{csv_path}: cannot tell the {what} column among {', '.join(columns)}; "
+        f"pass --{what}-column NAME")
+
+
+def _read_csv_text(csv_path: Path) -> tuple[str, str | None]:
+    """The CSV's text, and a note when it is not UTF-8: Excel on Windows saves "CSV" in the system's code page
+    (Windows-1252 in Western Europe and the Americas), so such a file is read as Windows-1252."""
+    try:
+        data = csv_path.read_bytes()
+    except OSError as exc:
+        raise HeadstartError(f"cannot read labels file {csv_path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            raise HeadstartError(f"{csv_path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                                 f"save it as UTF-8 (Excel: 'CSV UTF-8')") from None
+        return text, (f"{csv_path} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); it was read as "
+                      f"Windows-1252, Excel's CSV encoding: if labels look wrong, save it as UTF-8 "
+                      f"(Excel: 'CSV UTF-8')")
+
+
+def _separator(header: str) -> str:
+    """',' unless the header has no comma but semicolons or tabs (Excel in many European locales saves CSV with ';')."""
+    if "," not in header:
+        for sep in (";", "\t"):
+            if sep in header:
+                return sep
+    return ","
+
+
+NOT_IN_FOLDER = "listed in the CSV but not found inside the data folder"
+
+
+def _locate(root: Path, value: str) -> Path | None:
+    """The file a CSV value names inside `root`, or None. Confinement is checked before existence, so that
+    the answer is the same for a file outside the folder and for no file at all (nothing leaks). An absolute path
+    into `root` (`root` is resolved; the path may reach it through a symlink, as the folder was given) and one with
+    `..` that stays inside it name their file (as written: `..` before symlinks, the file's own name kept)."""
+    named = Path(os.path.normpath(value))
+    if named.is_absolute():
+        if not named.is_relative_to(root):
+            named = Path(os.path.realpath(named.parent)) / named.name
+            if not named.is_relative_to(root):
+                return None
+        named = named.relative_to(root)
+    if named.parts[:1] == ("..",):
+        return None
+    value = str(named)
+    for name in (value, *(value + s for s in GUESS_SUFFIXES if not Path(value).suffix)):
+        candidate = (root / name).resolve()
+        if candidate.is_relative_to(root) and candidate.is_file():
+            return candidate
+    return None
+
+
+def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_column: str | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Listing:
+    """A CSV of (path or id, label): `id` values map to `<id>.jpg` (or another image suffix) in root."""
+    root = existing_dir(root)
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise HeadstartError(f"labels file {csv_path} does not exist; give a CSV with path and label columns")
+    text, note = _read_csv_text(csv_path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_separator(text.partition("\n")[0]))
+    columns = list(reader.fieldnames or [])
+    if not columns:
+        raise HeadstartError(f"{csv_path} is empty; expected a header row with path and label columns")
+    path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
+    label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path)
+    items, failures, seen = [], [], {}
+    for i, row in enumerate(reader):
+        if should_stop and i % 10_000 == 0 and should_stop():
+            raise Stopped()
+        _csv_row(root, (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip(), items, failures,
+                 seen)
+    if not items and not failures:
+        raise HeadstartError(f"{csv_path} has a header but no rows; expected one row per image "
+                             f"({path_col},{label_col})")
+    return Listing(root, "csv", items, failures, columns=(path_col, label_col), notes=[note] if note else [])
+
+
+def _csv_row(root: Path, value: str, label: str, items: list[Item], failures: list, seen: dict) -> None:
+    found = _locate(root, value) if value else None
+    if found is None:
+        failures.append((value or "(empty)", NOT_IN_FOLDER))
+    elif not label:
+        failures.append((value, "empty label in the CSV"))
+    elif (rel := found.relative_to(root).as_posix()) not in seen:
+        seen[rel] = label
+        items.append(Item(rel, label, file=found))
+    elif seen[rel] != label:
+        failures.append((value, f"listed again in the CSV with label {label!r}; the first label "
+                                f"{seen[rel]!r} is used: fix the CSV"))

@@ -16,7 +16,7 @@ import numpy as np
 
 from classifiers.heads import LogRegHead
 from classifiers.metrics import evaluate, small_split_warning
-from classifiers.training import split_arrays
+from classifiers.training import require_labels, split_arrays
 from extractor.backbones import get_spec
 from extractor.errors import HeadstartError, NotFound
 from extractor.pipeline import ExtractOptions, extract
@@ -51,6 +51,7 @@ def compare(store: FeatureStore, dataset: str, backbones: list[str], sample: int
         raise HeadstartError("--backbones: expected a comma-separated list of backbone names, e.g. vgg16,resnet50")
     for name in names:  # every name checked before any work
         get_spec(name)
+    require_labels(store, dataset)
     root = Path(store.catalog.sources(dataset)[0]["root"])
     only = sample_members(store, dataset, sample) if sample is not None else None
     rows = []

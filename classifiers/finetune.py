@@ -21,7 +21,7 @@ from classifiers.metrics import evaluate
 from classifiers.mlp import MLPHead
 from classifiers.params import FinetuneParams, check
 from classifiers.persist import check_name, save
-from classifiers.training import heads_dir, split_arrays
+from classifiers.training import heads_dir, require_labels, split_arrays
 from classifiers.tuner import Tuner, loader
 from extractor import augment
 from extractor.decode import Limits
@@ -98,6 +98,7 @@ def finetune(store: FeatureStore, req: Request, monitor: Monitor | None = None,
     p = check("finetune", FinetuneParams, req.params)
     recipe = augment.parse(p.augment) if p.augment else None
     monitor = monitor or Monitor()
+    require_labels(store, req.dataset)
     fp_id, source = _base(store, req)
     table = store.table(req.dataset, fp_id)
     data = split_arrays(table)

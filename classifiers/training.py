@@ -32,6 +32,14 @@ def heads_dir(store: FeatureStore) -> Path:
 NO_LABELS = "this dataset has no labels; heads need labeled images (class subfolders or --labels CSV when extracting)"
 
 
+def require_labels(store: FeatureStore, dataset: str) -> None:
+    """Refuse, before any extraction, a dataset whose images have no labels (compare and finetune would extract
+    features for minutes and only then find that no head can be trained)."""
+    members = store.catalog.members(dataset)
+    if members and all(label is None for _, _, label, _ in members):
+        raise HeadstartError(f"dataset {dataset!r}: {NO_LABELS}")
+
+
 def check_split(split: str) -> None:
     if split not in SPLIT_NAMES:
         raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")

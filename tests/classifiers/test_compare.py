@@ -136,3 +136,17 @@ def test_c_auto_without_val_and_bad_c_are_one_line_errors(capsys, home):
     code, _, err = run_main(capsys, "train", "--dataset", "d", "--backbone", "tiny", "--head", "logreg",
                             "--name", "x", "--param", "C=often", "--home", str(home))
     assert_one_line_error(code, err, "or auto")
+
+
+def test_compare_and_finetune_refuse_an_unlabeled_dataset_before_extracting(tmp_path, capsys):
+    """Before: each extracted the first backbone's features (minutes on real data) and only then said 'no labels'."""
+    make_folder(tmp_path / "data", {"a": 3})
+    home = str(tmp_path / "home")
+    assert run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "u", "--unlabeled", "--backbone", "tiny",
+                    "--weights", "random", "--home", home)[0] == 0
+    for args in (["compare", "--dataset", "u", "--backbones", "resnet18,tiny", "--weights", "random"],
+                 ["finetune", "--dataset", "u", "--backbone", "resnet18", "--weights", "random", "--name", "f"]):
+        code, _, err = run_main(capsys, *args, "--home", home)
+        assert_one_line_error(code, err, "dataset 'u': this dataset has no labels; heads need labeled images")
+    fingerprints = FeatureStore(tmp_path / "home").catalog.dataset_summary("u")["fingerprints"]
+    assert [f[1] for f in fingerprints] == ["tiny"]

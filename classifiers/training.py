@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers import plots, streaming
+from classifiers import streaming
 from classifiers.heads import Head, Monitor, device_param, get_head_class
 from classifiers.metrics import evaluate, roc_columns
 from classifiers.persist import check_name, load, save
 from classifiers.views import pick_recipe, view_arrays
 from extractor.augment import check_views
-from extractor.durable import cannot_write, output_folder
 from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore, FeatureTable
 
@@ -140,49 +139,6 @@ def _train_streamed(store: FeatureStore, dataset: str, fp_id: str, head: Head, n
             "split_sizes": {s: int(splits[s].n) for s in SPLIT_NAMES}, "views": None}
     return _save(store, head, name, info, {"streamed": True, "buffer_rows": streaming.buffer_rows(train.dim),
                                            **solver})
-
-
-def evaluate_head(store: FeatureStore, name: str, split: str = "test", plots_dir: Path | None = None,
-                  tta: int = 0, device: str = "auto", stream: str = "auto") -> dict:
-    """Score a saved head on one split of its dataset's cached features; optionally write PNG plots. With `tta`
-    N, also score it on probabilities averaged over N test-time views (reported beside, under "tta"). A table
-    above the streaming threshold is read in blocks (classifiers.streaming; not with `tta`)."""
-    check_split(split)
-    head, manifest = load(heads_dir(store), name)
-    dataset, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
-    if plots_dir is not None:  # before the scoring: a bad folder is said at once
-        plots_dir = output_folder(plots_dir, "--plots")
-    if not tta and streaming.should_stream(store, dataset, fp_id, stream):
-        proba, y = streaming.predict(head, streaming.locate(store, dataset, fp_id)[split])
-    else:
-        table = store.table(dataset, fp_id)
-        X, y = split_arrays(table)[split]
-        proba = head.predict_proba(X) if len(X) else None
-    if len(y) == 0:
-        raise HeadstartError(f"the {split} split of {manifest['dataset']!r} is empty; choose another --split")
-    result = {"head": name, "dataset": manifest["dataset"], "split": split,
-              "metrics": evaluate(y, proba, head.classes_), "plots": []}
-    if tta:
-        from classifiers.persist import head_dir
-        from classifiers.predict import backbone_for
-        from classifiers.tta import dataset_proba
-
-        shas = [s for s, lab, sp in zip(table.sha256, table.labels, table.splits, strict=True)
-                if sp == split and lab is not None]
-        resolved = backbone_for(manifest, head_dir(heads_dir(store), name))
-        averaged = dataset_proba(store, head, resolved, manifest["dataset"], split, shas, tta, device)
-        result["tta"] = {"views": tta, "metrics": evaluate(y, averaged, head.classes_)}
-    if plots_dir is not None:
-        title = f"{name} on {manifest['dataset']} ({split})"
-        try:
-            written = [plots.confusion(result["metrics"], plots_dir / f"{name}-confusion.png", title),
-                       plots.roc(y, proba, head.classes_, plots_dir / f"{name}-roc.png", title)]
-            if head.history:
-                written.append(plots.training(head.history, plots_dir / f"{name}-training.png", name))
-        except OSError as exc:
-            raise cannot_write(plots_dir, "--plots", exc) from None
-        result["plots"] = [str(p) for p in written]
-    return result
 
 
 MISTAKE_ORDERS = ("confident", "unsure")

@@ -27,7 +27,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics (and plots) of a saved head on a split")
     p.add_argument("head")
-    p.add_argument("--split", default="test", help="train, val or test")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="score on another labeled dataset (a holdout set), extracted with the head's backbone and "
+                        "weights (default: the head's own dataset)")
+    p.add_argument("--split", help="train, val, test or all (default: test; all with another --dataset)")
     p.add_argument("--plots", type=Path, help="write confusion matrix, ROC and training-curve PNGs here")
     p.add_argument("--tta", type=int, default=0, metavar="N",
                    help="also score with probabilities averaged over N test-time views (1-8; cached)")
@@ -94,13 +97,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from classifiers.evaluation import evaluate_head
     from classifiers.metrics import confusion_lines, headline, small_split_warning
-    from classifiers.training import evaluate_head
 
     result = evaluate_head(existing_store(args.home), args.head, args.split, args.plots, args.tta, args.device,
-                           args.stream)
+                           args.stream, args.dataset)
     m = result["metrics"]
-    lines = [f"{args.head} on {result['dataset']} ({args.split}): {headline(m)}",
+    lines = [f"{args.head} on {result['dataset']} ({result['split']}): {headline(m)}",
              *([f"  with {args.tta} test-time views: {headline(result['tta']['metrics'])}"] if args.tta else []),
              f"  precision/recall/f1 macro {m['precision_macro']:.3f}/{m['recall_macro']:.3f}/{m['f1_macro']:.3f}"
              f"  weighted {m['precision_weighted']:.3f}/{m['recall_weighted']:.3f}/{m['f1_weighted']:.3f}"]
@@ -109,9 +112,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     lines += ["  weakest classes:"] + [f"    {label}: f1 {v['f1']:.3f} (n={v['support']})" for label, v in worst]
     lines += ["  " + line for line in confusion_lines(m)]
     lines += [f"  plot: {p}" for p in result["plots"]]
-    warning = small_split_warning(args.split, m)
-    if warning and not args.json:
-        print(f"headstart: warning: {warning}", file=sys.stderr)
+    warning = small_split_warning(result["split"], m)
+    if not args.json:
+        for text in result["warnings"] + ([warning] if warning else []):
+            print(f"headstart: warning: {text}", file=sys.stderr)
     emit(args, result, "\n".join(lines))
     return 0
 

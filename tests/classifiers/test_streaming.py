@@ -9,7 +9,8 @@ import pytest
 
 from bench.synthetic import synthetic_table
 from classifiers import streaming
-from classifiers.training import evaluate_head, train_head
+from classifiers.evaluation import evaluate_head
+from classifiers.training import train_head
 from extractor.errors import HeadstartError
 
 TOLERANCE = 0.05  # test accuracy of the streamed head within 5 points of the in-memory one
@@ -35,6 +36,8 @@ def test_a_streamed_head_agrees_with_the_in_memory_one(table, kind, params):
     by_blocks = evaluate_head(table, f"{kind}-streamed", "test", stream="always")["metrics"]
     assert by_blocks["accuracy"] == in_memory["accuracy"] == b
     assert by_blocks["confusion_matrix"] == in_memory["confusion_matrix"]
+    every = [evaluate_head(table, f"{kind}-streamed", "all", stream=s)["metrics"] for s in ("never", "always")]
+    assert every[0]["n"] == every[1]["n"] == 3000 and every[0]["confusion_matrix"] == every[1]["confusion_matrix"]
 
 
 def test_auto_streams_beyond_the_threshold(table, monkeypatch):

@@ -96,3 +96,43 @@ def test_output_paths_that_cannot_be_written_are_one_line_before_any_work_and_le
         assert out == ""  # refused before any prediction is printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "folder", "home"]  # no *.tmp left
     assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_evaluate_on_another_labeled_dataset(tmp_path, capsys):
+    """A head trained on one dataset, scored on a holdout dataset: all its labeled images by default, after a one-line
+    refusal while its vectors of the head's features are missing; overlap and unknown labels are warned about."""
+    written = make_folder(tmp_path / "data", {"red": 10, "green": 10, "blue": 10})
+    home = ["--home", str(tmp_path / "home")]
+    extract = ["--backbone", "tiny", *home]
+    assert run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "colors", *extract, "--weights",
+                    "random")[0] == 0
+    assert run_main(capsys, "train", "--dataset", "colors", "--backbone", "tiny", "--name", "lr", *home)[0] == 0
+    make_folder(tmp_path / "holdout", {"red": 4, "green": 4, "blue": 4, "purple": 2}, seed=5)
+    for path in written[:10]:  # the red images the head learned from (most in its train split)
+        (tmp_path / "holdout" / "red" / f"copy-{path.name}").write_bytes(path.read_bytes())
+    code, _, err = run_main(capsys, "evaluate", "lr", "--dataset", "holdout", *home)
+    assert_one_line_error(code, err, "no dataset 'holdout'")
+    assert run_main(capsys, "extract", str(tmp_path / "holdout"), "--dataset", "holdout", *extract, "--weights",
+                    "random:7")[0] == 0  # other weights: not the head's features
+    code, _, err = run_main(capsys, "evaluate", "lr", "--dataset", "holdout", *home)
+    assert_one_line_error(code, err, "14 of the 24 labeled images of dataset 'holdout' (train/val/test) have no "
+                                     "vectors of the features head 'lr' was trained on (tiny, weights random:0)")
+    assert "--dataset holdout --backbone tiny --weights random" in err
+    assert run_main(capsys, "extract", str(tmp_path / "holdout"), "--dataset", "holdout", *extract, "--weights",
+                    "random")[0] == 0
+    code, out, err = run_main(capsys, "evaluate", "lr", "--dataset", "holdout", "--json", *home)
+    assert code == 0, err
+    result = json.loads(out)
+    m = result["metrics"]
+    assert result["split"] == "all" and m["n"] == 24 and m["per_class"]["purple"]["recall"] == 0.0
+    assert m["per_class"]["green"]["recall"] >= 0.75 and m["per_class"]["blue"]["recall"] >= 0.75
+    warned = " | ".join(result["warnings"])
+    assert "2 images have labels head 'lr' was not trained on (purple); they count as errors" in warned
+    copies_seen = sum(1 for line in result["warnings"] if "also in the train or val split of 'colors'" in line)
+    assert copies_seen == 1 and "the figures are optimistic" in warned
+    code, out, err = run_main(capsys, "evaluate", "lr", "--dataset", "holdout", "--split", "test", *home)
+    assert code == 0 and out.startswith("lr on holdout (test): accuracy ") and "the test split has fewer" in err
+    code, out, _ = run_main(capsys, "evaluate", "lr", "--json", *home)  # its own dataset: test split, no warnings
+    assert code == 0 and json.loads(out)["split"] == "test" and json.loads(out)["warnings"] == []
+    code, _, err = run_main(capsys, "evaluate", "lr", "--split", "every", *home)
+    assert_one_line_error(code, err, "split 'every': expected one of train, val, test or all")

@@ -1,0 +1,117 @@
+"""Score a saved head on a split of its dataset, or on another labeled dataset (a holdout set), with plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from classifiers import plots, streaming
+from classifiers.heads import Head
+from classifiers.metrics import evaluate
+from classifiers.persist import head_dir, load
+from classifiers.training import SPLIT_NAMES, heads_dir, split_arrays
+from extractor.durable import cannot_write, output_folder
+from extractor.errors import HeadstartError, NotFound
+from extractor.store import FeatureStore
+
+
+def eval_splits(split: str) -> tuple[str, ...]:
+    """`train`, `val`, `test` or `all` (every labeled image) -> the splits scored."""
+    if split == "all":
+        return SPLIT_NAMES
+    if split not in SPLIT_NAMES:
+        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)} or all")
+    return (split,)
+
+
+def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plots_dir: Path | None = None,
+                  tta: int = 0, device: str = "auto", stream: str = "auto", dataset: str | None = None) -> dict:
+    """Score a saved head on one split (or `all`) of a dataset's cached features: its own dataset by default (split
+    `test`), or another labeled dataset extracted with the head's backbone and weights (split `all`). Optionally
+    write PNG plots. With `tta` N, also score it on probabilities averaged over N test-time views (reported beside,
+    under "tta"). A table above the streaming threshold is read in blocks (classifiers.streaming; not with `tta`)."""
+    head, manifest = load(heads_dir(store), name)
+    own, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
+    dataset = dataset or own
+    split = split or ("test" if dataset == own else "all")
+    splits = eval_splits(split)
+    if plots_dir is not None:  # before the scoring: a bad folder is said at once
+        plots_dir = output_folder(plots_dir, "--plots")
+    notes = _check_other(store, name, manifest, dataset, splits) if dataset != own else []
+    if not tta and streaming.should_stream(store, dataset, fp_id, stream):
+        located = streaming.locate(store, dataset, fp_id)
+        parts = [streaming.predict(head, located[s]) for s in splits]
+        proba, y = np.concatenate([p for p, _ in parts]), np.concatenate([lab for _, lab in parts])
+    else:
+        table = store.table(dataset, fp_id)
+        arrays = split_arrays(table)
+        X = np.concatenate([arrays[s][0] for s in splits])
+        y = np.concatenate([arrays[s][1] for s in splits])
+        proba = head.predict_proba(X) if len(X) else None
+    if len(y) == 0:
+        raise HeadstartError(f"the {split} split of {dataset!r} is empty; choose another --split")
+    unknown = sorted(set(y) - set(np.asarray(head.classes_).astype(str)))
+    if unknown:
+        shown = ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+        notes.append(f"{int(np.isin(y, unknown).sum())} images have labels head {name!r} was not trained on "
+                     f"({shown}); they count as errors")
+    result = {"head": name, "dataset": dataset, "split": split, "metrics": evaluate(y, proba, head.classes_),
+              "plots": [], "warnings": notes}
+    if tta:
+        result["tta"] = {"views": tta, "metrics": evaluate(y, _tta_proba(store, head, manifest, name, dataset, table,
+                                                                           splits, tta, device), head.classes_)}
+    if plots_dir is not None:
+        result["plots"] = _plots(head, name, result, y, proba, plots_dir)
+    return result
+
+
+def _check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, splits: tuple[str, ...]) -> list[str]:
+    """Another dataset: every labeled image of the splits has a vector of the head's features (else one line saying
+    how to extract them); the warning when some of its images were in the head's train or val data."""
+    if store.catalog.dataset(dataset) is None:
+        raise NotFound(f"no dataset {dataset!r}", cli="run `headstart extract` first", api="POST /extract first")
+    fp_id = manifest["fingerprint"]["id"]
+    members = [(sha, split) for _, sha, label, split in store.catalog.members(dataset)
+               if label is not None and split in splits]
+    have = {row[1] for row in store.catalog.dataset_rows(dataset, fp_id)}
+    missing = sum(sha not in have for sha, _ in members)
+    if missing:
+        weights = (store.catalog.fingerprint(fp_id) or {}).get("source") or "imagenet"
+        raise HeadstartError(
+            f"{missing} of the {len(members)} labeled images of dataset {dataset!r} ({'/'.join(splits)}) have no "
+            f"vectors of the features head {name!r} was trained on ({manifest['backbone']}, weights {weights})",
+            cli=f"run `headstart extract DIR --dataset {dataset} --backbone {manifest['backbone']} --weights "
+                f"{weights}` first")
+    seen = {sha for _, sha, _, split in store.catalog.members(manifest["dataset"]) if split in ("train", "val")}
+    overlap = sum(sha in seen for sha, _ in members)
+    return [f"{overlap} of these {len(members)} images are also in the train or val split of {manifest['dataset']!r}"
+            f" (the same content), which head {name!r} learned from: the figures are optimistic"] if overlap else []
+
+
+def _tta_proba(store: FeatureStore, head: Head, manifest: dict, name: str, dataset: str, table,
+               splits: tuple[str, ...], tta: int, device: str) -> np.ndarray:
+    """Probabilities averaged over `tta` test-time views, in the order `split_arrays` gives the rows."""
+    from classifiers.predict import backbone_for
+    from classifiers.tta import dataset_proba
+
+    resolved = backbone_for(manifest, head_dir(heads_dir(store), name))
+    parts = []
+    for split in splits:
+        shas = [s for s, lab, sp in zip(table.sha256, table.labels, table.splits, strict=True)
+                if sp == split and lab is not None]
+        if shas:
+            parts.append(dataset_proba(store, head, resolved, dataset, split, shas, tta, device))
+    return np.concatenate(parts)
+
+
+def _plots(head: Head, name: str, result: dict, y: np.ndarray, proba: np.ndarray, plots_dir: Path) -> list[str]:
+    title = f"{name} on {result['dataset']} ({result['split']})"
+    try:
+        written = [plots.confusion(result["metrics"], plots_dir / f"{name}-confusion.png", title),
+                   plots.roc(y, proba, head.classes_, plots_dir / f"{name}-roc.png", title)]
+        if head.history:
+            written.append(plots.training(head.history, plots_dir / f"{name}-training.png", name))
+    except OSError as exc:
+        raise cannot_write(plots_dir, "--plots", exc) from None
+    return [str(p) for p in written]

@@ -135,10 +135,15 @@ def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta:
         store.resolve(dataset, predictor.resolved.spec.name)  # NotFound with the known names
     table = store.table(dataset, predictor.fingerprint)
     keep = [i for i, s in enumerate(table.splits) if split is None or s == split]
-    if not keep:
+    wanted = sum(split is None or m[3] == split for m in store.catalog.members(dataset))
+    if not wanted:
+        raise HeadstartError(f"dataset {dataset!r} has no images" + (f" in its {split} split" if split else "")
+                             + "; choose another --split")
+    if len(keep) < wanted:  # all or nothing: a CSV of some of the images would pass for the whole
         b = predictor.resolved
-        raise HeadstartError(f"dataset {dataset!r} has no {b.spec.name} vectors of this head's fingerprint "
-                             f"{predictor.fingerprint}" + (f" in its {split} split" if split else ""),
+        raise HeadstartError(f"{wanted - len(keep)} of the {wanted} images of dataset {dataset!r}"
+                             + (f" in its {split} split" if split else "") + f" have no {b.spec.name} vectors of "
+                             f"this head's fingerprint {predictor.fingerprint}",
                              cli=f"run `headstart extract ... --dataset {dataset} --backbone {b.spec.name} "
                                  f"--weights {b.weights.label}` first")
     if tta:  # cached test-time views of each split (computed once)

@@ -135,7 +135,7 @@ def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta:
         store.resolve(dataset, predictor.resolved.spec.name)  # NotFound with the known names
     table = store.table(dataset, predictor.fingerprint)
     keep = [i for i, s in enumerate(table.splits) if split is None or s == split]
-    wanted = sum(split is None or m[3] == split for m in store.catalog.members(dataset))
+    wanted = sum(split is None or m[3] == split for m in store.catalog.usable_members(dataset))
     if not wanted:
         raise HeadstartError(f"dataset {dataset!r} has no images" + (f" in its {split} split" if split else "")
                              + "; choose another --split")

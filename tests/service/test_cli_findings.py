@@ -90,6 +90,7 @@ def test_predict_a_dataset_refuses_when_some_images_have_no_vectors(tmp_path, ca
     make_folder(tmp_path / "more" / "x", {"a": 2, "b": 2}, seed=3)  # 4 new images beside 2 known ones
     for path in written[:2]:
         (tmp_path / "more" / "x" / "a" / f"k-{path.name}").write_bytes(path.read_bytes())
+    (tmp_path / "more" / "x" / "b" / "broken.jpg").write_bytes(b"\xff\xd8 cut")  # a recorded failure, not missing
     assert run_main(capsys, "extract", str(tmp_path / "more" / "x"), "--dataset", "m", "--backbone", "tiny",
                     "--weights", "random:3", *home)[0] == 0  # other weights: the 4 new images have no vectors of h
     code, out, err = run_main(capsys, "predict", "h", "--dataset", "m", "--csv", str(tmp_path / "m.csv"), *home)

@@ -110,6 +110,7 @@ def test_evaluate_on_another_labeled_dataset(tmp_path, capsys):
     make_folder(tmp_path / "holdout", {"red": 4, "green": 4, "blue": 4, "purple": 2}, seed=5)
     for path in written[:10]:  # the red images the head learned from (most in its train split)
         (tmp_path / "holdout" / "red" / f"copy-{path.name}").write_bytes(path.read_bytes())
+    (tmp_path / "holdout" / "blue" / "broken.jpg").write_bytes(b"\xff\xd8 cut")  # a failure: neither scored nor missing
     code, _, err = run_main(capsys, "evaluate", "lr", "--dataset", "holdout", *home)
     assert_one_line_error(code, err, "no dataset 'holdout'")
     assert run_main(capsys, "extract", str(tmp_path / "holdout"), "--dataset", "holdout", *extract, "--weights",

@@ -106,7 +106,21 @@ def _save(store: FeatureStore, head: Head, name: str, info: dict, training: dict
             "training": {**training, "threshold_mb": streaming.threshold_bytes() >> 20}}
     if getattr(head, "sweep_", None):  # C=auto: the C chosen on val, and the sweep it came from
         info["chosen"] = {"C": head.chosen_C_, "sweep": head.sweep_}
+    info["warnings"] = left_out(store, info["dataset"], info["fingerprint"]["id"], info["backbone"], info["weights"])
     return save(head, info, heads_dir(store), name)
+
+
+def left_out(store: FeatureStore, dataset: str, fp_id: str, backbone: str, weights: str | None) -> list[str]:
+    """A warning when some usable images of the dataset have no vector of these features (an extract stopped
+    early, or features cached by another dataset): a head trained now does not learn from them."""
+    summary = store.catalog.dataset_summary(dataset)
+    usable = sum(summary["splits"].values())
+    have = next((n for fp, _, _, n, _ in summary["fingerprints"] if fp == fp_id), 0)
+    if have >= usable:
+        return []
+    return [f"{usable - have} of the {usable} images of dataset {dataset!r} have no vectors of these features (an "
+            f"extract stopped before the end?) and were left out: run `headstart extract DIR --dataset {dataset} "
+            f"--backbone {backbone} --weights {weights or 'imagenet'}` to include them, then train again"]
 
 
 IN_MEMORY_SOLVERS = {"logreg": "lbfgs (scikit-learn), whole table in memory",

@@ -87,12 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
              + (f", with {manifest['views']['per_image']} {manifest['views']['recipe']} views per train image "
                 f"({manifest['views']['rows']} rows)" if manifest.get("views") else "")]
     lines += [f"  {split:<4} {headline(m[split])}" for split in ("val", "test") if split in m]
-    for split in ("val", "test"):
-        warning = small_split_warning(split, m.get(split, {}))
-        if warning and not args.json:
+    warnings = manifest.get("warnings", []) + [w for split in ("val", "test")
+                                               if (w := small_split_warning(split, m.get(split, {})))]
+    if not args.json:
+        for warning in warnings:
             print(f"headstart: warning: {warning}", file=sys.stderr)
-    emit(args, {"name": args.name, "kind": args.head, "classes": manifest["classes"], "metrics": m},
-         "\n".join(lines))
+    emit(args, {"name": args.name, "kind": args.head, "classes": manifest["classes"], "metrics": m,
+                "warnings": manifest.get("warnings", [])}, "\n".join(lines))
     return 0
 
 

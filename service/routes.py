@@ -162,6 +162,7 @@ def _public(manifest: dict) -> dict:
     out = {k: manifest.get(k) for k in keep}
     out["fingerprint"] = manifest["fingerprint"]["id"]
     out["weights"] = manifest["weights"] if not manifest["weights"].startswith("/") else "file"
+    out["warnings"] = [w.replace(manifest["weights"], out["weights"]) for w in manifest.get("warnings", [])]
     return out
 
 

@@ -40,7 +40,7 @@ def test_extract_train_predict_loop(served):
     assert job["result"]["extracted"] == 45 and job["images_per_second"] > 0
     trained = c.post("/heads", json={"name": "colors-lr", "dataset": "colors", "backbone": "tiny", "head": "logreg"})
     assert trained.status_code == 201, trained.text
-    assert trained.json()["metrics"]["test"]["accuracy"] >= 0.9
+    assert trained.json()["metrics"]["test"]["accuracy"] >= 0.9 and trained.json()["warnings"] == []
     files = [("files", ("g.jpg", sample(served, "green"), "image/jpeg")),
              ("files", ("r.jpg", sample(served, "red"), "image/jpeg"))]
     predicted = c.post("/predict", data={"head": "colors-lr", "top_k": "2"}, files=files)

@@ -79,17 +79,17 @@ def test_predict_a_dataset_split_from_the_cache_with_a_csv(trained, capsys, monk
     assert all(len(r["top_k"].split("|")) == 2 for r in rows) and "(true: " in lines[0]
 
 
-def test_predict_a_dataset_refuses_when_some_images_have_no_vectors(tmp_path, capsys):
-    """Before: the images with vectors were predicted and the others left out, exit 0: a CSV of part of the dataset
-    passed for the whole."""
+def test_a_dataset_partly_without_vectors_is_said_by_predict_and_train(tmp_path, capsys):
+    """Before: the images with vectors were predicted (or trained on) and the others left out, silently: a CSV of
+    part of the dataset passed for the whole."""
     written = make_folder(tmp_path / "data", {"a": 6, "b": 6})
     home = ["--home", str(tmp_path / "home")]
     assert run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny", "--weights",
                     "random", *home)[0] == 0
     assert run_main(capsys, "train", "--dataset", "d", "--backbone", "tiny", "--name", "h", *home)[0] == 0
     make_folder(tmp_path / "more" / "x", {"a": 2, "b": 2}, seed=3)  # 4 new images beside 2 known ones
-    for path in written[:2]:
-        (tmp_path / "more" / "x" / "a" / f"k-{path.name}").write_bytes(path.read_bytes())
+    for path in (written[0], written[-1]):  # one known image of each class
+        (tmp_path / "more" / "x" / path.parent.name / f"k-{path.name}").write_bytes(path.read_bytes())
     (tmp_path / "more" / "x" / "b" / "broken.jpg").write_bytes(b"\xff\xd8 cut")  # a recorded failure, not missing
     assert run_main(capsys, "extract", str(tmp_path / "more" / "x"), "--dataset", "m", "--backbone", "tiny",
                     "--weights", "random:3", *home)[0] == 0  # other weights: the 4 new images have no vectors of h
@@ -97,6 +97,12 @@ def test_predict_a_dataset_refuses_when_some_images_have_no_vectors(tmp_path, ca
     assert_one_line_error(code, err, "4 of the 6 images of dataset 'm' have no tiny vectors of this head's "
                                      "fingerprint")
     assert out == "" and not (tmp_path / "m.csv").exists() and "--weights random:0` first" in err
+    code, out, err = run_main(capsys, "train", "--dataset", "m", "--backbone", "tiny", "--weights", "random",
+                              "--name", "hm", "--json", *home)
+    assert code == 0 and json.loads(out)["warnings"] == [
+        "4 of the 6 images of dataset 'm' have no vectors of these features (an extract stopped before the end?) and "
+        "were left out: run `headstart extract DIR --dataset m --backbone tiny --weights random:0` to include them, "
+        "then train again"], err
     assert run_main(capsys, "extract", str(tmp_path / "more" / "x"), "--dataset", "m", "--backbone", "tiny",
                     "--weights", "random", *home)[0] == 0
     code, out, err = run_main(capsys, "predict", "h", "--dataset", "m", *home)

@@ -77,6 +77,9 @@ def small_split_warning(split: str, m: dict, sampled: bool = False) -> str | Non
     if not small:
         return None
     listed = ", ".join(f"{lab} ({n})" for lab, n in list(small.items())[:8]) + (" ..." if len(small) > 8 else "")
+    if split == "all":  # every labeled image of a dataset (evaluate --split all): no share to enlarge
+        return f"fewer than {SMALL_CLASS} images of {len(small)} classes: {listed}; their figures are noisy " \
+               f"(add images)"
     more = "use a larger --sample, add images," if sampled else "add images,"
     return (f"the {split} split has fewer than {SMALL_CLASS} images of {len(small)} classes: {listed}; its figures "
             f"are noisy ({more} or give {split} a larger share with --split when extracting)")

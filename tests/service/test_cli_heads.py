@@ -131,6 +131,9 @@ def test_evaluate_on_another_labeled_dataset(tmp_path, capsys):
     assert "2 images have labels head 'lr' was not trained on (purple); they count as errors" in warned
     copies_seen = sum(1 for line in result["warnings"] if "also in the train or val split of 'colors'" in line)
     assert copies_seen == 1 and "the figures are optimistic" in warned
+    code, out, err = run_main(capsys, "evaluate", "lr", "--dataset", "holdout", *home)
+    assert "fewer than 5 images of 3 classes: blue (4), green (4), purple (2); their figures are noisy (add " \
+           "images)" in err and "the all split" not in err
     code, out, err = run_main(capsys, "evaluate", "lr", "--dataset", "holdout", "--split", "test", *home)
     assert code == 0 and out.startswith("lr on holdout (test): accuracy ") and "the test split has fewer" in err
     code, out, _ = run_main(capsys, "evaluate", "lr", "--json", *home)  # its own dataset: test split, no warnings

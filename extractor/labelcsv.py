@@ -7,7 +7,7 @@ import csv
 import io
 import os
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from extractor.datasets import Item, Listing, existing_dir
 from extractor.errors import HeadstartError, Stopped
@@ -70,22 +70,30 @@ def _locate(root: Path, value: str) -> Path | None:
     """The file a CSV value names inside `root`, or None. Confinement is checked before existence, so that
     the answer is the same for a file outside the folder and for no file at all (nothing leaks). An absolute path
     into `root` (`root` is resolved; the path may reach it through a symlink, as the folder was given) and one with
-    `..` that stays inside it name their file (as written: `..` before symlinks, the file's own name kept)."""
-    named = Path(os.path.normpath(value))
-    if named.is_absolute():
-        if not named.is_relative_to(root):
-            named = Path(os.path.realpath(named.parent)) / named.name
-            if not named.is_relative_to(root):
+    `..` that stays inside it name their file (as written: `..` before symlinks, the file's own name kept)
+    (on strings: pathlib objects took 2/3 of the time of reading a 200,000-row CSV)"""
+    top, prefix = _prefix(root)
+    named = os.path.normpath(value)
+    if os.path.isabs(named):
+        if not (named + os.sep).startswith(prefix):
+            parent, leaf = os.path.split(named)
+            named = os.path.join(os.path.realpath(parent), leaf)
+            if not (named + os.sep).startswith(prefix):
                 return None
-        named = named.relative_to(root)
-    if named.parts[:1] == ("..",):
+        named = named[len(prefix):] or "."
+    if named == ".." or named.startswith(".." + os.sep):
         return None
-    value = str(named)
-    for name in (value, *(value + s for s in GUESS_SUFFIXES if not Path(value).suffix)):
-        candidate = (root / name).resolve()
-        if candidate.is_relative_to(root) and candidate.is_file():
-            return candidate
+    for suffix in ("", *(() if PurePosixPath(named).suffix else GUESS_SUFFIXES)):
+        candidate = os.path.realpath(os.path.join(top, named + suffix))
+        if candidate.startswith(prefix) and os.path.isfile(candidate):
+            return Path(candidate)
     return None
+
+
+def _prefix(root: Path) -> tuple[str, str]:
+    """The folder as a string, and what every path inside it starts with."""
+    top = str(root)
+    return top, top if top.endswith(os.sep) else top + os.sep
 
 
 def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_column: str | None = None,
@@ -120,7 +128,7 @@ def _csv_row(root: Path, value: str, label: str, items: list[Item], failures: li
         failures.append((value or "(empty)", NOT_IN_FOLDER))
     elif not label:
         failures.append((value, "empty label in the CSV"))
-    elif (rel := found.relative_to(root).as_posix()) not in seen:
+    elif (rel := str(found)[len(_prefix(root)[1]):]) not in seen:
         seen[rel] = label
         items.append(Item(rel, label, file=found))
     elif seen[rel] != label:

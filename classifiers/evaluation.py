@@ -72,10 +72,9 @@ def _check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, s
     if store.catalog.dataset(dataset) is None:
         raise NotFound(f"no dataset {dataset!r}", cli="run `headstart extract` first", api="POST /extract first")
     fp_id = manifest["fingerprint"]["id"]
-    members = [(sha, split) for _, sha, label, split in store.catalog.usable_members(dataset)
+    members = [(sha, has) for sha, label, split, has in store.catalog.coverage(dataset, fp_id)
                if label is not None and split in splits]
-    have = {row[1] for row in store.catalog.dataset_rows(dataset, fp_id)}
-    missing = sum(sha not in have for sha, _ in members)
+    missing = sum(not has for _, has in members)
     if missing:
         weights = (store.catalog.fingerprint(fp_id) or {}).get("source") or "imagenet"
         raise HeadstartError(

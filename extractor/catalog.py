@@ -228,13 +228,15 @@ class Catalog(JobTable, ViewTable):
                 "ON v.fingerprint = ? AND v.sha256 = m.sha256 WHERE m.dataset = ? AND v.sha256 IS NULL "
                 "ORDER BY m.path", (fp_id, dataset))]
 
-    def usable_members(self, dataset: str) -> list[tuple[str, str, str | None, str]]:
-        """(path, sha256, label, split) of the members that are not recorded failures (files that did not decode
-        are members without vectors), sorted by path."""
+    def coverage(self, dataset: str, fp_id: str) -> list[tuple[str, str | None, str, bool]]:
+        """(sha256, label, split, has a vector under fp_id) of each usable member, by path: recorded failures (files
+        that did not decode are members without vectors) are left out, as in dataset_summary's counts."""
         with self.connect() as con:
-            return list(con.execute(
-                "SELECT path, sha256, label, split FROM members m WHERE dataset = ? AND NOT EXISTS "
-                "(SELECT 1 FROM failures f WHERE f.dataset = m.dataset AND f.path = m.path) ORDER BY path", (dataset,)))
+            return [(sha, label, split, bool(has)) for sha, label, split, has in con.execute(
+                "SELECT m.sha256, m.label, m.split, EXISTS (SELECT 1 FROM vectors v WHERE v.fingerprint = ? AND "
+                "v.sha256 = m.sha256) FROM members m WHERE m.dataset = ? AND NOT EXISTS "
+                "(SELECT 1 FROM failures f WHERE f.dataset = m.dataset AND f.path = m.path) ORDER BY m.path",
+                (fp_id, dataset))]
 
     def dataset_rows(self, dataset: str, fp_id: str) -> list[tuple]:
         """(path, sha256, label, split, shard file, row) for members that have vectors."""

@@ -133,19 +133,20 @@ def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta:
     """The dataset's images (one split or all) predicted from their cached vectors under the head's fingerprint."""
     if store.catalog.dataset(dataset) is None:
         store.resolve(dataset, predictor.resolved.spec.name)  # NotFound with the known names
-    table = store.table(dataset, predictor.fingerprint)
-    keep = [i for i, s in enumerate(table.splits) if split is None or s == split]
-    wanted = sum(split is None or m[3] == split for m in store.catalog.usable_members(dataset))
+    wanted = [has for _, _, s, has in store.catalog.coverage(dataset, predictor.fingerprint)
+              if split is None or s == split]
     if not wanted:
         raise HeadstartError(f"dataset {dataset!r} has no images" + (f" in its {split} split" if split else "")
                              + "; choose another --split")
-    if len(keep) < wanted:  # all or nothing: a CSV of some of the images would pass for the whole
+    if not all(wanted):  # all or nothing: a CSV of some of the images would pass for the whole
         b = predictor.resolved
-        raise HeadstartError(f"{wanted - len(keep)} of the {wanted} images of dataset {dataset!r}"
+        raise HeadstartError(f"{wanted.count(False)} of the {len(wanted)} images of dataset {dataset!r}"
                              + (f" in its {split} split" if split else "") + f" have no {b.spec.name} vectors of "
                              f"this head's fingerprint {predictor.fingerprint}",
                              cli=f"run `headstart extract ... --dataset {dataset} --backbone {b.spec.name} "
                                  f"--weights {b.weights.label}` first")
+    table = store.table(dataset, predictor.fingerprint)  # checked first: no vector is read for a refusal
+    keep = [i for i, s in enumerate(table.splits) if split is None or s == split]
     if tta:  # cached test-time views of each split (computed once)
         from classifiers.predict import top_k
         from classifiers.tta import dataset_proba

@@ -8,7 +8,7 @@ import numpy as np
 
 from classifiers import plots, streaming
 from classifiers.heads import Head
-from classifiers.metrics import evaluate
+from classifiers.metrics import evaluate, small_split_warning
 from classifiers.persist import head_dir, load
 from classifiers.training import SPLIT_NAMES, heads_dir, split_arrays
 from extractor.durable import cannot_write, output_folder
@@ -38,7 +38,7 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     splits = eval_splits(split)
     if plots_dir is not None:  # before the scoring: a bad folder is said at once
         plots_dir = output_folder(plots_dir, "--plots")
-    notes = _check_other(store, name, manifest, dataset, splits) if dataset != own else []
+    notes = check_other(store, name, manifest, dataset, splits) if dataset != own else []
     if not tta and streaming.should_stream(store, dataset, fp_id, stream):
         located = streaming.locate(store, dataset, fp_id)
         parts = [streaming.predict(head, located[s]) for s in splits]
@@ -50,14 +50,16 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
         y = np.concatenate([arrays[s][1] for s in splits])
         proba = head.predict_proba(X) if len(X) else None
     if len(y) == 0:
-        raise HeadstartError(f"the {split} split of {dataset!r} is empty; choose another --split")
+        raise HeadstartError(f"the {split} split of {dataset!r} has no labeled images", cli="choose another --split",
+                             api="choose another split")
     unknown = sorted(set(y) - set(np.asarray(head.classes_).astype(str)))
     if unknown:
         shown = ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else "")
         notes.append(f"{int(np.isin(y, unknown).sum())} images have labels head {name!r} was not trained on "
                      f"({shown}); they count as errors")
-    result = {"head": name, "dataset": dataset, "split": split, "metrics": evaluate(y, proba, head.classes_),
-              "plots": [], "warnings": notes}
+    metrics = evaluate(y, proba, head.classes_)
+    notes += [w for w in [small_split_warning(split, metrics)] if w]
+    result = {"head": name, "dataset": dataset, "split": split, "metrics": metrics, "plots": [], "warnings": notes}
     if tta:
         result["tta"] = {"views": tta, "metrics": evaluate(y, _tta_proba(store, head, manifest, name, dataset, table,
                                                                            splits, tta, device), head.classes_)}
@@ -66,7 +68,7 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     return result
 
 
-def _check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, splits: tuple[str, ...]) -> list[str]:
+def check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, splits: tuple[str, ...]) -> list[str]:
     """Another dataset: every labeled image of the splits has a vector of the head's features (else one line saying
     how to extract them); the warning when some of its images were in the head's train or val data."""
     if store.catalog.dataset(dataset) is None:
@@ -81,7 +83,8 @@ def _check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, s
             f"{missing} of the {len(members)} labeled images of dataset {dataset!r} ({'/'.join(splits)}) have no "
             f"vectors of the features head {name!r} was trained on ({manifest['backbone']}, weights {weights})",
             cli=f"run `headstart extract DIR --dataset {dataset} --backbone {manifest['backbone']} --weights "
-                f"{weights}` first")
+                f"{weights}` first",
+            api=f"POST /extract with dataset {dataset}, backbone {manifest['backbone']} and weights {weights} first")
     seen = {sha for _, sha, _, split in store.catalog.members(manifest["dataset"]) if split in ("train", "val")}
     overlap = sum(sha in seen for sha, _ in members)
     return [f"{overlap} of these {len(members)} images are also in the train or val split of {manifest['dataset']!r}"

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from classifiers import streaming
 from classifiers.heads import Head, Monitor, device_param, get_head_class
-from classifiers.metrics import evaluate, roc_columns
-from classifiers.persist import check_name, load, save
+from classifiers.metrics import evaluate
+from classifiers.persist import check_name, save
 from classifiers.views import pick_recipe, view_arrays
 from extractor.augment import check_views
-from extractor.errors import HeadstartError, NotFound
+from extractor.errors import HeadstartError
 from extractor.store import FeatureStore, FeatureTable
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -37,11 +33,6 @@ def require_labels(store: FeatureStore, dataset: str) -> None:
     members = store.catalog.members(dataset)
     if members and all(label is None for _, _, label, _ in members):
         raise HeadstartError(f"dataset {dataset!r}: {NO_LABELS}")
-
-
-def check_split(split: str) -> None:
-    if split not in SPLIT_NAMES:
-        raise HeadstartError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
 
 
 def split_arrays(table: FeatureTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -151,96 +142,3 @@ def _train_streamed(store: FeatureStore, dataset: str, fp_id: str, head: Head, n
             "split_sizes": {s: int(splits[s].n) for s in SPLIT_NAMES}, "views": None}
     return _save(store, head, name, info, {"streamed": True, "buffer_rows": streaming.buffer_rows(train.dim),
                                            **solver})
-
-
-MISTAKE_ORDERS = ("confident", "unsure")
-
-
-def mistakes(store: FeatureStore, name: str, split: str = "test", true: str | None = None,
-             predicted: str | None = None, limit: int = 100, offset: int = 0, order: str = "confident") -> dict:
-    """A saved head's misclassified images on one split of its dataset's cached features, most confident first
-    (`order` "unsure": least confident first): {"total", "rows": [{path, sha256, true, predicted, confidence}]};
-    `true` / `predicted` filter to one cell of the confusion matrix."""
-    if order not in MISTAKE_ORDERS:
-        raise HeadstartError(f"order {order!r}: expected one of {', '.join(MISTAKE_ORDERS)}")
-    head, manifest, scored = scored_split(store, name, split)
-    proba = scored.proba
-    picked = proba.argmax(axis=1) if len(proba) else np.empty(0, int)
-    found = []
-    for k, (path, sha, label) in enumerate(scored.members):
-        guess = str(head.classes_[picked[k]])
-        if guess != label and (true is None or label == true) and (predicted is None or guess == predicted):
-            found.append({"path": path, "sha256": sha, "true": label, "predicted": guess,
-                          "confidence": float(proba[k, picked[k]])})
-    sign = -1.0 if order == "confident" else 1.0
-    found.sort(key=lambda r: (sign * r["confidence"], r["path"]))
-    return {"head": name, "dataset": manifest["dataset"], "split": split, "total": len(found),
-            "rows": found[offset:offset + limit]}
-
-
-def roc_points(store: FeatureStore, name: str, split: str = "test", max_points: int = 101) -> dict:
-    """A saved head's ROC curves on one split: one per class (the positive class when binary) that has positives
-    and negatives there, each thinned to at most `max_points` points (ends kept), with its AUC."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    head, manifest, scored = scored_split(store, name, split)
-    if not scored.any_labels:
-        raise HeadstartError(NO_LABELS)
-    y, proba = np.array([label for *_, label in scored.members], dtype=str), scored.proba
-    curves = []
-    if len(y):
-        classes = head.classes_
-        for k, positive in roc_columns(y, classes):
-            fpr, tpr, _ = roc_curve(positive, proba[:, k])
-            if len(fpr) > max_points:
-                keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
-                fpr, tpr = fpr[keep], tpr[keep]
-            curves.append({"label": str(classes[k]), "auc": float(roc_auc_score(positive, proba[:, k])),
-                           "fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]})
-    return {"head": name, "dataset": manifest["dataset"], "split": split, "n": int(len(y)), "curves": curves}
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A head's probabilities on the labeled members of one split: members (path, sha256, label) sorted by path,
-    `proba` one row per member; `any_labels`: whether the dataset has labels at all."""
-
-    members: list[tuple[str, str, str]]
-    proba: np.ndarray
-    any_labels: bool
-
-
-SCORED_KEEP = 8  # (head, split) pairs whose scores are kept
-_scored: OrderedDict[tuple, Scored] = OrderedDict()
-_scored_lock = threading.Lock()
-
-
-def scored_split(store: FeatureStore, name: str, split: str) -> tuple[Head, dict, Scored]:
-    """A saved head, its manifest and its scores on one split, reading that split's vectors only. The scores of
-    the last few (head, split) pairs asked are kept: the mistakes view asks page after page, then the ROC curves,
-    of one split. They are scored again when the head (its manifest: weights, parameters, classes) or the split's
-    members (paths, content, labels) differ from those scored."""
-    check_split(split)
-    head, manifest = load(heads_dir(store), name)
-    dataset, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
-    info = store.catalog.fingerprint(fp_id)
-    if info is None:
-        raise NotFound(f"no features with fingerprint {fp_id}")
-    rows = store.catalog.dataset_rows(dataset, fp_id)
-    any_labels = any(r[2] is not None for r in rows)
-    rows = [r for r in rows if r[3] == split and r[2] is not None]
-    members = [(r[0], r[1], r[2]) for r in rows]
-    digest = hashlib.sha256("\n".join("\t".join(m) for m in members).encode()).hexdigest()
-    key = (str(store.home), name, json.dumps(manifest, sort_keys=True), split, digest)  # the manifest names the
-    # head's weights by their hash, its parameters and classes
-    with _scored_lock:
-        if key in _scored:
-            _scored.move_to_end(key)
-            return head, manifest, _scored[key]
-    X = store.read_rows([(r[4], r[5]) for r in rows], info["dim"], np.float32)
-    scored = Scored(members, head.predict_proba(X) if rows else np.empty((0, len(head.classes_))), any_labels)
-    with _scored_lock:
-        _scored[key] = scored
-        while len(_scored) > SCORED_KEEP:
-            _scored.popitem(last=False)
-    return head, manifest, scored

@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from classifiers.evaluation import evaluate_head
-    from classifiers.metrics import confusion_lines, headline, small_split_warning
+    from classifiers.metrics import confusion_lines, headline
 
     result = evaluate_head(existing_store(args.home), args.head, args.split, args.plots, args.tta, args.device,
                            args.stream, args.dataset)
@@ -113,9 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     lines += ["  weakest classes:"] + [f"    {label}: f1 {v['f1']:.3f} (n={v['support']})" for label, v in worst]
     lines += ["  " + line for line in confusion_lines(m)]
     lines += [f"  plot: {p}" for p in result["plots"]]
-    warning = small_split_warning(result["split"], m)
     if not args.json:
-        for text in result["warnings"] + ([warning] if warning else []):
+        for text in result["warnings"]:
             print(f"headstart: warning: {text}", file=sys.stderr)
     emit(args, result, "\n".join(lines))
     return 0

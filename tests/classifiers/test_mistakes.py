@@ -8,7 +8,8 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from classifiers.training import mistakes, roc_points, train_head
+from classifiers.review import mistakes, roc_points
+from classifiers.training import train_head
 from extractor.errors import HeadstartError
 from extractor.pipeline import ExtractOptions, extract
 from extractor.store import FeatureStore

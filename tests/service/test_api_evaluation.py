@@ -1,0 +1,81 @@
+"""GET /heads/{name}/evaluation: a head's metrics on a split of its own dataset or on another labeled dataset, with
+the command line's checks and warnings in the API's words."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from classifiers.training import train_head
+from extractor.pipeline import ExtractOptions, extract
+from extractor.store import FeatureStore
+from service.app import create_app
+from service.settings import load_settings
+from tests.conftest import make_folder
+
+
+def test_evaluation_on_its_own_and_on_another_dataset(tmp_path):
+    data, home = tmp_path / "data", tmp_path / "home"
+    written = make_folder(data / "colors", {"red": 10, "green": 10, "blue": 10})
+    store = FeatureStore(home)
+
+    def extract_as(folder: str, weights: str) -> None:
+        extract(ExtractOptions(data_dir=data / folder, dataset=folder, backbone="tiny", weights=weights, workers=0,
+                               device="cpu"), store)
+
+    extract_as("colors", "random")
+    train_head(store, "colors", "tiny", "logreg", "lr")
+    make_folder(data / "holdout", {"red": 4, "green": 4, "blue": 4, "purple": 2}, seed=5)
+    for path in written[:10]:  # the red images the head learned from (most in its train split)
+        (data / "holdout" / "red" / f"copy-{path.name}").write_bytes(path.read_bytes())
+    settings = load_settings(home=home, data_root=data, device="cpu")
+    with TestClient(create_app(settings)) as client:
+        own = client.get("/heads/lr/evaluation")
+        assert own.status_code == 200, own.text
+        body = own.json()
+        assert (body["head"], body["dataset"], body["split"]) == ("lr", "colors", "test") and "plots" not in body
+        assert body["metrics"]["n"] == sum(n for n in body["metrics"]["confusion_matrix"] for n in n) == 6
+        assert any("the test split has fewer than 5 images" in w for w in body["warnings"])
+        every = client.get("/heads/lr/evaluation", params={"split": "all"}).json()
+        assert every["metrics"]["n"] == 30 and every["metrics"]["accuracy"] >= body["metrics"]["accuracy"] - 0.5
+
+        missing = client.get("/heads/lr/evaluation", params={"dataset": "holdout"})
+        assert missing.status_code == 404 and missing.json()["detail"] == "no dataset 'holdout'; POST /extract first"
+        extract_as("holdout", "random:7")  # other weights: not the head's features
+        other = client.get("/heads/lr/evaluation", params={"dataset": "holdout"})
+        assert other.status_code == 400, other.text
+        assert other.json()["detail"] == (
+            "14 of the 24 labeled images of dataset 'holdout' (train/val/test) have no vectors of the features head "
+            "'lr' was trained on (tiny, weights random:0); POST /extract with dataset holdout, backbone tiny and "
+            "weights random:0 first")
+        extract_as("holdout", "random")
+        scored = client.get("/heads/lr/evaluation", params={"dataset": "holdout"})
+        assert scored.status_code == 200, scored.text
+        result = scored.json()
+        assert result["split"] == "all" and result["metrics"]["n"] == 24
+        assert result["metrics"]["per_class"]["purple"]["recall"] == 0.0
+        warned = " | ".join(result["warnings"])
+        assert "2 images have labels head 'lr' was not trained on (purple)" in warned
+        assert "of these 24 images are also in the train or val split of 'colors'" in warned
+        assert str(tmp_path) not in scored.text
+        test_only = client.get("/heads/lr/evaluation", params={"dataset": "holdout", "split": "test"}).json()
+        assert test_only["split"] == "test" and 0 < test_only["metrics"]["n"] < 24
+
+        wrong = client.get("/heads/lr/mistakes", params={"dataset": "holdout", "limit": 1000}).json()
+        assert wrong["dataset"] == "holdout" and wrong["split"] == "all"
+        cm = result["metrics"]["confusion_matrix"]
+        assert wrong["total"] == sum(map(sum, cm)) - sum(cm[i][i] for i in range(len(cm)))
+        purple = [r for r in wrong["rows"] if r["true"] == "purple"]
+        assert len(purple) == 2 and all(r["path"].startswith("purple/") for r in purple)
+        thumb = client.get(f"/datasets/holdout/images/{purple[0]['sha256']}/thumbnail")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        own_wrong = client.get("/heads/lr/mistakes", params={"split": "all"}).json()
+        assert own_wrong["dataset"] == "colors" and not any(r["true"] == "purple" for r in own_wrong["rows"])
+        roc = client.get("/heads/lr/roc", params={"dataset": "holdout"}).json()
+        assert roc["dataset"] == "holdout" and roc["n"] == 24 and {c["label"] for c in roc["curves"]} == {
+            "red", "green", "blue"}  # one curve per class of the head
+        assert client.get("/heads/lr/roc", params={"dataset": "nothing"}).status_code == 404
+
+        assert client.get("/heads/lr/evaluation", params={"split": "every"}).status_code == 422
+        assert client.get("/heads/lr/evaluation", params={"dataset": "../colors"}).status_code == 422
+        unknown = client.get("/heads/nope/evaluation")
+        assert unknown.status_code == 404 and unknown.json()["detail"].startswith("no head 'nope'")

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tests.conftest import make_folder
 from tests.service.server import KEY
 from tests.ui.conftest import XSS, XSS_FILE, Watch, image_b64, open_page, until
 
@@ -182,6 +183,51 @@ def test_a_confusion_cell_opens_its_mistakes_with_thumbnails(browser, site, shot
     second = [float(t.rstrip("%")) for t in page.locator("#mistakes-grid .confidence").all_inner_texts()]
     assert second == sorted(second) and sorted(second) == sorted(first)
     page.screenshot(path=shots / "mistakes.png", full_page=True)
+    watch.clean()
+    page.context.close()
+
+
+def test_a_head_scored_on_another_dataset_and_its_mistakes_there(browser, site, shots):
+    """A holdout folder extracted with the head's features is offered beside the head's own dataset: scored on all
+    its images (a class the head never saw is warned about), its confusion cells open its own mistakes."""
+    head = trained(site)
+    make_folder(site.data / "holdout", {"circle": 4, "square": 4, XSS: 4, "triangle": 2}, seed=9)
+    job = site.client.post("/extract", json={"dataset": "holdout", "path": "holdout", "backbone": "tiny",
+                                             "weights": "random"}).json()
+    assert site.wait_job(job["job_id"])["state"] == "succeeded"
+    scored = site.client.get("/heads/shapes-mlp/evaluation", params={"dataset": "holdout"}).json()
+    page, watch = open_page(browser, site, "/ui/#heads/shapes-mlp")
+    page.wait_for_selector("#head-dataset option[value=holdout]", state="attached")
+    assert page.locator("#head-dataset option").all_inner_texts() == ["shapes (its own)", "holdout"]
+    page.select_option("#head-dataset", "holdout")
+    until(page, "document.querySelector('#head-summary').textContent.startsWith('14 images')")
+    assert page.input_value("#head-split") == "all"
+    assert "triangle" in page.locator("#head-warnings li").first.inner_text()
+    shown = [[int(c) for c in r.locator("td").all_inner_texts()] for r in page.locator("#confusion tbody tr").all()]
+    assert shown == scored["metrics"]["confusion_matrix"] and "triangle" in scored["metrics"]["labels"]
+    page.wait_for_selector("#roc svg polyline")
+    curves = site.client.get("/heads/shapes-mlp/roc", params={"dataset": "holdout"}).json()["curves"]
+    assert page.locator("#roc svg polyline").count() == len(curves)
+    page.screenshot(path=shots / "heads-holdout.png", full_page=True)
+    cell = page.locator("#confusion td.clickable[data-true='triangle']").first  # never right: a class it never saw
+    count = int(cell.inner_text())
+    cell.click()
+    page.wait_for_url(re.compile(r"#mistakes$"))
+    until(page, f"document.querySelectorAll('#mistakes-grid figure').length === {count}")
+    assert page.input_value("#mistakes-form select[name=dataset]") == "holdout"
+    assert "of holdout" in page.locator("#mistakes-count").inner_text()
+    assert set(page.locator("#mistakes-grid .true").all_inner_texts()) == {"triangle"}
+    until(page, "[...document.querySelectorAll('#mistakes-grid img')].every(i => i.complete && "
+                "i.naturalWidth > 0 && i.src.startsWith('blob:'))")  # thumbnails of the holdout's images
+    page.select_option("#mistakes-form select[name=dataset]", "")  # back to its own: the test split
+    until(page, "document.querySelector('#mistakes-count').textContent.includes('shapes-mlp on test,') || "
+                "document.querySelector('#mistakes-count').textContent.startsWith('0 mistakes of shapes-mlp on test')")
+    page.goto(site.url + "/ui/#heads/shapes-mlp")  # shown again: its own dataset's test split
+    until(page, f"document.querySelector('#head-summary').textContent.startsWith('{head['metrics']['test']['n']} "
+                f"images')")
+    page.select_option("#head-split", "all")  # not saved with the head: scored now
+    total = sum(head["split_sizes"].values())
+    until(page, f"document.querySelector('#head-summary').textContent.startsWith('{total} images')")
     watch.clean()
     page.context.close()
 

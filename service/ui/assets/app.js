@@ -221,13 +221,23 @@ const state = {
   jobs: [],
   headSort: { key: "created", desc: true },
   head: null, // the head shown in detail
-  mistakes: { head: null, split: "test", order: "confident", true: null, predicted: null, offset: 0 },
+  // dataset null: the head's own
+  mistakes: { head: null, dataset: null, split: "test", order: "confident", true: null, predicted: null, offset: 0 },
 };
 
 function fillSelect(select, values, keep) {
   const previous = keep ?? select.value;
   select.replaceChildren(...values.map((v) => el("option", { value: v, text: v })));
   if (values.includes(previous)) select.value = previous;
+}
+
+// the datasets a head can be scored on: its own (value ""), then the others holding vectors of its features
+function fillDatasets(select, head, chosen) {
+  const others = head ? state.datasets.filter((d) => d.name !== head.dataset &&
+    (d.features || []).some((f) => f.fingerprint === head.fingerprint)).map((d) => d.name) : [];
+  select.replaceChildren(el("option", { value: "", text: head ? `${head.dataset} (its own)` : "–" }),
+    ...others.map((name) => el("option", { value: name, text: name })));
+  select.value = others.includes(chosen) ? chosen : "";
 }
 
 // files that could not be used, with their reasons, folded under a count ("0" when none)
@@ -444,17 +454,43 @@ const showHead = guarded(async (name) => {
   $("#head-detail").hidden = false;
   $("#head-title").textContent = `${head.name}: ${head.kind} on ${head.backbone} features of ${head.dataset}`;
   state.headDetail = head;
+  if (!state.datasets.length) await loadDatasets();
+  if (state.head !== name) return;
+  fillDatasets($("#head-dataset"), head, "");
+  $("#head-split").value = "test";
   await renderHeadSplit();
 });
 
+// another dataset is scored on all its images by default, the head's own on its test split
+function headDatasetChanged() {
+  $("#head-split").value = $("#head-dataset").value ? "all" : "test";
+  renderHeadSplit();
+}
+
 const renderHeadSplit = guarded(async () => {
   const head = state.headDetail;
-  const split = $("#head-split").value;
-  const m = (head.metrics || {})[split] || { n: 0 };
-  $("#head-summary").textContent = m.n
+  const other = $("#head-dataset").value, split = $("#head-split").value;
+  const query = new URLSearchParams({ split });
+  if (other) query.set("dataset", other);
+  const stale = () => state.headDetail !== head || $("#head-split").value !== split || $("#head-dataset").value !== other;
+  let m = other ? undefined : (head.metrics || {})[split], warnings = [], refused = null;
+  $("#head-warnings").replaceChildren();
+  if (!m) { // another dataset, or a split not scored when the head was saved: scored now from the cache
+    $("#head-summary").textContent = "scoring…";
+    try {
+      ({ metrics: m, warnings } = await getJSON(`/heads/${encodeURIComponent(head.name)}/evaluation?${query}`));
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      refused = error.message; // e.g. vectors missing there: said where the figures would be
+      m = { n: 0 };
+    }
+    if (stale()) return;
+  }
+  $("#head-summary").textContent = refused ?? (m.n
     ? `${m.n} images · accuracy ${fmt.num(m.accuracy)} · macro F1 ${fmt.num(m.f1_macro)} · log loss ${fmt.num(m.log_loss)} · ROC AUC ${fmt.num(m.roc_auc)}`
-    : `no ${split} images`;
-  renderConfusion(head, split, m);
+    : `no ${split} images`);
+  $("#head-warnings").replaceChildren(...warnings.map((w) => el("li", { text: w })));
+  renderConfusion(head, split, m, other);
   renderPerClass(m);
   const history = head.history || [];
   const curve = $("#training-curve");
@@ -467,15 +503,19 @@ const renderHeadSplit = guarded(async () => {
   }
   const roc = $("#roc");
   roc.replaceChildren(el("p", { class: "muted", text: "…" }));
-  const answer = await getJSON(`/heads/${encodeURIComponent(head.name)}/roc?split=${split}`);
-  if (state.headDetail !== head || $("#head-split").value !== split) return;
+  if (!m.n) {
+    roc.replaceChildren(el("p", { class: "muted", text: "no ROC: nothing scored" }));
+    return;
+  }
+  const answer = await getJSON(`/heads/${encodeURIComponent(head.name)}/roc?${query}`);
+  if (stale()) return;
   roc.replaceChildren(answer.curves.length
     ? lineChart(answer.curves.map((c) => ({ name: `${c.label} (AUC ${c.auc.toFixed(3)})`, xs: c.fpr, ys: c.tpr })),
       { xLabel: "false positive rate", yLabel: "true positive rate", xMax: 1, yMax: 1, diagonal: true })
     : el("p", { class: "muted", text: "no ROC: this split lacks positives or negatives" }));
 });
 
-function renderConfusion(head, split, m) {
+function renderConfusion(head, split, m, dataset) {
   const box = $("#confusion");
   const labels = m.labels || [], matrix = m.confusion_matrix || [];
   if (!labels.length) {
@@ -495,7 +535,7 @@ function renderConfusion(head, split, m) {
       const cell = el("td", { class: `cell l${level}${i === j ? " diag" : ""}${count && i !== j ? " clickable" : ""}`,
         "data-true": trueLabel, "data-predicted": predicted, text: count,
         title: `${count} ${trueLabel} predicted ${predicted}` });
-      if (count && i !== j) cell.addEventListener("click", () => openMistakes(head.name, split, trueLabel, predicted));
+      if (count && i !== j) cell.addEventListener("click", () => openMistakes(head.name, split, trueLabel, predicted, dataset));
       row.append(cell);
     });
     body.append(row);
@@ -513,8 +553,8 @@ function renderPerClass(m) {
 
 // ---- Mistakes --------------------------------------------------------------------------------------------------
 
-function openMistakes(head, split, trueLabel, predicted) {
-  Object.assign(state.mistakes, { head, split, true: trueLabel, predicted, offset: 0 });
+function openMistakes(head, split, trueLabel, predicted, dataset) {
+  Object.assign(state.mistakes, { head, dataset: dataset || null, split, true: trueLabel, predicted, offset: 0 });
   location.hash = "#mistakes";
 }
 
@@ -523,6 +563,8 @@ const loadMistakes = guarded(async (more = false) => {
   const form = $("#mistakes-form");
   if (!s.head) s.head = form.elements.head.value || null;
   form.elements.head.value = s.head ?? "";
+  fillDatasets(form.elements.dataset, state.heads.find((h) => h.name === s.head), s.dataset);
+  s.dataset = form.elements.dataset.value || null; // a dataset gone since, or without the head's features
   form.elements.split.value = s.split;
   form.elements.order.value = s.order;
   const filtered = s.true !== null;
@@ -540,6 +582,7 @@ const loadMistakes = guarded(async (more = false) => {
     return;
   }
   const params = new URLSearchParams({ split: s.split, order: s.order, limit: PAGE, offset: s.offset });
+  if (s.dataset) params.set("dataset", s.dataset);
   if (filtered) {
     params.set("true", s.true);
     params.set("predicted", s.predicted);
@@ -548,6 +591,7 @@ const loadMistakes = guarded(async (more = false) => {
   const answer = await getJSON(`/heads/${encodeURIComponent(s.head)}/mistakes?${params}`);
   if (JSON.stringify(s) !== asked) return; // the user moved on meanwhile
   $("#mistakes-count").textContent = `${answer.total} mistakes of ${s.head} on ${s.split}` +
+    (s.dataset ? ` of ${answer.dataset}` : "") +
     (answer.total ? `, ${s.order === "confident" ? "most" : "least"} confident first` : "");
   grid.append(...answer.rows.map((r) => el("figure", { class: "card mistake", "data-sha": r.sha256 },
     thumb(answer.dataset, r.sha256, r.path),
@@ -562,8 +606,13 @@ const loadMistakes = guarded(async (more = false) => {
 function mistakesChanged(event) {
   const f = event.currentTarget.elements;
   const headChanged = f.head.value !== state.mistakes.head;
-  Object.assign(state.mistakes, { head: f.head.value, split: f.split.value, order: f.order.value });
-  if (headChanged || event.target.name === "split") Object.assign(state.mistakes, { true: null, predicted: null });
+  const dataset = headChanged ? null : f.dataset.value || null;
+  // another dataset is shown whole by default, the head's own by its test split
+  const split = event.target.name === "dataset" || headChanged ? (dataset ? "all" : "test") : f.split.value;
+  Object.assign(state.mistakes, { head: f.head.value, dataset, split, order: f.order.value });
+  if (headChanged || ["split", "dataset"].includes(event.target.name)) {
+    Object.assign(state.mistakes, { true: null, predicted: null });
+  }
   loadMistakes();
 }
 
@@ -645,7 +694,7 @@ function route() {
     loadHeads().then(() => arg && showHead(decodeURIComponent(arg)));
     loadDatasets();
   }
-  if (state.view === "mistakes") loadHeads().then(() => loadMistakes());
+  if (state.view === "mistakes") Promise.all([loadHeads(), loadDatasets()]).then(() => loadMistakes());
   if (state.view === "predict") loadHeads();
 }
 
@@ -655,6 +704,7 @@ function start() {
   $("#train-form").elements.dataset.addEventListener("change", renderTrainForm);
   $("#heads-table thead").addEventListener("click", sortHeads);
   $("#head-split").addEventListener("change", () => renderHeadSplit());
+  $("#head-dataset").addEventListener("change", headDatasetChanged);
   $("#mistakes-form").addEventListener("change", mistakesChanged);
   $("#mistakes-form").addEventListener("submit", (e) => e.preventDefault());
   $("#predict-form").addEventListener("submit", (e) => e.preventDefault());

@@ -10,6 +10,7 @@ from classifiers import plots, streaming
 from classifiers.heads import Head
 from classifiers.metrics import evaluate, small_split_warning
 from classifiers.persist import head_dir, load
+from classifiers.predict import extract_first
 from classifiers.training import SPLIT_NAMES, heads_dir, split_arrays
 from extractor.durable import cannot_write, output_folder
 from extractor.errors import HeadstartError, NotFound
@@ -82,9 +83,7 @@ def check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, sp
         raise HeadstartError(
             f"{missing} of the {len(members)} labeled images of dataset {dataset!r} ({'/'.join(splits)}) have no "
             f"vectors of the features head {name!r} was trained on ({manifest['backbone']}, weights {weights})",
-            cli=f"run `headstart extract DIR --dataset {dataset} --backbone {manifest['backbone']} --weights "
-                f"{weights}` first",
-            api=f"POST /extract with dataset {dataset}, backbone {manifest['backbone']} and weights {weights} first")
+            **extract_first(dataset, manifest["backbone"], weights))
     seen = {sha for _, sha, _, split in store.catalog.members(manifest["dataset"]) if split in ("train", "val")}
     overlap = sum(sha in seen for sha, _ in members)
     return [f"{overlap} of these {len(members)} images are also in the train or val split of {manifest['dataset']!r}"

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from classifiers.heads import Head
 from classifiers.persist import head_dir, load, read_manifest
 from extractor.backbones import PREPROCESS_METHOD
 from extractor.decode import DecodeError, Limits, preprocess
 from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, Resolved, resolve
+from extractor.store import FeatureStore
 
 
 def backbone_for(manifest: dict, version_dir: Path | None = None) -> Resolved:
@@ -29,6 +31,47 @@ def backbone_for(manifest: dict, version_dir: Path | None = None) -> Resolved:
             f"{manifest['backbone']} with weights {manifest['weights']} now gives {resolved.fingerprint.id} "
             f"(weights file or torchvision changed); restore them or retrain the head")
     return resolved
+
+
+def extract_first(dataset: str, backbone: str, weights: str) -> dict[str, str]:
+    """The "what to do" of a refusal for vectors missing from a dataset, in each front door's words (the API never
+    shows a server path: a weights file is named as such)."""
+    shown = "<the weights file>" if Path(weights).is_absolute() else weights
+    return {"cli": f"run `headstart extract DIR --dataset {dataset} --backbone {backbone} --weights {weights}` first",
+            "api": f'POST /extract with "dataset": "{dataset}", "backbone": "{backbone}", "weights": "{shown}" first'}
+
+
+PREDICT_CHUNK = 4096  # vectors read and scored at a time: memory stays flat however large the dataset
+
+
+def cached_predictions(store: FeatureStore, head: Head, manifest: dict, dataset: str, split: str | None, k: int,
+                       offset: int = 0, limit: int | None = None) -> tuple[int, list[dict]]:
+    """A dataset's images (one split, or all), by path, predicted from their vectors of the head's features (no
+    forward pass): how many there are, and the rows offset..offset+limit, each with its path, content hash, split,
+    true label and top-k. All or nothing: while some usable image has no vector, one line says how many and what to
+    extract (a listing of some of the images would pass for the whole)."""
+    fp_id, backbone = manifest["fingerprint"]["id"], manifest["backbone"]
+    if store.catalog.dataset(dataset) is None:
+        store.resolve(dataset, backbone)  # NotFound with the known names
+    where = f" in its {split} split" if split else ""
+    wanted = [has for _, _, s, has in store.catalog.coverage(dataset, fp_id) if split is None or s == split]
+    if not wanted:
+        raise HeadstartError(f"dataset {dataset!r} has no images{where}", cli="choose another --split",
+                             api="choose another split")
+    if not all(wanted):
+        raise HeadstartError(f"{wanted.count(False)} of the {len(wanted)} images of dataset {dataset!r}{where} have no "
+                             f"vectors of the features head {manifest['name']!r} was trained on ({backbone}, "
+                             f"fingerprint {fp_id})",
+                             **extract_first(dataset, backbone, manifest["weights"]))
+    rows = [r for r in store.catalog.dataset_rows(dataset, fp_id) if split is None or r[3] == split]
+    page = rows[offset:] if limit is None else rows[offset:offset + limit]
+    dim, out = int(store.catalog.fingerprint(fp_id)["dim"]), []
+    for start in range(0, len(page), PREDICT_CHUNK):
+        chunk = page[start:start + PREDICT_CHUNK]
+        proba = head.predict_proba(store.read_rows([(r[4], r[5]) for r in chunk], dim, np.float32))
+        out += [{"image": r[0], "sha256": r[1], "true_label": r[2], "split": r[3], "top": top_k(p, head.classes_, k)}
+                for r, p in zip(chunk, proba, strict=True)]
+    return len(rows), out
 
 
 def top_k(proba: np.ndarray, classes: np.ndarray, k: int) -> list[dict]:

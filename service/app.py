@@ -16,7 +16,7 @@ from classifiers.training import heads_dir
 from extractor.errors import HeadstartError, TooBusy
 from extractor.model import resolve_device
 from extractor.store import FeatureStore
-from service import docs, security, webui
+from service import docs, routes_scores, security, webui
 from service.batcher import Models
 from service.cli import version
 from service.decoding import Decoder
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
     app.state.runner, app.state.models, app.state.scrub, app.state.decoder = runner, models, scrub, decoder
     app.include_router(router)
+    app.include_router(routes_scores.router)
     _error_handlers(app, scrub)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(security.BodyLimitMiddleware, upload_limit=settings.max_upload_bytes,

@@ -130,38 +130,22 @@ def _csv_row(r: dict) -> dict:
 
 
 def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta: int = 0) -> list[dict]:
-    """The dataset's images (one split or all) predicted from their cached vectors under the head's fingerprint."""
-    if store.catalog.dataset(dataset) is None:
-        store.resolve(dataset, predictor.resolved.spec.name)  # NotFound with the known names
-    wanted = [has for _, _, s, has in store.catalog.coverage(dataset, predictor.fingerprint)
-              if split is None or s == split]
-    if not wanted:
-        raise HeadstartError(f"dataset {dataset!r} has no images" + (f" in its {split} split" if split else "")
-                             + "; choose another --split")
-    if not all(wanted):  # all or nothing: a CSV of some of the images would pass for the whole
-        b = predictor.resolved
-        raise HeadstartError(f"{wanted.count(False)} of the {len(wanted)} images of dataset {dataset!r}"
-                             + (f" in its {split} split" if split else "") + f" have no {b.spec.name} vectors of "
-                             f"this head's fingerprint {predictor.fingerprint}",
-                             cli=f"run `headstart extract ... --dataset {dataset} --backbone {b.spec.name} "
-                                 f"--weights {b.weights.label}` first")
-    table = store.table(dataset, predictor.fingerprint)  # checked first: no vector is read for a refusal
-    keep = [i for i, s in enumerate(table.splits) if split is None or s == split]
+    """The dataset's images (one split or all) predicted from their cached vectors under the head's fingerprint,
+    all or nothing (classifiers.predict.cached_predictions); with `tta`, from cached test-time views."""
+    from classifiers.predict import cached_predictions, top_k
+
+    _, rows = cached_predictions(store, predictor.head, predictor.manifest, dataset, split, k)
     if tta:  # cached test-time views of each split (computed once)
-        from classifiers.predict import top_k
         from classifiers.tta import dataset_proba
 
-        tops = [None] * len(keep)
-        for name in sorted({table.splits[i] for i in keep}):
-            rows = [n for n, i in enumerate(keep) if table.splits[i] == name]
+        for name in sorted({r["split"] for r in rows}):
+            picked = [r for r in rows if r["split"] == name]
             proba = dataset_proba(store, predictor.head, predictor.resolved, dataset, name,
-                                  [table.sha256[keep[n]] for n in rows], tta, predictor.device)
-            for n, p in zip(rows, proba, strict=True):
-                tops[n] = top_k(p, predictor.head.classes_, k)
-    else:
-        tops = predictor.predict_vectors(table.features[keep], k)
-    return [{"image": table.paths[i], "true_label": table.labels[i], "split": table.splits[i], "top": top,
-             "cached": True} for i, top in zip(keep, tops, strict=True)]
+                                  [r["sha256"] for r in picked], tta, predictor.device)
+            for r, p in zip(picked, proba, strict=True):
+                r["top"] = top_k(p, predictor.head.classes_, k)
+    return [{"image": r["image"], "true_label": r["true_label"], "split": r["split"], "top": r["top"],
+             "cached": True} for r in rows]
 
 
 def from_files(store, predictor, paths: list[Path], k: int, batch_size: int, tta: int = 0) -> list[dict]:

@@ -11,10 +11,8 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from classifiers.evaluation import evaluate_head
 from classifiers.persist import delete, head_dir, list_heads, read_manifest, rollback
 from classifiers.predict import top_k
-from classifiers.review import mistakes, roc_points
 from classifiers.training import heads_dir
 from extractor.backbones import describe
 from extractor.decode import DecodeError, Limits
@@ -35,10 +33,6 @@ router = APIRouter(responses=ERROR_RESPONSES)
 JobState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted"]
 JOB_ID = PathParam(pattern=r"^[0-9a-f]{1,32}$")
 HEAD_NAME = PathParam(pattern=NAME)
-Split = Literal["train", "val", "test", "all"]
-OTHER_DATASET = Query(None, pattern=NAME, description="another labeled dataset extracted with the head's features "
-                                                      "(a holdout set); default: the head's own")
-SPLIT = Query(None, description="default: test on the head's own dataset, all on another")
 
 
 def state(request: Request):
@@ -213,39 +207,6 @@ async def get_head(request: Request, name: str = HEAD_NAME) -> dict:
     root = heads_dir(state(request).store)
     manifest = await run_in_threadpool(lambda: read_manifest(head_dir(root, name)))
     return {**_public(manifest), "history": manifest.get("history", [])}
-
-
-@router.get("/heads/{name}/mistakes", tags=["heads"])
-async def head_mistakes(request: Request, name: str = HEAD_NAME,
-                       split: Split | None = SPLIT, dataset: str | None = OTHER_DATASET,
-                       true: str | None = Query(None, max_length=200, description="only images of this class"),
-                       predicted: str | None = Query(None, max_length=200, description="only images predicted so"),
-                       limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10**9),
-                       order: Literal["confident", "unsure"] = Query("confident", description="most or least "
-                                                                      "confident first")) -> dict:
-    """The head's misclassified images on a split (or all) of its dataset or of another, most confident first (a
-    confusion-matrix cell with `true` and `predicted`); each row's `sha256` names its thumbnail in the answer's
-    `dataset`."""
-    return await run_in_threadpool(mistakes, state(request).store, name, split, true, predicted, limit, offset,
-                                   order, dataset)
-
-
-@router.get("/heads/{name}/roc", tags=["heads"])
-async def head_roc(request: Request, name: str = HEAD_NAME,
-                   split: Split | None = SPLIT, dataset: str | None = OTHER_DATASET) -> dict:
-    """The head's ROC curves on a split (or all) of its dataset or of another (one per class, thinned to 101
-    points), with AUCs."""
-    return await run_in_threadpool(roc_points, state(request).store, name, split, dataset=dataset)
-
-
-@router.get("/heads/{name}/evaluation", tags=["heads"])
-async def head_evaluation(request: Request, name: str = HEAD_NAME,
-                          dataset: str | None = OTHER_DATASET, split: Split | None = SPLIT) -> dict:
-    """The head's metrics on a split of its own dataset or of another labeled dataset extracted with the head's
-    features (cached vectors; no forward pass): accuracy, F1, per class, the confusion matrix, and warnings
-    (labels the head never saw, images it learned from, classes too small to judge by)."""
-    result = await run_in_threadpool(evaluate_head, state(request).store, name, split, dataset=dataset)
-    return {k: v for k, v in result.items() if k != "plots"}
 
 
 @router.delete("/heads/{name}", tags=["heads"])

@@ -64,6 +64,42 @@ def test_predict_checks_paths_before_loading_anything(trained, capsys, monkeypat
                          "(.heic 1): convert them to JPEG or PNG" in err, err
 
 
+def test_predict_a_dataset_with_test_time_views_and_in_chunks(trained, capsys, monkeypatch):
+    """--tta N on --dataset: each row's top-k from the probabilities averaged over its N cached test-time views (the
+    same as evaluate --tta scores), computed once; rows come in path order whatever the chunk size."""
+    from classifiers import predict as predict_module
+    from classifiers.predict import Predictor
+    from classifiers.training import heads_dir
+    from classifiers.tta import dataset_proba
+    from extractor.store import FeatureStore
+
+    root, home = trained
+    code, out, err = run_main(capsys, "predict", "lr", "--dataset", "colors", "--split", "val", "--tta", "2",
+                              "--top-k", "3", "--json", "--home", home)
+    assert code == 0, err
+    rows = json.loads(out)
+    store = FeatureStore(home)
+    predictor = Predictor(heads_dir(store), "lr", device="cpu")
+    averaged = dataset_proba(store, predictor.head, predictor.resolved, "colors", "val",
+                             [r["sha256"] for r in predict_module.cached_predictions(
+                                 store, predictor.head, predictor.manifest, "colors", "val", 3)[1]], 2, "cpu")
+    expected = [predict_module.top_k(p, predictor.head.classes_, 3) for p in averaged]
+    assert [r["top"] for r in rows] == expected
+    plain = [r["top"] for r in predict_module.cached_predictions(store, predictor.head, predictor.manifest, "colors",
+                                                                 "val", 3)[1]]
+    assert plain != expected  # the views changed the probabilities: not the plain rows under another name
+    no_backbone(monkeypatch)  # the views are cached now
+    assert json.loads(run_main(capsys, "predict", "lr", "--dataset", "colors", "--split", "val", "--tta", "2",
+                               "--top-k", "3", "--json", "--home", home)[1]) == rows
+    whole = predict_module.cached_predictions(store, predictor.head, predictor.manifest, "colors", None, 2)
+    monkeypatch.setattr(predict_module, "PREDICT_CHUNK", 5)
+    assert predict_module.cached_predictions(store, predictor.head, predictor.manifest, "colors", None, 2) == whole
+    total, page = predict_module.cached_predictions(store, predictor.head, predictor.manifest, "colors", None, 2,
+                                                    offset=7, limit=9)
+    assert total == whole[0] == 36 and page == whole[1][7:16]
+    assert [r["image"] for r in whole[1]] == sorted(r["image"] for r in whole[1])
+
+
 def test_predict_a_dataset_split_from_the_cache_with_a_csv(trained, capsys, monkeypatch):
     root, home = trained
     no_backbone(monkeypatch)
@@ -94,8 +130,8 @@ def test_a_dataset_partly_without_vectors_is_said_by_predict_and_train(tmp_path,
     assert run_main(capsys, "extract", str(tmp_path / "more" / "x"), "--dataset", "m", "--backbone", "tiny",
                     "--weights", "random:3", *home)[0] == 0  # other weights: the 4 new images have no vectors of h
     code, out, err = run_main(capsys, "predict", "h", "--dataset", "m", "--csv", str(tmp_path / "m.csv"), *home)
-    assert_one_line_error(code, err, "4 of the 6 images of dataset 'm' have no tiny vectors of this head's "
-                                     "fingerprint")
+    assert_one_line_error(code, err, "4 of the 6 images of dataset 'm' have no vectors of the features "
+                                     "head 'h' was trained on (tiny, fingerprint ")
     assert out == "" and not (tmp_path / "m.csv").exists() and "--weights random:0` first" in err
     code, out, err = run_main(capsys, "train", "--dataset", "m", "--backbone", "tiny", "--weights", "random",
                               "--name", "hm", "--json", *home)

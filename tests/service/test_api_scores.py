@@ -45,8 +45,8 @@ def test_evaluation_on_its_own_and_on_another_dataset(tmp_path):
         assert other.status_code == 400, other.text
         assert other.json()["detail"] == (
             "14 of the 24 labeled images of dataset 'holdout' (train/val/test) have no vectors of the features head "
-            "'lr' was trained on (tiny, weights random:0); POST /extract with dataset holdout, backbone tiny and "
-            "weights random:0 first")
+            "'lr' was trained on (tiny, weights random:0); POST /extract with \"dataset\": \"holdout\", "
+            "\"backbone\": \"tiny\", \"weights\": \"random:0\" first")
         extract_as("holdout", "random")
         scored = client.get("/heads/lr/evaluation", params={"dataset": "holdout"})
         assert scored.status_code == 200, scored.text
@@ -79,3 +79,50 @@ def test_evaluation_on_its_own_and_on_another_dataset(tmp_path):
         assert client.get("/heads/lr/evaluation", params={"dataset": "../colors"}).status_code == 422
         unknown = client.get("/heads/nope/evaluation")
         assert unknown.status_code == 404 and unknown.json()["detail"].startswith("no head 'nope'")
+
+
+def test_predictions_for_an_extracted_folder_page_by_page(tmp_path):
+    """An unlabeled folder extracted with the head's features: its predictions from the cache, by path, a page at a
+    time; refused in the API's words while some images lack vectors."""
+    data, home = tmp_path / "data", tmp_path / "home"
+    make_folder(data / "colors", {"red": 8, "green": 8, "blue": 8})
+    make_folder(tmp_path / "inbox-source", {"red": 5, "green": 5, "blue": 5}, seed=11)
+    (data / "inbox").mkdir()
+    for path in sorted((tmp_path / "inbox-source").rglob("*.jpg")):  # a flat folder, no labels
+        (data / "inbox" / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    (data / "inbox" / "broken.jpg").write_bytes(b"\xff\xd8 cut")  # a recorded failure: neither predicted nor missing
+    store = FeatureStore(home)
+
+    def extract_as(folder: str, weights: str) -> None:
+        extract(ExtractOptions(data_dir=data / folder, dataset=folder, backbone="tiny", weights=weights, workers=0,
+                               device="cpu", unlabeled=folder == "inbox"), store)
+
+    extract_as("colors", "random")
+    train_head(store, "colors", "tiny", "logreg", "lr")
+    extract_as("inbox", "random:5")
+    with TestClient(create_app(load_settings(home=home, data_root=data, device="cpu"))) as client:
+        refused = client.get("/heads/lr/predictions", params={"dataset": "inbox"})
+        assert refused.status_code == 400 and refused.json()["detail"].startswith(
+            "15 of the 15 images of dataset 'inbox' have no vectors of the features head 'lr' was trained on (tiny, ")
+        assert refused.json()["detail"].endswith(
+            'POST /extract with "dataset": "inbox", "backbone": "tiny", "weights": "random:0" first')
+        extract_as("inbox", "random")
+        first = client.get("/heads/lr/predictions", params={"dataset": "inbox", "limit": 10, "top_k": 2})
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert (body["dataset"], body["split"], body["total"], len(body["rows"])) == ("inbox", "all", 15, 10)
+        rest = client.get("/heads/lr/predictions", params={"dataset": "inbox", "limit": 10, "offset": 10}).json()
+        rows = body["rows"] + rest["rows"]
+        assert [r["path"] for r in rows] == sorted(r["path"] for r in rows) and len(rows) == 15
+        assert all(r["true"] is None and r["split"] in ("train", "val", "test") for r in rows)
+        assert all(len(r["top"]) == 2 for r in body["rows"]) and all(len(r["top"]) == 3 for r in rest["rows"])
+        right = sum(r["top"][0]["label"] == r["path"].split("-")[0] for r in rows)  # the file names tell the truth
+        assert right >= 12, rows
+        test = client.get("/heads/lr/predictions", params={"dataset": "colors", "split": "test"}).json()
+        n_test = next(d for d in client.get("/datasets").json() if d["name"] == "colors")["splits"]["test"]
+        assert test["total"] == len(test["rows"]) == n_test > 0 and {r["split"] for r in test["rows"]} == {"test"}
+        assert all(r["true"] in ("red", "green", "blue") for r in test["rows"])
+        missing = client.get("/heads/lr/predictions", params={"dataset": "nothing"})
+        assert missing.status_code == 404 and "POST /extract first" in missing.json()["detail"]
+        assert client.get("/heads/lr/predictions").status_code == 422  # which dataset: required
+        assert client.get("/heads/lr/predictions", params={"dataset": "inbox", "limit": 5000}).status_code == 422

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from extractor.catalog_jobs import JobTable
+from extractor.catalog_rows import RowQueries
 from extractor.catalog_views import ViewTable
 from extractor.errors import HeadstartError
 from extractor.schema import SCHEMA_VERSION, upgrade
@@ -16,7 +17,7 @@ from extractor.schema import SCHEMA_VERSION, upgrade
 SOURCE_FIELDS = ("root", "kind", "labels_csv", "path_column", "label_column", "prefix")
 
 
-class Catalog(JobTable, ViewTable):
+class Catalog(JobTable, RowQueries, ViewTable):
     """One SQLite file in WAL mode; short connections, so readers never block the writer."""
 
     def __init__(self, path: Path) -> None:
@@ -227,33 +228,6 @@ class Catalog(JobTable, ViewTable):
                 "SELECT DISTINCT m.sha256 FROM members m LEFT JOIN vectors v "
                 "ON v.fingerprint = ? AND v.sha256 = m.sha256 WHERE m.dataset = ? AND v.sha256 IS NULL "
                 "ORDER BY m.path", (fp_id, dataset))]
-
-    def coverage(self, dataset: str, fp_id: str) -> list[tuple[str, str | None, str, bool]]:
-        """(sha256, label, split, has a vector under fp_id) of each usable member, by path: recorded failures (files
-        that did not decode are members without vectors) are left out, as in dataset_summary's counts."""
-        with self.connect() as con:
-            return [(sha, label, split, bool(has)) for sha, label, split, has in con.execute(
-                "SELECT m.sha256, m.label, m.split, EXISTS (SELECT 1 FROM vectors v WHERE v.fingerprint = ? AND "
-                "v.sha256 = m.sha256) FROM members m WHERE m.dataset = ? AND NOT EXISTS "
-                "(SELECT 1 FROM failures f WHERE f.dataset = m.dataset AND f.path = m.path) ORDER BY m.path",
-                (fp_id, dataset))]
-
-    def dataset_rows(self, dataset: str, fp_id: str) -> list[tuple]:
-        """(path, sha256, label, split, shard file, row) for members that have vectors."""
-        with self.connect() as con:
-            return list(con.execute(
-                "SELECT m.path, m.sha256, m.label, m.split, s.file, v.row FROM members m "
-                "JOIN vectors v ON v.fingerprint = ? AND v.sha256 = m.sha256 JOIN shards s ON s.id = v.shard "
-                "WHERE m.dataset = ? ORDER BY m.path", (fp_id, dataset)))
-
-    def dataset_locations(self, dataset: str, fp_id: str) -> Iterator[tuple[str | None, str, str, int]]:
-        """(label, split, shard file, row) of the members that have vectors, shard by shard and row by row (what
-        a streamed read of a table larger than memory walks), fetched lazily."""
-        with self.connect() as con:
-            yield from con.execute(
-                "SELECT m.label, m.split, s.file, v.row FROM members m JOIN vectors v ON v.fingerprint = ? AND "
-                "v.sha256 = m.sha256 JOIN shards s ON s.id = v.shard WHERE m.dataset = ? ORDER BY s.id, v.row",
-                (fp_id, dataset))
 
     def vector_locations(self, fp_id: str, shas: list[str]) -> dict[str, tuple[str, int]]:
         out: dict[str, tuple[str, int]] = {}

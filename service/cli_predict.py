@@ -132,7 +132,7 @@ def _csv_row(r: dict) -> dict:
 def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta: int = 0) -> list[dict]:
     """The dataset's images (one split or all) predicted from their cached vectors under the head's fingerprint,
     all or nothing (classifiers.predict.cached_predictions); with `tta`, from cached test-time views."""
-    from classifiers.predict import cached_predictions, top_k
+    from classifiers.predict import cached_predictions, top_k_rows
 
     _, rows = cached_predictions(store, predictor.head, predictor.manifest, dataset, split, k)
     if tta:  # cached test-time views of each split (computed once)
@@ -142,8 +142,8 @@ def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta:
             picked = [r for r in rows if r["split"] == name]
             proba = dataset_proba(store, predictor.head, predictor.resolved, dataset, name,
                                   [r["sha256"] for r in picked], tta, predictor.device)
-            for r, p in zip(picked, proba, strict=True):
-                r["top"] = top_k(p, predictor.head.classes_, k)
+            for r, top in zip(picked, top_k_rows(proba, predictor.head.classes_, k), strict=True):
+                r["top"] = top
     return [{"image": r["image"], "true_label": r["true_label"], "split": r["split"], "top": r["top"],
              "cached": True} for r in rows]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 
 import pytest
@@ -258,6 +259,60 @@ def test_drop_images_and_see_top_k_bars(browser, site, shots):
     widths = page.evaluate("[...document.querySelectorAll('#predictions .fill')].map(f => parseFloat(f.style.width))")
     assert all(0 <= w <= 100 for w in widths) and widths[0] >= widths[1]
     page.screenshot(path=shots / "predict.png", full_page=True)
+    watch.clean()
+    page.context.close()
+
+
+def test_predict_an_extracted_folder_from_the_cache_and_download_the_csv(browser, site, shots):
+    """An unlabeled folder extracted with the head's features: its predictions from the cache, 100 a page with
+    thumbnails, and the whole listing as a CSV whose fields a spreadsheet never reads as formulas."""
+    trained(site)
+    inbox = site.data / "inbox"
+    make_folder(site.home.parent / "inbox-source", {"circle": 60, "square": 55}, seed=21)
+    inbox.mkdir(exist_ok=True)
+    for path in sorted((site.home.parent / "inbox-source").rglob("*.jpg")):
+        (inbox / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    (inbox / "=HYPERLINK(1).jpg").write_bytes(next(inbox.glob("circle-*")).read_bytes() + b"\0")  # new content
+    job = site.client.post("/extract", json={"dataset": "inbox", "path": "inbox", "backbone": "tiny",
+                                             "weights": "random", "unlabeled": True}).json()
+    assert site.wait_job(job["job_id"])["state"] == "succeeded"
+    expected = site.client.get("/heads/shapes-mlp/predictions", params={"dataset": "inbox", "limit": 1000,
+                                                                        "top_k": 2}).json()
+    assert expected["total"] == 116
+    page, watch = open_page(browser, site, "/ui/#predict")
+    page.wait_for_selector("#predict-form select[name=head] option[value='shapes-mlp']", state="attached")
+    page.select_option("#predict-form select[name=head]", "shapes-mlp")
+    page.wait_for_selector("#cached-form select[name=dataset] option[value=inbox]", state="attached")
+    page.select_option("#cached-form select[name=dataset]", "inbox")
+    page.click("#cached-form button[type=submit]")
+    until(page, "document.querySelectorAll('#cached-table tbody tr').length === 100")
+    assert page.locator("#cached-count").inner_text().startswith("116 images of inbox (all) predicted by shapes-mlp")
+    shown = page.locator("#cached-table tbody tr td.label").all_inner_texts()
+    assert shown == [r["top"][0]["label"] for r in expected["rows"][:100]]
+    assert page.locator("#cached-table tr.wrong").count() == 0  # no true labels: nothing marked wrong
+    page.click("#cached-more")
+    until(page, "document.querySelectorAll('#cached-table tbody tr').length === 116")
+    assert page.is_hidden("#cached-more")
+    until(page, "[...document.querySelectorAll('#cached-table img')].slice(0, 5).every(i => i.complete && "
+                "i.naturalWidth > 0 && i.src.startsWith('blob:'))")
+    page.screenshot(path=shots / "predict-cached.png", full_page=True)
+    page.fill("#predict-form input[name=top_k]", "2")
+    with page.expect_download() as download:
+        page.click("#cached-csv")
+    rows = list(csv.reader(open(download.value.path(), newline="")))
+    assert rows[0] == ["image", "prediction", "probability", "top_k", "true_label", "split"] and len(rows) == 117
+    by_path = {r["path"]: r for r in expected["rows"]}
+    for row in rows[1:]:
+        path = row[0][1:] if row[0].startswith("'") else row[0]
+        assert row[1] == by_path[path]["top"][0]["label"] and len(row[3].split("|")) == 2
+    assert ["'=HYPERLINK(1).jpg"] == [row[0] for row in rows if "HYPERLINK" in row[0]]  # never a formula
+    page.select_option("#cached-form select[name=dataset]", "shapes")  # labeled: wrong predictions marked
+    page.select_option("#cached-form select[name=split]", "test")
+    page.click("#cached-form button[type=submit]")
+    test = site.client.get("/heads/shapes-mlp/predictions", params={"dataset": "shapes", "split": "test"}).json()
+    until(page, f"document.querySelectorAll('#cached-table tbody tr').length === {test['total']}")
+    wrong = sum(r["true"] != r["top"][0]["label"] for r in test["rows"])
+    assert page.locator("#cached-table tr.wrong").count() == wrong
     watch.clean()
     page.context.close()
 

@@ -148,7 +148,7 @@ async function loadThumb(img) {
   try {
     const blob = await (await api(img.dataset.src)).blob();
     const url = URL.createObjectURL(blob);
-    blobs.add(url);
+    blobs.add(`${img.dataset.owner} ${url}`);
     img.src = url;
     img.classList.add("loaded");
   } catch (error) {
@@ -157,16 +157,21 @@ async function loadThumb(img) {
   }
 }
 
-function thumb(dataset, sha256, alt) {
-  const img = el("img", { class: "thumb", alt, width: THUMB, height: THUMB,
+// `owner`: the view whose reload drops it (dropBlobs)
+function thumb(dataset, sha256, alt, owner = "mistakes") {
+  const img = el("img", { class: "thumb", alt, width: THUMB, height: THUMB, "data-owner": owner,
     "data-src": `/datasets/${encodeURIComponent(dataset)}/images/${sha256}/thumbnail?size=${THUMB}` });
   watcher.observe(img);
   return img;
 }
 
-function dropBlobs() {
-  for (const url of blobs) URL.revokeObjectURL(url);
-  blobs.clear();
+function dropBlobs(owner = "mistakes") {
+  for (const entry of [...blobs]) {
+    const [who, url] = entry.split(" ");
+    if (who !== owner) continue;
+    URL.revokeObjectURL(url);
+    blobs.delete(entry);
+  }
 }
 
 // ---- small SVG charts ------------------------------------------------------------------------------------------
@@ -658,6 +663,86 @@ const predict = guarded(async (files) => {
   }
 });
 
+// ---- Predict a dataset from the cache ------------------------------------------------------------------------------
+
+const cached = { head: null, dataset: null, split: "all", offset: 0, total: 0 };
+
+function renderCachedForm() {
+  const head = state.heads.find((h) => h.name === $("#predict-form").elements.head.value);
+  const names = head ? state.datasets.filter((d) => (d.features || []).some((f) => f.fingerprint === head.fingerprint))
+    .map((d) => d.name) : [];
+  fillSelect($("#cached-form").elements.dataset, names, head?.dataset);
+  $("#cached-form button[type=submit]").disabled = !names.length;
+}
+
+function cachedQuery(offset, limit, topK = 1) {
+  return `/heads/${encodeURIComponent(cached.head)}/predictions?` + new URLSearchParams({ dataset: cached.dataset,
+    split: cached.split, top_k: topK, limit, offset });
+}
+
+const loadCached = guarded(async (more = false) => {
+  const body = $("#cached-table tbody");
+  if (!more) {
+    const f = $("#cached-form").elements;
+    Object.assign(cached, { head: $("#predict-form").elements.head.value, dataset: f.dataset.value,
+      split: f.split.value, offset: 0, total: 0 });
+    body.replaceChildren();
+    dropBlobs("cached");
+    $("#cached-table").hidden = $("#cached-more").hidden = $("#cached-csv").hidden = true;
+  }
+  if (!cached.head || !cached.dataset) return;
+  $("#cached-count").textContent = "predicting…";
+  const asked = JSON.stringify(cached);
+  let answer;
+  try {
+    answer = await getJSON(cachedQuery(cached.offset, PAGE));
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    if (JSON.stringify(cached) === asked) $("#cached-count").textContent = error.message; // e.g. vectors missing
+    return;
+  }
+  if (JSON.stringify(cached) !== asked) return; // the user moved on meanwhile
+  body.append(...answer.rows.map((r) => {
+    const top = r.top[0];
+    return el("tr", { class: r.true !== null && r.true !== top.label ? "wrong" : "" },
+      el("td", {}, thumb(cached.dataset, r.sha256, r.path, "cached")), el("td", { class: "path", text: r.path }),
+      el("td", { class: "label", text: top.label }), el("td", { class: "num", text: fmt.pct(top.probability) }),
+      el("td", { text: r.true ?? "–" }));
+  }));
+  cached.offset += answer.rows.length;
+  cached.total = answer.total;
+  const wrong = body.querySelectorAll("tr.wrong").length;
+  $("#cached-count").textContent = `${answer.total} images of ${cached.dataset} (${cached.split}) predicted by ` +
+    `${cached.head}; ${cached.offset} shown` + (wrong ? `, ${wrong} of them wrong (red)` : "");
+  $("#cached-table").hidden = $("#cached-csv").hidden = false;
+  $("#cached-more").hidden = cached.offset >= answer.total;
+});
+
+// a field as a spreadsheet will read it: quoted, and never taken for a formula
+function csvField(value) {
+  const text = value === null || value === undefined ? "" : String(value);
+  return `"${(/^[=+\-@\t\r]/.test(text) ? `'${text}` : text).replaceAll('"', '""')}"`;
+}
+
+const downloadCached = guarded(async () => {
+  const k = Number($("#predict-form").elements.top_k.value) || 3;
+  const lines = [["image", "prediction", "probability", "top_k", "true_label", "split"].map(csvField).join(",")];
+  for (let offset = 0; offset < cached.total; offset += 1000) {
+    $("#cached-count").textContent = `preparing the CSV: ${offset} of ${cached.total}…`;
+    const answer = await getJSON(cachedQuery(offset, 1000, k));
+    for (const r of answer.rows) {
+      lines.push([r.path, r.top[0].label, r.top[0].probability, r.top.map((t) => `${t.label}:${t.probability}`).join("|"),
+        r.true, r.split].map(csvField).join(","));
+    }
+  }
+  const link = el("a", { href: URL.createObjectURL(new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" })),
+    download: `${cached.head}-${cached.dataset}-${cached.split}.csv` });
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  $("#cached-count").textContent = `${cached.total} images of ${cached.dataset} (${cached.split}) predicted by ` +
+    `${cached.head}: CSV written (${lines.length - 1} rows)`;
+});
+
 function setUpDrop() {
   const zone = $("#drop-zone");
   for (const name of ["dragenter", "dragover"]) {
@@ -695,7 +780,7 @@ function route() {
     loadDatasets();
   }
   if (state.view === "mistakes") Promise.all([loadHeads(), loadDatasets()]).then(() => loadMistakes());
-  if (state.view === "predict") loadHeads();
+  if (state.view === "predict") Promise.all([loadHeads(), loadDatasets()]).then(renderCachedForm);
 }
 
 function start() {
@@ -708,6 +793,13 @@ function start() {
   $("#mistakes-form").addEventListener("change", mistakesChanged);
   $("#mistakes-form").addEventListener("submit", (e) => e.preventDefault());
   $("#predict-form").addEventListener("submit", (e) => e.preventDefault());
+  $("#predict-form").elements.head.addEventListener("change", renderCachedForm);
+  $("#cached-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    loadCached();
+  });
+  $("#cached-more").addEventListener("click", () => loadCached(true));
+  $("#cached-csv").addEventListener("click", downloadCached);
   $("#mistakes-clear").addEventListener("click", () => {
     Object.assign(state.mistakes, { true: null, predicted: null });
     loadMistakes();

@@ -144,3 +144,18 @@ def test_the_ray_profile_keeps_ray_private_and_shares_home_and_data():
     assert env["HEADSTART_ENGINE"] == "${HEADSTART_ENGINE:-local}" and "ray-head:6379" in env["HEADSTART_RAY_ADDRESS"]
     assert "ray-private" in service()["networks"]
     assert set(Settings.model_fields) >= {"engine", "ray_address"}
+
+
+def test_the_wheel_the_image_installs_carries_the_page_and_the_zoo_table(tmp_path):
+    """`pip install .` (the Dockerfile's) builds a wheel: the page's files and the zoo table must be in it, or the
+    image serves /ui as a 404 and `backbones --all` fails. Built without build isolation (no network here)."""
+    import sys
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    assert "absent from the `packages` configuration" not in built.stderr  # every data folder declared
+    names = set(zipfile.ZipFile(next(tmp_path.glob("headstart-*.whl"))).namelist())
+    shipped = {p.relative_to(REPO).as_posix() for p in (REPO / "service" / "ui").rglob("*") if p.is_file()}
+    assert shipped and shipped <= names and "extractor/zoo_table.json" in names

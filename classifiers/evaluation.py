@@ -75,8 +75,13 @@ def check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, sp
     if store.catalog.dataset(dataset) is None:
         raise NotFound(f"no dataset {dataset!r}", cli="run `headstart extract` first", api="POST /extract first")
     fp_id = manifest["fingerprint"]["id"]
-    members = [(sha, has) for sha, label, split, has in store.catalog.coverage(dataset, fp_id)
-               if label is not None and split in splits]
+    covered = store.catalog.coverage(dataset, fp_id)
+    if covered and all(label is None for _, label, _, _ in covered):  # an unlabeled folder: predictions, not scores
+        raise HeadstartError(
+            f"dataset {dataset!r} has no labels: a head is scored on labeled images (class subfolders or a --labels "
+            f"CSV when extracting)", cli=f"`headstart predict {name} --dataset {dataset}` gives its predictions",
+            api=f"GET /heads/{name}/predictions?dataset={dataset} gives its predictions")
+    members = [(sha, has) for sha, label, split, has in covered if label is not None and split in splits]
     missing = sum(not has for _, has in members)
     if missing:
         weights = (store.catalog.fingerprint(fp_id) or {}).get("source") or "imagenet"

@@ -127,6 +127,11 @@ def confine(root: Path, relative: str) -> Path:
     return target
 
 
+# an absolute path of two or more parts; one right after an HTTP method is this API's own route ("roll back with
+# POST /heads/pets/rollback"), which stays
+SERVER_PATH = re.compile(r"(\b(?:GET|POST|PUT|DELETE) )?(?<![\w<>])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
 class Scrubber:
     """Removes server paths from messages: known roots become placeholders, other absolute paths vanish."""
 
@@ -136,4 +141,4 @@ class Scrubber:
     def __call__(self, text: str) -> str:
         for prefix, name in self.pairs:
             text = text.replace(prefix + "/", name + "/").replace(prefix, name)
-        return re.sub(r"(?<![\w<>])/(?:[\w.+-]+/)+[\w.+-]*", "<server path>", text)
+        return SERVER_PATH.sub(lambda m: m[0] if m[1] else "<server path>", text)

@@ -122,6 +122,11 @@ def test_predictions_for_an_extracted_folder_page_by_page(tmp_path):
         n_test = next(d for d in client.get("/datasets").json() if d["name"] == "colors")["splits"]["test"]
         assert test["total"] == len(test["rows"]) == n_test > 0 and {r["split"] for r in test["rows"]} == {"test"}
         assert all(r["true"] in ("red", "green", "blue") for r in test["rows"])
+        for route in ("evaluation", "mistakes", "roc"):  # an unlabeled folder is predicted, never scored
+            unlabeled = client.get(f"/heads/lr/{route}", params={"dataset": "inbox"})
+            assert unlabeled.status_code == 400 and unlabeled.json()["detail"] == (
+                "dataset 'inbox' has no labels: a head is scored on labeled images (class subfolders or a --labels CSV "
+                "when extracting); GET /heads/lr/predictions?dataset=inbox gives its predictions"), route
         missing = client.get("/heads/lr/predictions", params={"dataset": "nothing"})
         assert missing.status_code == 404 and "POST /extract first" in missing.json()["detail"]
         assert client.get("/heads/lr/predictions").status_code == 422  # which dataset: required

@@ -234,3 +234,8 @@ def test_scrubber_hides_server_paths_and_keeps_ordinary_text():
     assert scrub("cannot read /srv/data/pets/a.jpg") == "cannot read <data>/pets/a.jpg"
     assert scrub("expected the file /root/.cache/torch/hub/x.pth") == "expected the file <server path>"
     assert scrub("split 0.6,0.2,0.2 into train/val/test") == "split 0.6,0.2,0.2 into train/val/test"
+    assert scrub("roll back with POST /heads/pets/rollback, or delete it") == \
+        "roll back with POST /heads/pets/rollback, or delete it"  # the API's own routes stay (they were mangled)
+    assert scrub("GET /heads/h/predictions?dataset=d gives them; not /srv/x/y") == \
+        "GET /heads/h/predictions?dataset=d gives them; not <server path>"
+    assert scrub("POSTED /etc/passwd/x") == "POSTED <server path>"  # only a method's own word keeps a path

@@ -140,5 +140,11 @@ def test_evaluate_on_another_labeled_dataset(tmp_path, capsys):
     own = json.loads(out)  # (--json carries the small-split warning too)
     assert code == 0 and own["split"] == "test" and [w[:40] for w in own["warnings"]] == [
         "the test split has fewer than 5 images o"]
+    make_folder(tmp_path / "inbox" / "x", {"red": 2}, seed=8)
+    assert run_main(capsys, "extract", str(tmp_path / "inbox"), "--dataset", "inbox", "--unlabeled", *extract,
+                    "--weights", "random")[0] == 0
+    code, _, err = run_main(capsys, "evaluate", "lr", "--dataset", "inbox", *home)
+    assert_one_line_error(code, err, "dataset 'inbox' has no labels: a head is scored on labeled images")
+    assert "`headstart predict lr --dataset inbox` gives its predictions" in err
     code, _, err = run_main(capsys, "evaluate", "lr", "--split", "every", *home)
     assert_one_line_error(code, err, "split 'every': expected one of train, val, test or all")

@@ -196,10 +196,15 @@ def test_a_head_scored_on_another_dataset_and_its_mistakes_there(browser, site, 
     job = site.client.post("/extract", json={"dataset": "holdout", "path": "holdout", "backbone": "tiny",
                                              "weights": "random"}).json()
     assert site.wait_job(job["job_id"])["state"] == "succeeded"
+    make_folder(site.data / "loose" / "x", {"circle": 3}, seed=10)  # with the head's features, but no labels
+    job = site.client.post("/extract", json={"dataset": "loose", "path": "loose", "backbone": "tiny",
+                                             "weights": "random", "unlabeled": True}).json()
+    assert site.wait_job(job["job_id"])["state"] == "succeeded"
     scored = site.client.get("/heads/shapes-mlp/evaluation", params={"dataset": "holdout"}).json()
     page, watch = open_page(browser, site, "/ui/#heads/shapes-mlp")
     page.wait_for_selector("#head-dataset option[value=holdout]", state="attached")
-    assert page.locator("#head-dataset option").all_inner_texts() == ["shapes (its own)", "holdout"]
+    offered = page.locator("#head-dataset option").all_inner_texts()
+    assert offered == ["shapes (its own)", "holdout"]  # not "loose": an unlabeled dataset is predicted, never scored
     page.select_option("#head-dataset", "holdout")
     until(page, "document.querySelector('#head-summary').textContent.startsWith('14 images')")
     assert page.input_value("#head-split") == "all"

@@ -236,9 +236,11 @@ function fillSelect(select, values, keep) {
   if (values.includes(previous)) select.value = previous;
 }
 
-// the datasets a head can be scored on: its own (value ""), then the others holding vectors of its features
+// the datasets a head can be scored on: its own (value ""), then the labeled others holding vectors of its features
+// (an unlabeled folder is predicted instead, in the Predict view)
 function fillDatasets(select, head, chosen) {
   const others = head ? state.datasets.filter((d) => d.name !== head.dataset &&
+    (d.sources || []).some((s) => s.kind !== "unlabeled") &&
     (d.features || []).some((f) => f.fingerprint === head.fingerprint)).map((d) => d.name) : [];
   select.replaceChildren(el("option", { value: "", text: head ? `${head.dataset} (its own)` : "–" }),
     ...others.map((name) => el("option", { value: name, text: name })));

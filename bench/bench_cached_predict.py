@@ -1,6 +1,7 @@
-"""Predictions of a whole dataset from the cache (`predict --dataset`, `GET /heads/{name}/predictions`): the
-chunked reader against reading the whole table first (what predict --dataset did before), side by side on one
-synthetic table, time and peak traced memory; and the latency of one API page.
+"""Heads scored from the cache, side by side on one synthetic table. Predictions of a whole dataset (`predict
+--dataset`, `GET /heads/{name}/predictions`): the chunked reader against reading the whole table first (what predict
+--dataset did before), time and peak traced memory; the latency of one API page. Evaluation (`evaluate`): block by
+block (now the default) against the whole table (`--stream never`, before the default for tables under 1 GB).
 
     python bench/bench_cached_predict.py [--rows 100000] [--dim 2048] [--rounds 2]
 """
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench.synthetic import synthetic_table  # noqa: E402
+from classifiers.evaluation import evaluate_head  # noqa: E402
 from classifiers.persist import load  # noqa: E402
 from classifiers.predict import cached_predictions, top_k_rows  # noqa: E402
 from classifiers.training import heads_dir, train_head  # noqa: E402
@@ -95,6 +97,12 @@ def main() -> None:
             assert [r["top"] for r in listed] == [r["top"] for r in paged]
             print(f"one page of {limit} at offset {offset:,} (best of 5): listed {t_list * 1000:.0f} ms, paged by "
                   f"SQLite {t_sql * 1000:.0f} ms: {t_list / t_sql:.1f}x")
+        for split in ("test", "all"):
+            t_whole, whole = best_of(2, lambda s=split: evaluate_head(store, "h", s, stream="never"))
+            t_blocks, blocks = best_of(2, lambda s=split: evaluate_head(store, "h", s))
+            assert whole["metrics"]["confusion_matrix"] == blocks["metrics"]["confusion_matrix"]
+            print(f"evaluate on {split} (best of 2): whole table {t_whole:.2f} s, block by block {t_blocks:.2f} s: "
+                  f"{t_whole / t_blocks:.1f}x")
 
 
 if __name__ == "__main__":

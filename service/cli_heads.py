@@ -54,7 +54,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 def _stream_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", default="auto", choices=("auto", "always", "never"),
                    help="read the feature table in blocks instead of whole (auto: when its float32 features exceed "
-                        "HEADSTART_STREAM_MB, default 1024; mlp and logreg)")
+                        "HEADSTART_STREAM_MB, default 1024, for training; evaluation reads in blocks unless never)")
 
 
 def _head_params_help() -> str:

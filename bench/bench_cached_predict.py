@@ -1,7 +1,8 @@
 """Heads scored from the cache, side by side on one synthetic table. Predictions of a whole dataset (`predict
 --dataset`, `GET /heads/{name}/predictions`): the chunked reader against reading the whole table first (what predict
 --dataset did before), time and peak traced memory; the latency of one API page. Evaluation (`evaluate`): block by
-block (now the default) against the whole table (`--stream never`, before the default for tables under 1 GB).
+block (now the default) against the whole table (`--stream never`, before the default for tables under 1 GB). The
+scores that the mistakes and ROC views keep: read and scored in blocks against all rows at once (before).
 
     python bench/bench_cached_predict.py [--rows 100000] [--dim 2048] [--rounds 2]
 """
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench.synthetic import synthetic_table  # noqa: E402
+from classifiers import review  # noqa: E402
 from classifiers.evaluation import evaluate_head  # noqa: E402
 from classifiers.persist import load  # noqa: E402
 from classifiers.predict import cached_predictions, top_k_rows  # noqa: E402
@@ -103,6 +105,16 @@ def main() -> None:
             assert whole["metrics"]["confusion_matrix"] == blocks["metrics"]["confusion_matrix"]
             print(f"evaluate on {split} (best of 2): whole table {t_whole:.2f} s, block by block {t_blocks:.2f} s: "
                   f"{t_whole / t_blocks:.1f}x")
+        block = review.PREDICT_CHUNK
+        for r in range(args.rounds):
+            times = {}
+            for rows in (10**12, block):  # all at once, as before; then in blocks
+                review.PREDICT_CHUNK = rows
+                review._scored.clear()  # scored again, not answered from the kept scores
+                times[rows] = best_of(1, lambda: review.roc_points(store, "h", "all"))[0]
+            print(f"round {r + 1}: ROC curves on all rows, scores kept for the page: all rows at once "
+                  f"{times[10**12]:.2f} s, in blocks {times[block]:.2f} s: {times[10**12] / times[block]:.1f}x")
+        review.PREDICT_CHUNK = block
 
 
 if __name__ == "__main__":

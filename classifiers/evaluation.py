@@ -33,7 +33,7 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     write PNG plots. With `tta` N, also score it on probabilities averaged over N test-time views (reported beside,
     under "tta"). The vectors of the scored splits are read block by block, whatever the table's size
     (classifiers.streaming; 1.9-8.6x faster than reading the whole table for the test split of 100,000 x 2048 rows,
-    3-4.4x for all of it): `stream` "never" reads them whole, as `tta` does."""
+    1-4.4x for all of it): `stream` "never" reads them whole, as `tta` does."""
     head, manifest = load(heads_dir(store), name)
     own, fp_id = manifest["dataset"], manifest["fingerprint"]["id"]
     dataset = dataset or own

@@ -15,6 +15,7 @@ from classifiers.evaluation import check_other, eval_splits
 from classifiers.heads import Head
 from classifiers.metrics import roc_columns
 from classifiers.persist import load
+from classifiers.predict import PREDICT_CHUNK
 from classifiers.training import NO_LABELS, heads_dir
 from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore
@@ -115,9 +116,11 @@ def scored_split(store: FeatureStore, name: str, split: str | None = None,
         if key in _scored:
             _scored.move_to_end(key)
             return head, _scored[key]
-    X = store.read_rows([(r[4], r[5]) for r in rows], info["dim"], np.float32)
-    scored = Scored(dataset, split, members, head.predict_proba(X) if rows else np.empty((0, len(head.classes_))),
-                    any_labels)
+    where = [(r[4], r[5]) for r in rows]  # read and scored a block at a time: only the probabilities are kept
+    blocks = [head.predict_proba(store.read_rows(where[i:i + PREDICT_CHUNK], info["dim"], np.float32))
+              for i in range(0, len(where), PREDICT_CHUNK)]
+    scored = Scored(dataset, split, members, np.concatenate(blocks) if blocks else
+                    np.empty((0, len(head.classes_))), any_labels)
     with _scored_lock:
         _scored[key] = scored
         while len(_scored) > SCORED_KEEP:

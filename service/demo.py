@@ -82,6 +82,8 @@ def main() -> None:
         step("rank backbones by a linear probe (C chosen on val)", "compare", "--dataset", "digits",
              "--backbones", "vgg16,mobilenet_v2", "--weights", weights, *common)
     sample = sorted((data / "digit_7").iterdir())[-1]
+    step("a dataset's predictions from the cache (no forward pass), as a CSV", "predict", "digits-logreg",
+         "--dataset", "digits", "--split", "test", "--csv", str(OUT / "test-predictions.csv"), *common)
     step("predict one image", "predict", "digits-mlp", str(sample), "--top-k", "3", *common)
     print("\ndemo done: outputs under demo-output/")
 

@@ -167,7 +167,8 @@ def merge(listings: list[Listing], sources: list[dict]) -> Listing:
                                      for listing, source in zip(listings, sources, strict=True)
                                      for f in listing.system_folders],
                      unsupported=dict(sum((Counter(x.unsupported) for x in listings), Counter())),
-                     notes=[note for x in listings for note in x.notes])
+                     notes=[note for x in listings for note in x.notes],
+                     split_folders={name: split for x in listings for name, split in x.split_folders.items()})
     merged.items = _drop_conflicts(sorted(items, key=lambda i: i.rel), merged.failures)
     return merged
 

@@ -62,6 +62,23 @@ def assign_splits(units: dict[str, str | None], existing: dict[str, str],
 DEFAULT_SPLIT, DEFAULT_SEED = "0.6,0.2,0.2", 42
 
 
+def _given_splits(listing: Listing) -> dict[str, str]:
+    """Splits named by the folders (data/train/cat/1.jpg), per content: they decide, also for images split before
+    (a file moved from validation/ to train/ moves). The same content in two split folders goes to the first by
+    path, and the listing's notes say how many (a leak between the user's own splits)."""
+    given: dict[str, str] = {}
+    across = set()
+    for item in listing.items:
+        if item.split is None:
+            continue
+        if given.setdefault(item.sha256, item.split) != item.split:
+            across.add(item.sha256)
+    if across:
+        listing.notes.append(f"{len(across)} images are in two split folders (the same content): each is used in "
+                             f"the first by path only, so that no image is in two splits; remove the copies")
+    return given
+
+
 def _split_text(fractions: tuple[float, float, float]) -> str:
     return ",".join(f"{f:.6g}" for f in fractions)
 
@@ -83,7 +100,9 @@ def register(catalog: Catalog, name: str, listing: Listing, sources: list[dict],
     units: dict[str, str | None] = {}
     for item in listing.items:
         units.setdefault(item.sha256, item.label)
-    splits = assign_splits(units, existing, fractions, seed)
+    given = _given_splits(listing)
+    splits = {**assign_splits({s: lab for s, lab in units.items() if s not in given}, existing, fractions, seed),
+              **given}
     members = [(i.rel, i.sha256, i.label, splits[i.sha256], i.source) for i in listing.items]
     info = {"name": name, "root": str(listing.root), "kind": listing.kind, "split": text, "seed": seed}
     catalog.save_dataset(info, members, sources)

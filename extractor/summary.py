@@ -68,12 +68,15 @@ class ExtractSummary:
 
 def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, members: list,
              summary: ExtractSummary) -> list[str]:
-    """What the user should know although nothing failed: skipped files, one class, a no-op option, repairs."""
+    """What the user should know although nothing failed: skipped files, one class, a no-op option, repairs, splits
+    taken from the folders."""
     out = []
     if summary.repaired:
         out.append(f"{summary.repaired} cached vectors were in shard files that are missing or damaged; they were "
                    f"dropped from the catalog and computed again")
     out += listing.notes
+    if listing.split_folders:
+        out.append(_split_folders_note(listing.split_folders, opts.split))
     if listing.top_level:
         out.append(f"{listing.top_level} files at the top level of {listing.root} were not read: a dataset of class "
                    f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
@@ -96,3 +99,22 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
             out.append(f"the cached vectors are stored as {', '.join(sorted(stored))}; --dtype {opts.dtype} applies "
                        f"only to vectors computed from now on, so nothing changed (export --dtype converts a copy)")
     return out
+
+
+def _split_folders_note(folders: dict[str, str], asked: str | None) -> str:
+    """data/train/cat, data/validation/cat: the folders name the splits (and the classes are inside them)."""
+    named = ", ".join(f"{name}/ ({split})" for name, split in sorted(folders.items()))
+    if set(folders.values()) == {"train"}:
+        return f"the classes are the folders inside {', '.join(f'{n}/' for n in sorted(folders))}, and its images " \
+               f"are split train/val/test as any (--split)"
+    text = f"the top-level folders name the splits, {named}, and the folders inside them the classes"
+    if asked:
+        text += f"; --split {asked} does not apply"
+    missing = [s for s in ("val", "test") if s not in folders.values()]
+    if missing:
+        are = "splits are" if len(missing) > 1 else "split is"
+        text += f"; with no {' and no '.join(missing)} folder the {' and '.join(missing)} {are} empty"
+        text += {("test",): ": heads report val figures (evaluate --split val)",
+                 ("val",): ": heads train without a validation set (the mlp without early stopping)",
+                 ("val", "test"): ": heads are fitted on train alone and have no held-out figures"}[tuple(missing)]
+    return text

@@ -1,0 +1,74 @@
+"""Data already split into folders, as tutorials and public datasets lay it out (data/train/cats,
+data/validation/cats): the top-level folders are splits, the folders inside them the classes. Before, `train` and
+`validation` became the two classes and a head learned to tell the splits apart."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from extractor.datasets import scan_folder
+from extractor.store import FeatureStore
+from tests.conftest import make_folder, run_main
+
+
+def members(home) -> dict[str, tuple[str, str]]:
+    """path -> (label, split)"""
+    return {path: (label, split) for path, _, label, split in FeatureStore(home).catalog.members("pets")}
+
+
+def test_the_keras_layout_gives_its_classes_and_keeps_its_splits(tmp_path, capsys):
+    make_folder(tmp_path / "data" / "train", {"cats": 8, "dogs": 8})
+    make_folder(tmp_path / "data" / "validation", {"cats": 4, "dogs": 4}, seed=3)
+    home = ["--home", str(tmp_path / "home")]
+    extract = ["extract", str(tmp_path / "data"), "--dataset", "pets", "--backbone", "tiny", "--weights", "random"]
+    code, _, err = run_main(capsys, *extract, *home)
+    assert code == 0, err
+    assert "the top-level folders name the splits, train/ (train), validation/ (val), and the folders inside them " \
+           "the classes; with no test folder the test split is empty: heads report val figures" in err
+    found = members(tmp_path / "home")
+    assert {label for label, _ in found.values()} == {"cats", "dogs"}  # never "train" and "validation"
+    assert all(split == ("train" if path.startswith("train/") else "val") for path, (_, split) in found.items())
+    assert sum(path.startswith("validation/") for path in found) == 8
+    code, out, err = run_main(capsys, "train", "--dataset", "pets", "--backbone", "tiny", "--name", "p", *home)
+    assert code == 0 and "val  accuracy" in out and "(n=8)" in out, err
+    code, out, _ = run_main(capsys, "evaluate", "p", "--split", "val", "--json", *home)
+    assert code == 0 and json.loads(out)["metrics"]["n"] == 8
+    # the folders decide, also for images split before: one moved from validation/ to train/ moves with it
+    moved = sorted((tmp_path / "data" / "validation" / "cats").iterdir())[0]
+    shutil.move(moved, tmp_path / "data" / "train" / "cats" / moved.name)
+    # the same content in two split folders: used once, in the first by path, and said
+    copy = sorted((tmp_path / "data" / "train" / "dogs").iterdir())[0]
+    shutil.copy(copy, tmp_path / "data" / "validation" / "dogs" / f"copy-{copy.name}")
+    code, _, err = run_main(capsys, *extract, "--split", "0.8,0.1,0.1", "--resplit", *home)
+    assert code == 0, err
+    assert "--split 0.8,0.1,0.1 does not apply" in err
+    assert "1 images are in two split folders (the same content): each is used in the first by path only" in err
+    found = members(tmp_path / "home")
+    assert found[f"train/cats/{moved.name}"] == ("cats", "train") and f"validation/cats/{moved.name}" not in found
+    assert found[f"validation/dogs/copy-{copy.name}"] == ("dogs", "train")  # its content is a train image
+
+
+def test_a_train_folder_alone_holds_the_classes_and_is_split_as_any(tmp_path, capsys):
+    make_folder(tmp_path / "data" / "Train", {"cats": 10, "dogs": 10})
+    (tmp_path / "data" / "Train" / "notes.jpg").write_bytes(b"x")  # a loose file beside the class folders
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "pets", "--backbone", "tiny",
+                            "--weights", "random", "--home", str(tmp_path / "home"))
+    assert code == 0, err
+    assert "the classes are the folders inside Train/, and its images are split train/val/test as any" in err
+    assert "1 files at the top level" in err
+    found = members(tmp_path / "home")
+    assert {label for label, _ in found.values()} == {"cats", "dogs"} and len(found) == 20
+    assert {split for _, split in found.values()} == {"train", "val", "test"}
+
+
+def test_folders_that_are_not_all_splits_stay_classes(tmp_path):
+    make_folder(tmp_path / "a", {"train": 2, "cats": 2})  # "train" beside a class: a class named train
+    assert {item.label for item in scan_folder(tmp_path / "a").items} == {"train", "cats"}
+    make_folder(tmp_path / "b" / "test", {"cats": 2})  # split-named folders without a train folder: as before
+    make_folder(tmp_path / "b" / "val", {"cats": 2})
+    listing = scan_folder(tmp_path / "b")
+    assert {item.label for item in listing.items} == {"test", "val"} and not listing.split_folders
+    make_folder(tmp_path / "c", {"train": 2, "test": 2})  # split names holding images, not class folders
+    listing = scan_folder(tmp_path / "c")
+    assert {item.label for item in listing.items} == {"train", "test"} and not listing.split_folders

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from extractor.catalog import Catalog
@@ -78,12 +78,6 @@ class Listing:
     split_folders: dict[str, str] = field(default_factory=dict)  # top-level folders naming splits -> the split
 
 
-# top-level folder names that mean a split, as tutorials and public datasets lay them out (data/train/cat,
-# data/validation/cat): such a folder is a split of class folders, never a class
-SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "dev": "val", "test": "test", "testing": "test"}
-
-
 # folders that systems and tools add beside the photos: NAS thumbnails (Synology's @eaDir holds small copies of
 # every photo), archive metadata, recycle bins. Never classes, never images of a dataset.
 SYSTEM_FOLDERS = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information", "#recycle",
@@ -119,64 +113,6 @@ def image_files(folder: Path, system: list[Path] | None = None,
             else:
                 skipped += 1
     return found, skipped
-
-
-def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
-    """Class subfolders -> labeled items; images directly in root (or `unlabeled`) -> unlabeled items."""
-    root = existing_dir(root)
-    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    folders = [p for p in entries if p.is_dir()]
-    classes = [p for p in folders if p.name not in SYSTEM_FOLDERS]
-    system: list[Path] = []
-    unread: Counter = Counter()
-    if unlabeled or not classes:  # the walk from the root meets the system folders, at every depth
-        files, skipped = image_files(root, system, unread)
-        listing = Listing(root, "unlabeled", [Item.at(root, f, None) for f in files], skipped=skipped)
-    elif _split_folders(classes):
-        listing = _scan_split_folders(root, classes, system, unread)
-        listing.top_level += sum(p.is_file() for p in entries)
-    else:
-        system += [p for p in folders if p.name in SYSTEM_FOLDERS]
-        items, skipped = [], 0
-        for folder in classes:
-            files, n_skip = image_files(folder, system, unread)
-            skipped += n_skip
-            items += [Item.at(root, f, shown(folder.name)) for f in files]
-        listing = Listing(root, "folders", items, skipped=skipped, top_level=sum(p.is_file() for p in entries))
-    listing.system_folders = sorted(str(p.relative_to(root)) for p in system)
-    listing.unsupported = dict(unread)
-    return listing
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _split_folders(folders: list[Path]) -> bool:
-    """Whether the top-level folders are splits of class folders: every one named like a split (one of them
-    train), each holding folders."""
-    names = [SPLIT_FOLDERS.get(p.name.lower()) for p in folders]
-    return all(names) and "train" in names and all(_subfolders(p) for p in folders)
-
-
-def _scan_split_folders(root: Path, splits: list[Path], system: list[Path], unread: Counter) -> Listing:
-    """data/<split>/<class>/... -> items labeled by their class folder, in the split their top folder names; a
-    train folder alone (data/train/<class>) only holds the classes, and its images are split as any."""
-    items, skipped, loose = [], 0, 0
-    given = {SPLIT_FOLDERS[p.name.lower()] for p in splits} != {"train"}
-    for split in splits:
-        inside = _subfolders(split)
-        system += [p for p in inside if p.name in SYSTEM_FOLDERS]
-        loose += sum(p.is_file() and not p.name.startswith(".") for p in split.iterdir())
-        for folder in (p for p in inside if p.name not in SYSTEM_FOLDERS):
-            files, n_skip = image_files(folder, system, unread)
-            skipped += n_skip
-            items += [replace(Item.at(root, f, shown(folder.name)),
-                              split=SPLIT_FOLDERS[split.name.lower()] if given else None) for f in files]
-    listing = Listing(root, "folders", items, skipped=skipped, split_folders={
-        p.name: SPLIT_FOLDERS[p.name.lower()] for p in splits})
-    listing.top_level = loose
-    return listing
 
 
 def existing_dir(root: Path) -> Path:

@@ -14,11 +14,11 @@ from extractor.datasets import (
     ThreadMap,
     existing_dir,
     hash_items,
-    scan_folder,
     unread_photos,
     unshown,
 )
 from extractor.errors import HeadstartError
+from extractor.folders import scan_folder
 from extractor.labelcsv import scan_csv
 
 

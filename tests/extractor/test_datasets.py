@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 
 from extractor.catalog import Catalog
-from extractor.datasets import hash_items, scan_folder
+from extractor.datasets import hash_items
 from extractor.errors import HeadstartError
+from extractor.folders import scan_folder
 from extractor.labelcsv import scan_csv
 from extractor.splits import assign_splits, parse_split, register
 from tests.conftest import make_folder

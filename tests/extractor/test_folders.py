@@ -1,13 +1,15 @@
-"""Data already split into folders, as tutorials and public datasets lay it out (data/train/cats,
-data/validation/cats): the top-level folders are splits, the folders inside them the classes. Before, `train` and
-`validation` became the two classes and a head learned to tell the splits apart."""
+"""Data folders as users have them. Already split into folders, as tutorials and public datasets lay it out
+(data/train/cats, data/validation/cats): the top-level folders are splits, the folders inside them the classes
+(before, `train` and `validation` became the two classes and a head learned to tell the splits apart). Flat, with
+labels in the file names (Kaggle's cat.0.jpg): read unlabeled, and the warning gives the command for a CSV."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
-from extractor.datasets import scan_folder
+from extractor.folders import scan_folder
 from extractor.store import FeatureStore
 from tests.conftest import make_folder, run_main
 
@@ -72,3 +74,37 @@ def test_folders_that_are_not_all_splits_stay_classes(tmp_path):
     make_folder(tmp_path / "c", {"train": 2, "test": 2})  # split names holding images, not class folders
     listing = scan_folder(tmp_path / "c")
     assert {item.label for item in listing.items} == {"train", "test"} and not listing.split_folders
+
+
+def test_labels_in_file_names_are_pointed_out_with_a_command_that_makes_the_csv(tmp_path, capsys):
+    data = tmp_path / "my data"  # a space in the path: the command quotes it
+    written = make_folder(tmp_path / "src", {"cat": 5, "dog": 5})
+    data.mkdir()
+    for i, path in enumerate(written):
+        (data / f"{path.parent.name}.{i}.jpg").write_bytes(path.read_bytes())
+    home = ["--home", str(tmp_path / "home")]
+    extract = ["extract", str(data), "--dataset", "pets", "--backbone", "tiny", "--weights", "random"]
+    code, _, err = run_main(capsys, *extract, *home)
+    assert code == 0 and "their names start with what look like labels (cat 5, dog 5)" in err, err
+    command = err.split("A labels CSV of them: ")[1].split("; then extract again")[0]
+    made = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    assert "then extract again with --labels labels.csv --redefine" in err
+    code, _, err = run_main(capsys, *extract, "--labels", str(tmp_path / "labels.csv"), "--redefine", *home)
+    assert code == 0 and "look like labels" not in err, err
+    assert {label for label, _ in members(tmp_path / "home").values()} == {"cat", "dog"}
+
+
+def test_camera_names_and_asked_for_unlabeled_folders_get_no_such_note(tmp_path):
+    written = make_folder(tmp_path / "src", {"a": 6})
+    for name, prefixes in (("camera", ["IMG_", "IMG_", "DSC_"]), ("one", ["photo-"]), ("dates", ["2024-0"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, path in enumerate(written):
+            (folder / f"{prefixes[i % len(prefixes)]}{i}.jpg").write_bytes(path.read_bytes())
+        assert scan_folder(folder).notes == [], name
+    labeled = tmp_path / "labeled"
+    labeled.mkdir()
+    for i, path in enumerate(written):
+        (labeled / f"{'cat' if i % 2 else 'dog'}_{i}.jpg").write_bytes(path.read_bytes())
+    assert len(scan_folder(labeled).notes) == 1 and scan_folder(labeled, unlabeled=True).notes == []

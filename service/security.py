@@ -127,9 +127,10 @@ def confine(root: Path, relative: str) -> Path:
     return target
 
 
-# an absolute path of two or more parts; one right after an HTTP method is this API's own route ("roll back with
-# POST /heads/pets/rollback"), which stays
-SERVER_PATH = re.compile(r"(\b(?:GET|POST|PUT|DELETE) )?(?<![\w<>])/(?:[\w.+-]+/)+[\w.+-]*")
+# an absolute path of two or more parts; one of this API's own routes right after an HTTP method ("roll back with
+# POST /heads/pets/rollback") stays
+SERVER_PATH = re.compile(r"(\b(?:GET|POST|PUT|DELETE) (?=/(?:heads|jobs|datasets)/))?(?<![\w<>])/(?:[\w.+-]+/)+"
+                         r"[\w.+-]*")
 
 
 class Scrubber:

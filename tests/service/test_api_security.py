@@ -239,3 +239,4 @@ def test_scrubber_hides_server_paths_and_keeps_ordinary_text():
     assert scrub("GET /heads/h/predictions?dataset=d gives them; not /srv/x/y") == \
         "GET /heads/h/predictions?dataset=d gives them; not <server path>"
     assert scrub("POSTED /etc/passwd/x") == "POSTED <server path>"  # only a method's own word keeps a path
+    assert scrub("GET /etc/passwd/x") == "GET <server path>"  # and only for a route of this API

@@ -40,6 +40,11 @@ def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
             skipped += n_skip
             items += [Item.at(root, f, shown(folder.name)) for f in files]
         listing = Listing(root, "folders", items, skipped=skipped, top_level=sum(p.is_file() for p in entries))
+        if named := [p.name for p in classes if p.name.lower() in SPLIT_FOLDERS]:
+            listing.notes.append(
+                f"the folders {', '.join(named)} are named like splits but were read as classes: split folders are "
+                f"taken as such when all the top-level folders are splits (one of them train) holding one folder per "
+                f"class (data/train/cats/1.jpg)")
     listing.system_folders = sorted(str(p.relative_to(root)) for p in system)
     listing.unsupported = dict(unread)
     return listing

@@ -65,15 +65,22 @@ def test_a_train_folder_alone_holds_the_classes_and_is_split_as_any(tmp_path, ca
 
 
 def test_folders_that_are_not_all_splits_stay_classes(tmp_path):
-    make_folder(tmp_path / "a", {"train": 2, "cats": 2})  # "train" beside a class: a class named train
-    assert {item.label for item in scan_folder(tmp_path / "a").items} == {"train", "cats"}
+    make_folder(tmp_path / "a", {"train": 2, "cats": 2})  # "train" beside a class: a class named train, said
+    listing = scan_folder(tmp_path / "a")
+    assert {item.label for item in listing.items} == {"train", "cats"}
+    assert listing.notes == ["the folders train are named like splits but were read as classes: split folders are "
+                             "taken as such when all the top-level folders are splits (one of them train) holding one "
+                             "folder per class (data/train/cats/1.jpg)"]
     make_folder(tmp_path / "b" / "test", {"cats": 2})  # split-named folders without a train folder: as before
     make_folder(tmp_path / "b" / "val", {"cats": 2})
     listing = scan_folder(tmp_path / "b")
     assert {item.label for item in listing.items} == {"test", "val"} and not listing.split_folders
     make_folder(tmp_path / "c", {"train": 2, "test": 2})  # split names holding images, not class folders
-    listing = scan_folder(tmp_path / "c")
+    listing = scan_folder(tmp_path / "c")  # (Kaggle's train/ of cat.0.jpg beside test1/, say)
     assert {item.label for item in listing.items} == {"train", "test"} and not listing.split_folders
+    assert len(listing.notes) == 1 and listing.notes[0].startswith("the folders test, train are named like splits")
+    make_folder(tmp_path / "d", {"cats": 2, "dogs": 2})
+    assert scan_folder(tmp_path / "d").notes == []
 
 
 def test_labels_in_file_names_are_pointed_out_with_a_command_that_makes_the_csv(tmp_path, capsys):

@@ -40,6 +40,7 @@ def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
             skipped += n_skip
             items += [Item.at(root, f, shown(folder.name)) for f in files]
         listing = Listing(root, "folders", items, skipped=skipped, top_level=sum(p.is_file() for p in entries))
+        listing.notes += _sibling_splits(root)
         if named := [p.name for p in classes if p.name.lower() in SPLIT_FOLDERS]:
             listing.notes.append(
                 f"the folders {', '.join(named)} are named like splits but were read as classes: split folders are "
@@ -70,6 +71,17 @@ def _names_look_labeled(root: Path, files: list[Path]) -> list[str]:
     return [f"{root} has no class subfolders, so its images were read without labels, but their names start with what "
             f"look like labels ({shown}). A labels CSV of them: (echo path,label; cd {where} && for f in {globs}; do "
             f"echo \"$f,${{f%%[._ -]*}}\"; done) > labels.csv; then extract again with --labels labels.csv --redefine"]
+
+
+def _sibling_splits(root: Path) -> list[str]:
+    """data/train given while data/validation (or test) holds class folders beside it: its splits go unused."""
+    if SPLIT_FOLDERS.get(root.name.lower()) != "train":
+        return []
+    siblings = [p.name for p in _subfolders(root.parent) if p != root and SPLIT_FOLDERS.get(p.name.lower()) in
+                ("val", "test") and _subfolders(p)]
+    return [f"{root} is a train folder, and {', '.join(siblings)} beside it {'hold' if len(siblings) > 1 else 'holds'} "
+            f"class folders too: this dataset splits the train images alone; to use those folders' splits, extract "
+            f"{root.parent} instead"] if siblings else []
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -30,6 +30,11 @@ def test_the_keras_layout_gives_its_classes_and_keeps_its_splits(tmp_path, capsy
            "the classes; with no test folder the test split is empty: heads report val figures" in err
     found = members(tmp_path / "home")
     assert {label for label, _ in found.values()} == {"cats", "dogs"}  # never "train" and "validation"
+    beside = scan_folder(tmp_path / "data" / "train")  # the train folder given alone: its sibling is pointed out
+    assert beside.notes == [f"{tmp_path / 'data' / 'train'} is a train folder, and validation beside it holds class "
+                            f"folders too: this dataset splits the train images alone; to use those folders' splits, "
+                            f"extract {tmp_path / 'data'} instead"]
+    assert scan_folder(tmp_path / "data" / "validation").notes == []
     assert all(split == ("train" if path.startswith("train/") else "val") for path, (_, split) in found.items())
     assert sum(path.startswith("validation/") for path in found) == 8
     code, out, err = run_main(capsys, "train", "--dataset", "pets", "--backbone", "tiny", "--name", "p", *home)

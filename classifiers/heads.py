@@ -94,7 +94,8 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 NO_VAL_FOR_C_AUTO = ("C=auto chooses C on the val split, and this dataset has no labeled val images; pass a number "
-                     "for C, or give the dataset a val split (extract --split)")
+                     "for C, or give the dataset a val split (extract --split, or a validation folder when the "
+                     "folders name the splits)")
 
 
 class LogRegHead(Head):

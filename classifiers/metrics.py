@@ -82,7 +82,8 @@ def small_split_warning(split: str, m: dict, sampled: bool = False) -> str | Non
                f"(add images)"
     more = "use a larger --sample, add images," if sampled else "add images,"
     return (f"the {split} split has fewer than {SMALL_CLASS} images of {len(small)} classes: {listed}; its figures "
-            f"are noisy ({more} or give {split} a larger share with --split when extracting)")
+            f"are noisy ({more} or give {split} a larger share: --split when extracting, or more images in its "
+            f"folder when the folders name the splits)")
 
 
 def confusion_lines(m: dict, max_classes: int = 15) -> list[str]:

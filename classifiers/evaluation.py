@@ -41,7 +41,8 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     splits = eval_splits(split)
     if plots_dir is not None:  # before the scoring: a bad folder is said at once
         plots_dir = output_folder(plots_dir, "--plots")
-    notes = check_other(store, name, manifest, dataset, splits) if dataset != own else []
+    notes = overlap_warning(store, name, manifest, check_other(store, name, manifest, dataset, splits)) \
+        if dataset != own else []
     streaming.check_stream(stream)
     if not tta and stream != "never":
         located = streaming.locate(store, dataset, fp_id)
@@ -73,8 +74,8 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
 
 
 def check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, splits: tuple[str, ...]) -> list[str]:
-    """Another dataset: every labeled image of the splits has a vector of the head's features (else one line saying
-    how to extract them); the warning when some of its images were in the head's train or val data."""
+    """Another dataset: it has labels, and every labeled image of the splits has a vector of the head's features
+    (else one line saying what to do). Returns those images' content hashes."""
     if store.catalog.dataset(dataset) is None:
         raise NotFound(f"no dataset {dataset!r}", cli="run `headstart extract` first", api="POST /extract first")
     fp_id = manifest["fingerprint"]["id"]
@@ -92,9 +93,14 @@ def check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, sp
             f"{missing} of the {len(members)} labeled images of dataset {dataset!r} ({'/'.join(splits)}) have no "
             f"vectors of the features head {name!r} was trained on ({manifest['backbone']}, weights {weights})",
             **extract_first(dataset, manifest["backbone"], weights))
+    return [sha for sha, _ in members]
+
+
+def overlap_warning(store: FeatureStore, name: str, manifest: dict, shas: list[str]) -> list[str]:
+    """The warning when some of the scored images are in the train or val split of the head's own dataset."""
     seen = {sha for _, sha, _, split in store.catalog.members(manifest["dataset"]) if split in ("train", "val")}
-    overlap = sum(sha in seen for sha, _ in members)
-    return [f"{overlap} of these {len(members)} images are also in the train or val split of {manifest['dataset']!r}"
+    overlap = sum(sha in seen for sha in shas)
+    return [f"{overlap} of these {len(shas)} images are also in the train or val split of {manifest['dataset']!r}"
             f" (the same content), which head {name!r} learned from: the figures are optimistic"] if overlap else []
 
 

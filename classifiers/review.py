@@ -100,7 +100,7 @@ def scored_split(store: FeatureStore, name: str, split: str | None = None,
     dataset = dataset or own
     split = split or ("test" if dataset == own else "all")
     splits = eval_splits(split)
-    if dataset != own:  # every labeled image there has a vector of the head's features, else one line
+    if dataset != own:  # labeled, and every labeled image there has a vector of the head's features, else one line
         check_other(store, name, manifest, dataset, splits)
     info = store.catalog.fingerprint(fp_id)
     if info is None:

@@ -104,10 +104,10 @@ def _save(store: FeatureStore, head: Head, name: str, info: dict, training: dict
 def left_out(store: FeatureStore, dataset: str, fp_id: str, backbone: str, weights: str | None) -> list[str]:
     """A warning when some usable images of the dataset have no vector of these features (an extract stopped
     early, or features cached by another dataset): a head trained now does not learn from them."""
-    covered = [has for *_, has in store.catalog.coverage(dataset, fp_id)]
-    if all(covered):
+    usable, covered = store.catalog.coverage_counts(dataset, fp_id)
+    if covered == usable:
         return []
-    return [f"{covered.count(False)} of the {len(covered)} images of dataset {dataset!r} have no vectors of these "
+    return [f"{usable - covered} of the {usable} images of dataset {dataset!r} have no vectors of these "
             f"features (an extract stopped before the end?) and were left out: run `headstart extract DIR --dataset "
             f"{dataset} --backbone {backbone} --weights {weights or 'imagenet'}` to include them, then train again"]
 

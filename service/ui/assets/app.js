@@ -135,7 +135,7 @@ function guarded(fn) {
 
 // ---- thumbnails: fetched with the key when they scroll into view, shown as blob: URLs -------------------------
 
-const blobs = new Set();
+const blobs = new Map(); // blob: URL -> the view that loaded it
 const watcher = new IntersectionObserver((entries) => {
   for (const entry of entries) {
     if (!entry.isIntersecting) continue;
@@ -148,7 +148,7 @@ async function loadThumb(img) {
   try {
     const blob = await (await api(img.dataset.src)).blob();
     const url = URL.createObjectURL(blob);
-    blobs.add(`${img.dataset.owner} ${url}`);
+    blobs.set(url, img.dataset.owner);
     img.src = url;
     img.classList.add("loaded");
   } catch (error) {
@@ -166,11 +166,10 @@ function thumb(dataset, sha256, alt, owner = "mistakes") {
 }
 
 function dropBlobs(owner = "mistakes") {
-  for (const entry of [...blobs]) {
-    const [who, url] = entry.split(" ");
+  for (const [url, who] of [...blobs]) {
     if (who !== owner) continue;
     URL.revokeObjectURL(url);
-    blobs.delete(entry);
+    blobs.delete(url);
   }
 }
 
@@ -236,12 +235,14 @@ function fillSelect(select, values, keep) {
   if (values.includes(previous)) select.value = previous;
 }
 
+// whether a dataset has vectors of the features a head was trained on
+const hasFeaturesOf = (d, head) => (d.features || []).some((f) => f.fingerprint === head.fingerprint);
+
 // the datasets a head can be scored on: its own (value ""), then the labeled others holding vectors of its features
 // (an unlabeled folder is predicted instead, in the Predict view)
 function fillDatasets(select, head, chosen) {
   const others = head ? state.datasets.filter((d) => d.name !== head.dataset &&
-    (d.sources || []).some((s) => s.kind !== "unlabeled") &&
-    (d.features || []).some((f) => f.fingerprint === head.fingerprint)).map((d) => d.name) : [];
+    (d.sources || []).some((s) => s.kind !== "unlabeled") && hasFeaturesOf(d, head)).map((d) => d.name) : [];
   select.replaceChildren(el("option", { value: "", text: head ? `${head.dataset} (its own)` : "–" }),
     ...others.map((name) => el("option", { value: name, text: name })));
   select.value = others.includes(chosen) ? chosen : "";
@@ -671,11 +672,12 @@ const cached = { head: null, dataset: null, split: "all", offset: 0, total: 0 };
 
 function renderCachedForm() {
   const head = state.heads.find((h) => h.name === $("#predict-form").elements.head.value);
-  const names = head ? state.datasets.filter((d) => (d.features || []).some((f) => f.fingerprint === head.fingerprint))
-    .map((d) => d.name) : [];
+  const names = head ? state.datasets.filter((d) => hasFeaturesOf(d, head)).map((d) => d.name) : [];
   fillSelect($("#cached-form").elements.dataset, names, head?.dataset);
   $("#cached-form button[type=submit]").disabled = !names.length;
 }
+
+const cachedTitle = () => `${cached.total} images of ${cached.dataset} (${cached.split}) predicted by ${cached.head}`;
 
 function cachedQuery(offset, limit, topK = 1) {
   return `/heads/${encodeURIComponent(cached.head)}/predictions?` + new URLSearchParams({ dataset: cached.dataset,
@@ -714,8 +716,8 @@ const loadCached = guarded(async (more = false) => {
   cached.offset += answer.rows.length;
   cached.total = answer.total;
   const wrong = body.querySelectorAll("tr.wrong").length;
-  $("#cached-count").textContent = `${answer.total} images of ${cached.dataset} (${cached.split}) predicted by ` +
-    `${cached.head}; ${cached.offset} shown` + (wrong ? `, ${wrong} of them wrong (red)` : "");
+  $("#cached-count").textContent = `${cachedTitle()}; ${cached.offset} shown` +
+    (wrong ? `, ${wrong} of them wrong (red)` : "");
   $("#cached-table").hidden = $("#cached-csv").hidden = false;
   $("#cached-more").hidden = cached.offset >= answer.total;
 });
@@ -741,8 +743,7 @@ const downloadCached = guarded(async () => {
     download: `${cached.head}-${cached.dataset}-${cached.split}.csv` });
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
-  $("#cached-count").textContent = `${cached.total} images of ${cached.dataset} (${cached.split}) predicted by ` +
-    `${cached.head}: CSV written (${lines.length - 1} rows)`;
+  $("#cached-count").textContent = `${cachedTitle()}: CSV written (${lines.length - 1} rows)`;
 });
 
 function setUpDrop() {

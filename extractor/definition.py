@@ -33,14 +33,16 @@ class Wanted:
     unlabeled: bool = False
     redefine: bool = False
     add: bool = False
+    name_labels: bool = False  # labels from the file names (cat.12.jpg)
 
     @property
     def explicit(self) -> bool:
         """Whether the run says how labels are given (else a rerun reuses what was recorded)."""
-        return bool(self.labels_csv or self.unlabeled or self.path_column or self.label_column)
+        return bool(self.labels_csv or self.unlabeled or self.name_labels or self.path_column or self.label_column)
 
     def source(self, root: Path, prefix: str = "") -> dict:
-        kind = "csv" if self.labels_csv else ("unlabeled" if self.unlabeled else "auto")
+        kind = "csv" if self.labels_csv else (
+            "unlabeled" if self.unlabeled else "names" if self.name_labels else "auto")
         csv = str(Path(self.labels_csv).expanduser().resolve()) if self.labels_csv else None
         return {"root": str(root), "kind": kind, "labels_csv": csv, "path_column": self.path_column,
                 "label_column": self.label_column, "prefix": prefix}
@@ -52,6 +54,8 @@ def describe(source: dict) -> str:
         return f"{source['root']} with labels from {source['labels_csv'] or 'a CSV (path not recorded)'}"
     if source["kind"] == "unlabeled":
         return f"{source['root']} (unlabeled)"
+    if source["kind"] == "names":
+        return f"{source['root']} (labels from the file names)"
     return f"{source['root']} (class subfolders)"
 
 
@@ -77,6 +81,9 @@ def decide(name: str, recorded: list[dict], wanted: Wanted) -> list[dict]:
         raise HeadstartError("--add and --redefine together: expected one of them (add a folder, or replace all)")
     if wanted.path_column and not wanted.labels_csv or wanted.label_column and not wanted.labels_csv:
         raise HeadstartError("--path-column/--label-column name columns of a labels CSV: pass --labels CSV too")
+    if sum(map(bool, (wanted.labels_csv, wanted.unlabeled, wanted.name_labels))) > 1:
+        raise HeadstartError("--labels, --unlabeled and --name-labels each say where labels come from: expected one "
+                             "of them, not several")
     root = existing_dir(wanted.data_dir)
     if not recorded or wanted.redefine:
         if wanted.add:
@@ -115,7 +122,7 @@ def _list_one(source: dict, should_stop: Callable[[], bool] | None) -> Listing:
                                  f"CSV once to record it")
         return scan_csv(root, Path(source["labels_csv"]), source["path_column"], source["label_column"],
                         should_stop)
-    return scan_folder(root, unlabeled=source["kind"] == "unlabeled")
+    return scan_folder(root, unlabeled=source["kind"] == "unlabeled", names=source["kind"] == "names")
 
 
 def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,

@@ -1,5 +1,5 @@
-"""How a data folder is laid out: class subfolders, images directly in it (unlabeled; names that look like labels
-are pointed out), or splits of class subfolders (data/train/cat, data/validation/cat)."""
+"""How a data folder is laid out: class subfolders, images directly in it (unlabeled, or labeled by their names:
+cat.12.jpg), or splits of class subfolders (data/train/cat, data/validation/cat)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,19 @@ SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "
                  "dev": "val", "test": "test", "testing": "test"}
 
 
-def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
-    """Class subfolders -> labeled items; images directly in root (or `unlabeled`) -> unlabeled items."""
+def scan_folder(root: Path, unlabeled: bool = False, names: bool = False) -> Listing:
+    """Class subfolders -> labeled items; images directly in root (or `unlabeled`) -> unlabeled items; `names`:
+    every image below root, labeled by its file name (label_in_name)."""
     root = existing_dir(root)
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     folders = [p for p in entries if p.is_dir()]
     classes = [p for p in folders if p.name not in SYSTEM_FOLDERS]
     system: list[Path] = []
     unread: Counter = Counter()
-    if unlabeled or not classes:  # the walk from the root meets the system folders, at every depth
+    if names:
+        files, skipped = image_files(root, system, unread)
+        listing = _named(root, files, skipped)
+    elif unlabeled or not classes:  # the walk from the root meets the system folders, at every depth
         files, skipped = image_files(root, system, unread)
         listing = Listing(root, "unlabeled", [Item.at(root, f, None) for f in files], skipped=skipped)
         listing.notes += [] if unlabeled else _names_look_labeled(root, files)
@@ -40,37 +44,80 @@ def scan_folder(root: Path, unlabeled: bool = False) -> Listing:
             skipped += n_skip
             items += [Item.at(root, f, shown(folder.name)) for f in files]
         listing = Listing(root, "folders", items, skipped=skipped, top_level=sum(p.is_file() for p in entries))
-        listing.notes += _sibling_splits(root)
-        if named := [p.name for p in classes if p.name.lower() in SPLIT_FOLDERS]:
+        listing.notes += _sibling_splits(root) + _one_level_down(classes, items)
+        if named := [p for p in classes if p.name.lower() in SPLIT_FOLDERS]:
             listing.notes.append(
-                f"the folders {', '.join(named)} are named like splits but were read as classes: split folders are "
-                f"taken as such when all the top-level folders are splits (one of them train) holding one folder per "
-                f"class (data/train/cats/1.jpg)")
+                f"the folders {', '.join(p.name for p in named)} are named like splits but were read as classes: split "
+                f"folders are taken as such when all the top-level folders are splits (one of them train) holding one "
+                f"folder per class (data/train/cats/1.jpg)" + (_flat_train(named) if named == classes else ""))
     listing.system_folders = sorted(str(p.relative_to(root)) for p in system)
     listing.unsupported = dict(unread)
     return listing
 
 
-# the start of a file name up to its first separator: `cat` of cat.123.jpg (Kaggle's dogs vs cats) or dog_01.png
-NAME_LABEL = re.compile(r"([A-Za-z]+)[._ -]")
+# a number at the end of a file name's stem, with the separators before it: `.123` of cat.123.jpg (Kaggle's dogs vs
+# cats), `_10` of american_bulldog_10.jpg (Oxford-IIIT Pets), ` (2)` of `dog (2).png`
+TRAILING_NUMBER = re.compile(r"[._ -]*\(?\d+\)?$")
 CAMERA_NAMES = frozenset({"img", "dsc", "dscn", "dscf", "pxl", "mvimg", "dji", "gopr", "sam", "wp", "vid", "pano",
                           "photo", "image", "screenshot", "scan", "p"})
 
 
+def label_in_name(name: str) -> str | None:
+    """The label a file name holds before the number that ends its stem: cat of cat.12.jpg, american_bulldog of
+    american_bulldog_10.jpg, dog of `dog (2).png`; None for a name that does not end in a number or has nothing
+    before it."""
+    stem = Path(name).stem
+    label = TRAILING_NUMBER.sub("", stem, count=1)
+    return label if label and label != stem else None
+
+
+def _named(root: Path, files: list[Path], skipped: int) -> Listing:
+    """Every image labeled by its file name (--name-labels); a name without a label is a failure."""
+    items, failures = [], []
+    for f in files:
+        item = Item.at(root, f, None)
+        if (label := label_in_name(f.name)) is None:
+            failures.append((item.rel, "no label in the file name: --name-labels reads names made of a label and a "
+                                       "number, as cat.12.jpg or american_bulldog_10.jpg; rename the file, or move it "
+                                       "out of the folder"))
+        else:
+            items.append(replace(item, label=shown(label)))
+    return Listing(root, "names", items, failures, skipped=skipped)
+
+
 def _names_look_labeled(root: Path, files: list[Path]) -> list[str]:
-    """A folder without class subfolders whose file names start with a few words, each on several files (cat.1.jpg,
-    dog.1.jpg): most likely labels, which headstart reads from subfolders or a CSV only. The note says how to make
-    that CSV. Camera prefixes (IMG_, DSC_, PXL_) are not labels."""
-    starts = Counter(m.group(1) for f in files if (m := NAME_LABEL.match(f.name)))
+    """A folder without class subfolders whose file names are a few words, each on several files, and a number
+    (cat.1.jpg, dog.1.jpg): most likely labels, which --name-labels takes. Camera prefixes (IMG_, DSC_, PXL_) and
+    dates are not labels."""
+    starts = Counter(label for f in files if (label := label_in_name(f.name)) and label[0].isalpha())
     if not (2 <= len(starts) <= 50 and sum(starts.values()) >= 0.9 * len(files) and min(starts.values()) >= 2) or \
-            {s.lower() for s in starts} & CAMERA_NAMES:
+            {re.split(r"[._ -]", s)[0].lower() for s in starts} & CAMERA_NAMES:
         return []
     shown = ", ".join(f"{s} {n}" for s, n in starts.most_common(4)) + (" ..." if len(starts) > 4 else "")
-    globs = " ".join(f"*{suffix}" for suffix in sorted({f.suffix for f in files}))
-    where = shlex.quote(str(root))
     return [f"{root} has no class subfolders, so its images were read without labels, but their names start with what "
-            f"look like labels ({shown}). A labels CSV of them: (echo path,label; cd {where} && for f in {globs}; do "
-            f"echo \"$f,${{f%%[._ -]*}}\"; done) > labels.csv; then extract again with --labels labels.csv --redefine"]
+            f"look like labels ({len(starts)}: {shown}): to take those as the labels, extract again with --name-labels "
+            f"--redefine"]
+
+
+def _one_level_down(classes: list[Path], items: list) -> list[str]:
+    """All the images in one class folder whose own folders hold them (pets/pets/cat/1.jpg, as an archive unpacks
+    into a folder of its name; food-101/images/pizza/1.jpg): those folders are most likely the classes."""
+    if len({item.label for item in items}) != 1:
+        return []
+    inner = sorted({item.rel.split("/")[1] for item in items if item.rel.count("/") >= 2})
+    if len(inner) < 2:
+        return []
+    folder = next(p for p in classes if shown(p.name) == items[0].label)
+    listed = ", ".join(inner[:4]) + (" ..." if len(inner) > 4 else "")
+    return [f"all the images are inside {folder.name}/, one class, and the folders in it ({listed}) look like the "
+            f"classes: to read those, extract {folder} instead (with --redefine, to replace this dataset)"]
+
+
+def _flat_train(named: list[Path]) -> str:
+    """Split folders whose train folder holds images, not class folders (Kaggle's train/cat.0.jpg beside test1/)."""
+    train = next((p for p in named if SPLIT_FOLDERS[p.name.lower()] == "train" and not _subfolders(p)), None)
+    return "" if train is None else (f"; {train.name}/ holds images, not class folders: extract {train} alone (with "
+                                     f"--name-labels when the file names hold the labels, as cat.12.jpg)")
 
 
 def _sibling_splits(root: Path) -> list[str]:
@@ -89,16 +136,19 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _split_folders(folders: list[Path]) -> bool:
-    """Whether the top-level folders are splits of class folders: every one named like a split (one of them
-    train), each holding folders."""
-    names = [SPLIT_FOLDERS.get(p.name.lower()) for p in folders]
-    return all(names) and "train" in names and all(_subfolders(p) for p in folders)
+    """Whether the top-level folders are splits of class folders: every one named like a split, a train folder
+    holding folders (others may hold images alone: data/test of unlabeled images, left out)."""
+    return all(p.name.lower() in SPLIT_FOLDERS for p in folders) and \
+        any(SPLIT_FOLDERS[p.name.lower()] == "train" and _subfolders(p) for p in folders)
 
 
 def _scan_split_folders(root: Path, splits: list[Path], system: list[Path], unread: Counter) -> Listing:
     """data/<split>/<class>/... -> items labeled by their class folder, in the split their top folder names; a
-    train folder alone (data/train/<class>) only holds the classes, and its images are split as any."""
+    train folder alone (data/train/<class>) only holds the classes, and its images are split as any. A split folder
+    of images without class folders (data/test/1.jpg: unlabeled) is left out, and said."""
     items, skipped, loose = [], 0, 0
+    flat = [p for p in splits if not _subfolders(p)]
+    splits = [p for p in splits if p not in flat]
     given = {SPLIT_FOLDERS[p.name.lower()] for p in splits} != {"train"}
     for split in splits:
         inside = _subfolders(split)
@@ -112,4 +162,10 @@ def _scan_split_folders(root: Path, splits: list[Path], system: list[Path], unre
     listing = Listing(root, "folders", items, skipped=skipped, split_folders={
         p.name: SPLIT_FOLDERS[p.name.lower()] for p in splits})
     listing.top_level = loose
+    for folder in flat:
+        n = len(image_files(folder)[0])
+        listing.notes.append(
+            f"{folder.name}/ holds {n} images without class folders: they were left out of this labeled dataset; to "
+            f"score them, predict on that folder (headstart predict HEAD {shlex.quote(str(folder))}), or extract it "
+            f"as a dataset of its own (--unlabeled)")
     return listing

@@ -40,6 +40,7 @@ class ExtractOptions:
     path_column: str | None = None
     label_column: str | None = None
     unlabeled: bool = False
+    name_labels: bool = False  # labels from the file names: cat.12.jpg -> cat
     backbone: str = "vgg16"
     weights: str = "imagenet"
     size: int | None = None
@@ -67,7 +68,7 @@ class ExtractOptions:
 
     def wanted(self) -> Wanted:
         return Wanted(self.data_dir, self.labels_csv, self.path_column, self.label_column, self.unlabeled,
-                      self.redefine, self.add)
+                      self.redefine, self.add, self.name_labels)
 
 
 class DecodeDataset(Dataset):

@@ -46,6 +46,9 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--path-column", help="CSV column with the file path or id")
     p.add_argument("--label-column", help="CSV column with the label")
     p.add_argument("--unlabeled", action="store_true", help="treat every image below DATA_DIR as unlabeled")
+    p.add_argument("--name-labels", action="store_true",
+                   help="label every image below DATA_DIR by its file name: cat.12.jpg -> cat, "
+                        "american_bulldog_10.jpg -> american_bulldog")
     p.add_argument("--add", action="store_true", help="add DATA_DIR's images to an existing dataset")
     p.add_argument("--redefine", action="store_true",
                    help="replace what an existing dataset is made of (its folders, CSV, labels) with this run's")
@@ -113,7 +116,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     opts = ExtractOptions(
         data_dir=args.data_dir, dataset=args.dataset, labels_csv=args.labels, path_column=args.path_column,
-        label_column=args.label_column, unlabeled=args.unlabeled, backbone=args.backbone, weights=args.weights,
+        label_column=args.label_column, unlabeled=args.unlabeled, name_labels=args.name_labels,
+        backbone=args.backbone, weights=args.weights,
         size=args.size, batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
         dtype=args.dtype, split=args.split, seed=args.seed, resplit=args.resplit,
         limits=Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels), shard_rows=args.shard_rows,

@@ -22,7 +22,8 @@ def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
     opts = ExtractOptions(
         data_dir=runner.confine(request["path"]), dataset=request["dataset"],
         labels_csv=runner.confine(request["labels_csv"]) if request.get("labels_csv") else None,
-        unlabeled=bool(request.get("unlabeled")), backbone=request["backbone"], weights=request["weights"],
+        unlabeled=bool(request.get("unlabeled")), name_labels=bool(request.get("name_labels")),
+        backbone=request["backbone"], weights=request["weights"],
         size=request.get("size"), dtype=request.get("dtype") or "float32", split=request.get("split"),
         seed=request.get("seed"), batch_size=s.extract_batch_size, workers=s.extract_workers, device=s.device,
         limits=Limits(max_pixels=s.max_pixels), flush_seconds=s.flush_seconds, confine=True,

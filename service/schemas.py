@@ -60,6 +60,8 @@ class ExtractRequest(BaseModel):
     path: str = Field(min_length=1, max_length=1024, description="folder relative to the data root")
     labels_csv: str | None = Field(default=None, max_length=1024, description="CSV relative to the data root")
     unlabeled: bool = False
+    name_labels: bool = Field(default=False, description="label every image by its file name: cat.12.jpg -> cat, "
+                                                         "american_bulldog_10.jpg -> american_bulldog")
     backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
     weights: str = Field(default="imagenet", description="imagenet, random or random:SEED (no files over the API)")
     size: int | None = Field(default=None, ge=8, le=MAX_SIZE)

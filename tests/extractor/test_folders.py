@@ -1,13 +1,14 @@
 """Data folders as users have them. Already split into folders, as tutorials and public datasets lay it out
 (data/train/cats, data/validation/cats): the top-level folders are splits, the folders inside them the classes
-(before, `train` and `validation` became the two classes and a head learned to tell the splits apart). Flat, with
-labels in the file names (Kaggle's cat.0.jpg): read unlabeled, and the warning gives the command for a CSV."""
+(before, `train` and `validation` became the two classes and a head learned to tell the splits apart); a split
+folder of images alone (an unlabeled test/) is left out. Flat, with labels in the file names (Kaggle's cat.0.jpg,
+Oxford-IIIT Pets' american_bulldog_10.jpg): read unlabeled and pointed out, or labeled by --name-labels. One folder
+too high (pets/pets/cat, as an archive unpacks): pointed out."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 from extractor.folders import scan_folder
 from extractor.store import FeatureStore
@@ -84,27 +85,81 @@ def test_folders_that_are_not_all_splits_stay_classes(tmp_path):
     listing = scan_folder(tmp_path / "c")  # (Kaggle's train/ of cat.0.jpg beside test1/, say)
     assert {item.label for item in listing.items} == {"train", "test"} and not listing.split_folders
     assert len(listing.notes) == 1 and listing.notes[0].startswith("the folders test, train are named like splits")
+    assert listing.notes[0].endswith(f"; train/ holds images, not class folders: extract {tmp_path / 'c' / 'train'} "
+                                     f"alone (with --name-labels when the file names hold the labels, as cat.12.jpg)")
     make_folder(tmp_path / "d", {"cats": 2, "dogs": 2})
     assert scan_folder(tmp_path / "d").notes == []
 
 
-def test_labels_in_file_names_are_pointed_out_with_a_command_that_makes_the_csv(tmp_path, capsys):
-    data = tmp_path / "my data"  # a space in the path: the command quotes it
-    written = make_folder(tmp_path / "src", {"cat": 5, "dog": 5})
+def test_a_split_folder_of_images_alone_is_left_out_and_said(tmp_path, capsys):
+    make_folder(tmp_path / "data" / "train", {"cats": 6, "dogs": 6})
+    make_folder(tmp_path / "data" / "validation", {"cats": 3, "dogs": 3}, seed=2)
+    unlabeled = make_folder(tmp_path / "tmp", {"x": 4}, seed=3)
+    (tmp_path / "data" / "test").mkdir()
+    for path in unlabeled:  # Kaggle's way: the test images to score, no labels
+        path.rename(tmp_path / "data" / "test" / path.name)
+    listing = scan_folder(tmp_path / "data")
+    assert {item.label for item in listing.items} == {"cats", "dogs"} and len(listing.items) == 18
+    assert listing.split_folders == {"train": "train", "validation": "val"}
+    assert {item.split for item in listing.items} == {"train", "val"}
+    assert listing.notes == [f"test/ holds 4 images without class folders: they were left out of this labeled "
+                             f"dataset; to score them, predict on that folder (headstart predict HEAD "
+                             f"{tmp_path / 'data' / 'test'}), or extract it as a dataset of its own (--unlabeled)"]
+    shutil.rmtree(tmp_path / "data" / "validation")  # a train folder of classes beside it alone: split as any
+    listing = scan_folder(tmp_path / "data")
+    assert {item.split for item in listing.items} == {None} and len(listing.items) == 12
+    assert listing.split_folders == {"train": "train"} and len(listing.notes) == 1
+
+
+def test_one_folder_too_high_is_pointed_out(tmp_path, capsys):
+    make_folder(tmp_path / "pets" / "pets", {"cat": 3, "dog": 3})  # unzip pets.zip: pets/pets/cat/...
+    (tmp_path / "pets" / "meta").mkdir()  # food-101's images/ beside meta/ (no images)
+    listing = scan_folder(tmp_path / "pets")
+    assert {item.label for item in listing.items} == {"pets"}
+    assert listing.notes == [f"all the images are inside pets/, one class, and the folders in it (cat, dog) look like "
+                             f"the classes: to read those, extract {tmp_path / 'pets' / 'pets'} instead (with "
+                             f"--redefine, to replace this dataset)"]
+    make_folder(tmp_path / "one", {"cat": 3})  # one class, images directly in it: nothing to point at
+    assert scan_folder(tmp_path / "one").notes == []
+
+
+def test_labels_in_file_names_are_pointed_out_and_taken_with_name_labels(tmp_path, capsys):
+    data = tmp_path / "images"
+    written = make_folder(tmp_path / "src", {"a": 10})
     data.mkdir()
-    for i, path in enumerate(written):
-        (data / f"{path.parent.name}.{i}.jpg").write_bytes(path.read_bytes())
+    breeds = ["Abyssinian", "american_bulldog", "american_pit_bull_terrier"]  # as Oxford-IIIT Pets names them
+    for i, path in enumerate(written[:9]):
+        (data / f"{breeds[i % 3]}_{i + 1}.jpg").write_bytes(path.read_bytes())
+    (data / "42.jpg").write_bytes(written[9].read_bytes())  # a number alone: no label in it
     home = ["--home", str(tmp_path / "home")]
     extract = ["extract", str(data), "--dataset", "pets", "--backbone", "tiny", "--weights", "random"]
     code, _, err = run_main(capsys, *extract, *home)
-    assert code == 0 and "their names start with what look like labels (cat 5, dog 5)" in err, err
-    command = err.split("A labels CSV of them: ")[1].split("; then extract again")[0]
-    made = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    assert made.returncode == 0, made.stderr
-    assert "then extract again with --labels labels.csv --redefine" in err
-    code, _, err = run_main(capsys, *extract, "--labels", str(tmp_path / "labels.csv"), "--redefine", *home)
+    assert code == 0, err
+    assert "their names start with what look like labels (3: Abyssinian 3, american_bulldog 3, " \
+           "american_pit_bull_terrier 3): to take those as the labels, extract again with --name-labels --redefine" \
+           in err  # before, american_bulldog and american_pit_bull_terrier were one label, "american"
+    code, out, err = run_main(capsys, *extract, "--name-labels", "--redefine", "--json", *home)
     assert code == 0 and "look like labels" not in err, err
-    assert {label for label, _ in members(tmp_path / "home").values()} == {"cat", "dog"}
+    assert json.loads(out)["failures"] == [{"path": "42.jpg", "reason": "no label in the file name: --name-labels "
+                                            "reads names made of a label and a number, as cat.12.jpg or "
+                                            "american_bulldog_10.jpg; rename the file, or move it out of the folder"}]
+    found = members(tmp_path / "home")
+    assert {label for label, _ in found.values()} == set(breeds) and found["american_bulldog_2.jpg"][0] == \
+        "american_bulldog"
+    code, out, err = run_main(capsys, *extract, *home)  # a rerun keeps how the dataset is labeled
+    assert code == 0 and "look like labels" not in err and "nothing to compute" in out, err
+    code, _, err = run_main(capsys, *extract, "--unlabeled", *home)
+    assert code == 1 and "reads " + str(data) + " (labels from the file names); this run asks for" in err
+    code, _, err = run_main(capsys, *extract, "--unlabeled", "--name-labels", *home)
+    assert code == 1 and "expected one of them, not several" in err
+
+
+def test_labels_in_names():
+    from extractor.folders import label_in_name
+
+    assert [label_in_name(n) for n in ("cat.12.jpg", "dog_01.png", "dog (2).png", "Great Pyrenees 7.jpeg",
+                                       "cat2_5.jpg", "12.jpg", "cat.jpg", "IMG_0001.JPG")] == \
+        ["cat", "dog", "dog", "Great Pyrenees", "cat2", None, None, "IMG"]
 
 
 def test_camera_names_and_asked_for_unlabeled_folders_get_no_such_note(tmp_path):

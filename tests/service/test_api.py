@@ -75,6 +75,21 @@ def test_catalog_endpoints(served):
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
+def test_labels_from_file_names_through_the_api(served):
+    c, flat = served.client, served.home.parent / "data" / "flat"
+    for index, path in enumerate(make_folder(served.home.parent / "named", {"cat": 3, "dog": 3})):
+        flat.mkdir(exist_ok=True)
+        path.rename(flat / f"{path.parent.name}.{index}.jpg")
+    job = served.wait_job(c.post("/extract", json={"dataset": "flat", "path": "flat", "backbone": "tiny",
+                                                   "weights": "random", "name_labels": True}).json()["job_id"])
+    assert job["state"] == "succeeded", job
+    train = c.post("/heads", json={"name": "flat-lr", "dataset": "flat", "backbone": "tiny", "head": "centroid"})
+    assert train.status_code == 201 and train.json()["classes"] == ["cat", "dog"], train.text
+    both = c.post("/extract", json={"dataset": "flat2", "path": "flat", "backbone": "tiny", "weights": "random",
+                                    "name_labels": True, "unlabeled": True}).json()
+    assert "expected one of them, not several" in served.wait_job(both["job_id"])["error"]
+
+
 def test_same_work_gives_the_running_job_and_cancel_stops_it(served):
     c = served.client
     body = {"dataset": "slow", "path": "slow", "backbone": "vgg16", "weights": "random"}

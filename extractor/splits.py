@@ -60,6 +60,7 @@ def assign_splits(units: dict[str, str | None], existing: dict[str, str],
     return result
 
 DEFAULT_SPLIT, DEFAULT_SEED = "0.6,0.2,0.2", 42
+FOLDERS = "folders"  # the split recorded for a dataset whose folders split every image
 
 
 def _given_splits(listing: Listing) -> dict[str, str]:
@@ -85,14 +86,17 @@ def _split_text(fractions: tuple[float, float, float]) -> str:
 
 def register(catalog: Catalog, name: str, listing: Listing, sources: list[dict], split: str | None = None,
              seed: int | None = None, resplit: bool = False) -> list[tuple[str, str, str | None, str, int]]:
-    """Record the dataset's sources and current members; splits are decided once and kept for known images."""
+    """Record the dataset's sources and current members; splits are decided once and kept for known images. A
+    dataset whose folders split every image records its split as `folders` (no fractions were used)."""
     previous = catalog.dataset(name)
-    fractions = parse_split(split or (previous["split"] if previous else DEFAULT_SPLIT))
+    recorded = previous["split"] if previous and previous["split"] != FOLDERS else None
+    fractions = parse_split(split or recorded or DEFAULT_SPLIT)
     seed = seed if seed is not None else (previous["seed"] if previous else DEFAULT_SEED)
     text = _split_text(fractions)
+    by_folders = bool(listing.items) and all(item.split for item in listing.items)
     existing: dict[str, str] = {}
     if previous and not resplit:
-        if (previous["split"], previous["seed"]) != (text, seed):
+        if recorded and not by_folders and (recorded, previous["seed"]) != (text, seed):
             raise HeadstartError(
                 f"dataset {name!r} was split {previous['split']} with seed {previous['seed']}; "
                 f"received {text} seed {seed}. Splits are recorded once: omit --split/--seed, or pass --resplit")
@@ -104,6 +108,7 @@ def register(catalog: Catalog, name: str, listing: Listing, sources: list[dict],
     splits = {**assign_splits({s: lab for s, lab in units.items() if s not in given}, existing, fractions, seed),
               **given}
     members = [(i.rel, i.sha256, i.label, splits[i.sha256], i.source) for i in listing.items]
-    info = {"name": name, "root": str(listing.root), "kind": listing.kind, "split": text, "seed": seed}
+    info = {"name": name, "root": str(listing.root), "kind": listing.kind, "split": FOLDERS if by_folders else text,
+            "seed": seed}
     catalog.save_dataset(info, members, sources)
     return members

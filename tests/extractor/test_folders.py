@@ -31,6 +31,8 @@ def test_the_keras_layout_gives_its_classes_and_keeps_its_splits(tmp_path, capsy
            "the classes; with no test folder the test split is empty: heads report val figures" in err
     found = members(tmp_path / "home")
     assert {label for label, _ in found.values()} == {"cats", "dogs"}  # never "train" and "validation"
+    recorded = FeatureStore(tmp_path / "home").catalog.dataset("pets")
+    assert recorded["split"] == "folders"  # no fractions were used (before: the default 0.6,0.2,0.2 was recorded)
     beside = scan_folder(tmp_path / "data" / "train")  # the train folder given alone: its sibling is pointed out
     assert beside.notes == [f"{tmp_path / 'data' / 'train'} is a train folder, and validation beside it holds class "
                             f"folders too: this dataset splits the train images alone; to use those folders' splits, "
@@ -48,7 +50,7 @@ def test_the_keras_layout_gives_its_classes_and_keeps_its_splits(tmp_path, capsy
     # the same content in two split folders: used once, in the first by path, and said
     copy = sorted((tmp_path / "data" / "train" / "dogs").iterdir())[0]
     shutil.copy(copy, tmp_path / "data" / "validation" / "dogs" / f"copy-{copy.name}")
-    code, _, err = run_main(capsys, *extract, "--split", "0.8,0.1,0.1", "--resplit", *home)
+    code, _, err = run_main(capsys, *extract, "--split", "0.8,0.1,0.1", *home)
     assert code == 0, err
     assert "--split 0.8,0.1,0.1 does not apply" in err
     assert "1 images are in two split folders (the same content): each is used in the first by path only" in err

@@ -45,11 +45,12 @@ PREDICT_CHUNK = 4096  # vectors read and scored at a time: memory stays flat how
 
 
 def cached_predictions(store: FeatureStore, head: Head, manifest: dict, dataset: str, split: str | None, k: int,
-                       offset: int = 0, limit: int | None = None) -> tuple[int, list[dict]]:
+                       offset: int = 0, limit: int | None = None, score: bool = True) -> tuple[int, list[dict]]:
     """A dataset's images (one split, or all), by path, predicted from their vectors of the head's features (no
     forward pass): how many there are, and the rows offset..offset+limit, each with its path, content hash, split,
     true label and top-k. All or nothing: while some usable image has no vector, one line says how many and what to
-    extract (a listing of some of the images would pass for the whole)."""
+    extract (a listing of some of the images would pass for the whole). `score=False`: the rows without their
+    top-k (`top` None), for a caller that scores them otherwise (test-time views)."""
     fp_id, backbone = manifest["fingerprint"]["id"], manifest["backbone"]
     if store.catalog.dataset(dataset) is None:
         store.resolve(dataset, backbone)  # NotFound with the known names
@@ -65,6 +66,8 @@ def cached_predictions(store: FeatureStore, head: Head, manifest: dict, dataset:
                              **extract_first(dataset, backbone, manifest["weights"]))
     page = store.catalog.usable_rows(dataset, fp_id, split, offset, limit)
     dim, out = int(store.catalog.fingerprint(fp_id)["dim"]), []
+    if not score:
+        return usable, [{"image": r[0], "sha256": r[1], "true_label": r[2], "split": r[3], "top": None} for r in page]
     for start in range(0, len(page), PREDICT_CHUNK):
         chunk = page[start:start + PREDICT_CHUNK]
         proba = head.predict_proba(store.read_rows([(r[4], r[5]) for r in chunk], dim, np.float32))

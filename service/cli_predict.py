@@ -134,7 +134,7 @@ def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta:
     all or nothing (classifiers.predict.cached_predictions); with `tta`, from cached test-time views."""
     from classifiers.predict import cached_predictions, top_k_rows
 
-    _, rows = cached_predictions(store, predictor.head, predictor.manifest, dataset, split, k)
+    _, rows = cached_predictions(store, predictor.head, predictor.manifest, dataset, split, k, score=not tta)
     if tta:  # cached test-time views of each split (computed once)
         from classifiers.tta import dataset_proba
 

@@ -98,6 +98,10 @@ def test_predict_a_dataset_with_test_time_views_and_in_chunks(trained, capsys, m
                                                     offset=7, limit=9)
     assert total == whole[0] == 36 and page == whole[1][7:16]
     assert [r["image"] for r in whole[1]] == sorted(r["image"] for r in whole[1])
+    unscored = predict_module.cached_predictions(store, predictor.head, predictor.manifest, "colors", None, 2,
+                                                 score=False)  # what --tta lists before its views score the rows
+    assert unscored[0] == 36 and [(r["image"], r["sha256"], r["top"]) for r in unscored[1]] == \
+        [(r["image"], r["sha256"], None) for r in whole[1]]
 
 
 def test_predict_a_dataset_split_from_the_cache_with_a_csv(trained, capsys, monkeypatch):

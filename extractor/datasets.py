@@ -97,6 +97,14 @@ def image_files(folder: Path, system: list[Path] | None = None,
                 unread: Counter | None = None) -> tuple[list[Path], int]:
     """Image files below `folder` (by suffix; hidden entries and SYSTEM_FOLDERS skipped, the latter added to
     `system`), sorted; and how many other files (photos in formats not read counted in `unread` by suffix instead)."""
+    found, skipped = image_names(folder, system, unread)
+    return [Path(f) for f in found], skipped
+
+
+def image_names(folder: Path, system: list[Path] | None = None,
+                unread: Counter | None = None) -> tuple[list[str], int]:
+    """image_files as strings: Path(name).suffix and Path / name took nine tenths of listing 100,000 files, and
+    Path(string) alone half."""
     found, skipped = [], 0
     for dirpath, dirnames, filenames in os.walk(folder):
         if system is not None:
@@ -105,9 +113,9 @@ def image_files(folder: Path, system: list[Path] | None = None,
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            suffix = Path(name).suffix.lower()
+            suffix = os.path.splitext(name)[1].lower()
             if suffix in IMAGE_SUFFIXES:
-                found.append(Path(dirpath) / name)
+                found.append(os.path.join(dirpath, name))
             elif unread is not None and suffix in UNREAD_PHOTO_SUFFIXES:
                 unread[suffix] += 1
             else:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from extractor.datasets import Item, Listing, existing_dir
+from extractor.datasets import Item, Listing, existing_dir, image_names
 from extractor.errors import HeadstartError, Stopped
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "id", "image_id", "img")
@@ -55,12 +55,23 @@ def _read_csv_text(csv_path: Path) -> tuple[str, str | None]:
 
 
 def _separator(header: str) -> str:
-    """',' unless the header has no comma but semicolons or tabs (Excel in many European locales saves CSV with ';')."""
+    """',' unless the header has no comma but semicolons or tabs (Excel in many European locales saves CSV with ';'),
+    or none of those but spaces (label lists as `image_id label`, as some public datasets give them)."""
     if "," not in header:
         for sep in (";", "\t"):
             if sep in header:
                 return sep
+        if " " in header.strip():
+            return " "
     return ","
+
+
+def _headerless(root: Path, columns: list[str], path_column: str | None, label_column: str | None) -> bool:
+    """Whether the first row is data, not a header: two columns, none named as a header would (path, label, ...),
+    the first naming a file in the folder (a label list written without a header row)."""
+    return not path_column and not label_column and len(columns) == 2 and \
+        not {c.lower().strip() for c in columns} & {*PATH_COLUMNS, *LABEL_COLUMNS} and \
+        _locate(root, columns[0].strip()) is not None
 
 
 NOT_IN_FOLDER = "listed in the CSV but not found inside the data folder"
@@ -104,12 +115,23 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_c
     if not csv_path.is_file():
         raise HeadstartError(f"labels file {csv_path} does not exist; give a CSV with path and label columns")
     text, note = _read_csv_text(csv_path)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_separator(text.partition("\n")[0]))
+    notes = [note] if note else []
+    separator = _separator(text.partition("\n")[0])
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, skipinitialspace=separator == " ")
     columns = list(reader.fieldnames or [])
     if not columns:
         raise HeadstartError(f"{csv_path} is empty; expected a header row with path and label columns")
-    path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
-    label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path)
+    recorded: tuple[str | None, str | None] = (None, None)  # a headerless file's columns have no names to record
+    if _headerless(root, columns, path_column, label_column):
+        notes.append(f"{csv_path} has no header row (its first row names a file, {columns[0].strip()}): its two "
+                     f"columns were read as path and label")
+        reader = csv.DictReader(io.StringIO(text, newline=""), ["path", "label"], delimiter=separator,
+                                skipinitialspace=separator == " ")
+        path_col, label_col = "path", "label"
+    else:
+        path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
+        label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path)
+        recorded = (path_col, label_col)
     items, failures, seen = [], [], {}
     for i, row in enumerate(reader):
         if should_stop and i % 10_000 == 0 and should_stop():
@@ -119,7 +141,16 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_c
     if not items and not failures:
         raise HeadstartError(f"{csv_path} has a header but no rows; expected one row per image "
                              f"({path_col},{label_col})")
-    return Listing(root, "csv", items, failures, columns=(path_col, label_col), notes=[note] if note else [])
+    return Listing(root, "csv", items, failures, columns=recorded, notes=notes + _unlisted(root, csv_path, seen))
+
+
+def _unlisted(root: Path, csv_path: Path, listed: dict) -> list[str]:
+    """Images in the folder that the CSV does not name (a first row taken for a header, ids with a typo, or a
+    folder holding more than the CSV's part of it) are not read: said, with how many."""
+    prefix = _prefix(root)[1]
+    n = sum(f[len(prefix):] not in listed for f in image_names(root)[0])
+    return [f"{n} images in {root} are not listed in {csv_path.name} and were not read: a dataset from a labels CSV "
+            f"is the images it lists"] if n else []
 
 
 def _csv_row(root: Path, value: str, label: str, items: list[Item], failures: list, seen: dict) -> None:

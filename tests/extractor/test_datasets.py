@@ -12,7 +12,7 @@ from extractor.errors import HeadstartError
 from extractor.folders import scan_folder
 from extractor.labelcsv import scan_csv
 from extractor.splits import assign_splits, parse_split, register
-from tests.conftest import make_folder
+from tests.conftest import make_folder, run_main
 
 SOURCES = [{"root": "/d", "kind": "folders", "labels_csv": None, "path_column": None, "label_column": None,
             "prefix": ""}]
@@ -104,6 +104,34 @@ def test_csv_separators_and_encodings(tmp_path):
         listing = scan_csv(tmp_path / "data", tmp_path / f"{name}.csv")
         assert [(i.rel, i.label) for i in listing.items] == [("a/a_0000.jpg", "x, y"), ("b/b_0000.jpg", "z")], name
         assert listing.columns == ("path", "label") and listing.notes == [] and listing.failures == [], name
+
+
+def test_label_lists_without_a_header_or_separated_by_spaces(tmp_path, capsys):
+    """A label list written without a header row: before, its first row was taken for the header and its image
+    silently left out. Space-separated lists (`image_id label`) were one column. Images the CSV does not list are
+    counted in a warning."""
+    make_folder(tmp_path / "data", {"a": 2, "b": 2})
+    (tmp_path / "plain.txt").write_text("a/a_0000.jpg,x\na/a_0001.jpg,x\nb/b_0000.jpg,y\n")
+    listing = scan_csv(tmp_path / "data", tmp_path / "plain.txt")
+    assert [(i.rel, i.label) for i in listing.items] == [("a/a_0000.jpg", "x"), ("a/a_0001.jpg", "x"),
+                                                        ("b/b_0000.jpg", "y")]
+    assert listing.columns == (None, None) and listing.notes == [
+        f"{tmp_path / 'plain.txt'} has no header row (its first row names a file, a/a_0000.jpg): its two columns "
+        f"were read as path and label",
+        f"1 images in {tmp_path / 'data'} are not listed in plain.txt and were not read: a dataset from a labels "
+        f"CSV is the images it lists"]
+    (tmp_path / "spaces.txt").write_text("image_id  label\na/a_0000 x\nb/b_0000   y\nb/b_0001 y\na/a_0001 x\n")
+    listing = scan_csv(tmp_path / "data", tmp_path / "spaces.txt")
+    assert [(i.rel, i.label) for i in listing.items] == [("a/a_0000.jpg", "x"), ("b/b_0000.jpg", "y"),
+                                                        ("b/b_0001.jpg", "y"), ("a/a_0001.jpg", "x")]
+    assert listing.columns == ("image_id", "label") and listing.notes == []
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--labels",
+                            str(tmp_path / "plain.txt"), "--backbone", "tiny", "--weights", "random",
+                            "--home", str(tmp_path / "home"))
+    assert code == 0 and "has no header row" in err, err
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
+                            "--weights", "random", "--home", str(tmp_path / "home"))  # a rerun reads it so again
+    assert code == 0 and "has no header row" in err, err
 
 
 def test_csv_columns_must_be_identifiable(tmp_path):

@@ -91,6 +91,7 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
         out.append(f"{len(folders)} system folders were not read ({shown}): NAS thumbnails, archive metadata and "
                    f"recycle bins hold no images of the dataset")
     labels = {m[2] for m in members if m[2] is not None}
+    out += _near_labels(labels)
     if len(labels) == 1:
         out.append(f"dataset {opts.dataset!r} has one class ({labels.pop()!r}); training a head needs at least two")
     if summary.extracted == 0 and not summary.stopped:
@@ -99,6 +100,20 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
             out.append(f"the cached vectors are stored as {', '.join(sorted(stored))}; --dtype {opts.dtype} applies "
                        f"only to vectors computed from now on, so nothing changed (export --dtype converts a copy)")
     return out
+
+
+def _near_labels(labels: set[str]) -> list[str]:
+    """Labels that differ only in case or spacing (`Cat` and `cat`, `golden retriever` and `golden_retriever`, as
+    hand-made CSVs and folders merged from two sources have them): two classes, most likely meant as one."""
+    groups: dict[str, list[str]] = {}
+    for label in sorted(labels):
+        groups.setdefault(" ".join(label.casefold().replace("_", " ").replace("-", " ").split()), []).append(label)
+    near = [" and ".join(repr(x) for x in group) for group in groups.values() if len(group) > 1]
+    if not near:
+        return []
+    shown = "; ".join(near[:5]) + (" ..." if len(near) > 5 else "")
+    return [f"labels that differ only in case or spacing are classes of their own: {shown}; if they are one class, "
+            f"give them one spelling (rename the folders, or fix the CSV)"]
 
 
 def _split_folders_note(folders: dict[str, str], asked: str | None) -> str:

@@ -205,3 +205,20 @@ def test_a_folder_of_heic_photos_only_says_to_convert_them(tmp_path, capsys):
     code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
                             "--weights", "random", "--home", str(tmp_path / "home"))
     assert_one_line_error(code, err, "it holds 3 photos in formats headstart does not read (.heic 3): convert them")
+
+
+def test_labels_differing_only_in_case_or_spacing_are_pointed_out(tmp_path, capsys):
+    make_folder(tmp_path / "data", {"a": 4})
+    rows = ["path,label"] + [f"a/a_000{i}.jpg,{label}" for i, label in
+                             enumerate(["Cat", "cat", "golden retriever", "Golden_Retriever"])]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--labels",
+                            str(tmp_path / "labels.csv"), "--backbone", "tiny", "--weights", "random",
+                            "--home", str(tmp_path / "home"))
+    assert code == 0, err
+    assert "labels that differ only in case or spacing are classes of their own: 'Cat' and 'cat'; " \
+           "'Golden_Retriever' and 'golden retriever'; if they are one class, give them one spelling" in err
+    make_folder(tmp_path / "ok", {"cat": 2, "dog": 2})
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "ok"), "--dataset", "ok", "--backbone", "tiny",
+                            "--weights", "random", "--home", str(tmp_path / "home"))
+    assert code == 0 and "differ only in case" not in err, err

@@ -50,7 +50,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict
     if known.any():
         codes = np.searchsorted(classes, y_true[known])
         picked = np.clip(proba[known][np.arange(known.sum()), codes], 1e-12, 1.0)
-        out["log_loss"] = float(-np.log(picked).mean())
+        out["log_loss"] = float(-np.log(picked).mean()) + 0.0  # + 0.0: never -0.0 (printed -0.000) when all are 1
     return out
 
 
@@ -77,11 +77,12 @@ def small_split_warning(split: str, m: dict, sampled: bool = False) -> str | Non
     if not small:
         return None
     listed = ", ".join(f"{lab} ({n})" for lab, n in list(small.items())[:8]) + (" ..." if len(small) > 8 else "")
+    classes = f"{len(small)} class{'es' if len(small) > 1 else ''}"
     if split == "all":  # every labeled image of a dataset (evaluate --split all): no share to enlarge
-        return f"fewer than {SMALL_CLASS} images of {len(small)} classes: {listed}; their figures are noisy " \
+        return f"fewer than {SMALL_CLASS} images of {classes}: {listed}; their figures are noisy " \
                f"(add images)"
     more = "use a larger --sample, add images," if sampled else "add images,"
-    return (f"the {split} split has fewer than {SMALL_CLASS} images of {len(small)} classes: {listed}; its figures "
+    return (f"the {split} split has fewer than {SMALL_CLASS} images of {classes}: {listed}; its figures "
             f"are noisy ({more} or give {split} a larger share: --split when extracting, or more images in its "
             f"folder when the folders name the splits)")
 

@@ -153,3 +153,17 @@ def test_macro_averages_skip_classes_neither_present_nor_predicted():
     assert m["per_class"]["c"]["support"] == 0 and len(m["confusion_matrix"]) == 3
     wrong = evaluate(np.array(["a", "a", "b"]), proba[[0, 1, 0]], classes)  # "b" never predicted: it counts
     assert wrong["f1_macro"] == pytest.approx((0.8 + 0.0) / 2)
+
+
+def test_sure_and_right_scores_a_log_loss_of_plain_zero_and_one_small_class_is_one_class():
+    """Before: a head certain and right on every image (a centroid head on separable data) printed log_loss -0.000
+    (a negative zero), and the noisy-split warning said `of 1 classes`."""
+    from classifiers.metrics import headline, small_split_warning
+
+    classes = np.array(["a", "b"])
+    m = evaluate(np.array(["a", "b", "b"]), np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), classes)
+    assert m["log_loss"] == 0.0 and np.copysign(1.0, m["log_loss"]) == 1.0
+    assert "log_loss 0.000" in headline(m)
+    assert small_split_warning("test", m).startswith("the test split has fewer than 5 images of 2 classes: a (1), b")
+    one = evaluate(np.array(["b", "b"]), np.array([[0.1, 0.9], [0.2, 0.8]]), classes)
+    assert small_split_warning("val", one).startswith("the val split has fewer than 5 images of 1 class: b (2);")

@@ -88,6 +88,42 @@ def test_extract_from_the_page_and_watch_the_job_reach_done(browser, site, shots
     page.context.close()
 
 
+def test_labels_from_file_names_from_the_page_and_the_extract_warnings_shown(browser, site):
+    """Before, the page extracted class folders only, and a job's warnings (what the CLI prints: names that look
+    like labels, a layout read otherwise) were never shown: a flat folder of cat.0.jpg became an unlabeled dataset
+    without a word."""
+    named = site.data / "named"
+    for i, path in enumerate(make_folder(site.home.parent / "tmp-named", {"cat": 4, "dog": 4})):
+        named.mkdir(exist_ok=True)
+        path.rename(named / f"{path.parent.name}.{i}.jpg")
+    page, watch = open_page(browser, site)
+    form = "#extract-form"
+    for dataset, labels in (("flat", "folders"), ("named", "names")):
+        page.fill(f"{form} input[name=dataset]", dataset)
+        page.fill(f"{form} input[name=path]", "named")
+        page.fill(f"{form} input[name=backbone]", "tiny")
+        page.select_option(f"{form} select[name=weights]", "random")
+        page.select_option(f"{form} select[name=labels]", labels)
+        assert page.locator("#extract-csv").is_hidden()
+        page.click(f"{form} button[type=submit]")
+        page.wait_for_url(re.compile(r"#jobs$"))
+        page.locator(f"#jobs-table tbody tr:has-text('{dataset} ·') .badge.succeeded").wait_for()
+        page.click("nav a[data-view=datasets]")
+    flat = page.locator("#jobs-table tbody tr:has-text('flat ·')")
+    assert "look like labels (2: cat 4, dog 4): to take those as the labels, extract again with --name-labels" in \
+        flat.locator(".warning").first.inner_text()
+    assert page.locator("#jobs-table tbody tr:has-text('named ·') .warning").count() == 0
+    page.click("nav a[data-view=datasets]")
+    row = page.locator("#datasets-table tr[data-name=named]")
+    row.wait_for()
+    assert row.locator("td").all_inner_texts()[1] == "names"
+    page.select_option(f"{form} select[name=labels]", "csv")  # a CSV asks for its path
+    assert page.locator("#extract-csv").is_visible()
+    assert page.locator(f"{form} input[name=labels_csv]").get_attribute("required") is not None
+    watch.clean()
+    page.context.close()
+
+
 def test_a_running_job_is_cancelled_and_resumed_from_the_page(browser, site):
     page, watch = open_page(browser, site, "/ui/#datasets")
     page.fill("#extract-form input[name=dataset]", "big")

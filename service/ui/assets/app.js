@@ -292,10 +292,20 @@ async function submitExtract(event) {
   const body = { dataset: f.dataset.value.trim(), path: f.path.value.trim(), backbone: f.backbone.value.trim(),
     weights: f.weights.value };
   if (f.split.value.trim()) body.split = f.split.value.trim();
+  if (f.labels.value === "names") body.name_labels = true;
+  if (f.labels.value === "none") body.unlabeled = true;
+  if (f.labels.value === "csv") body.labels_csv = f.labels_csv.value.trim();
   const accepted = await postJSON("/extract", body);
   say(accepted.created ? `extract job ${accepted.job_id} started` : `the same extract is already job ${accepted.job_id}`);
   location.hash = "#jobs";
   pollJobs();
+}
+
+// where the labels come from: a CSV asks for its path
+function extractLabelsChanged() {
+  const csv = $("#extract-form").elements.labels.value === "csv";
+  $("#extract-csv").hidden = !csv;
+  $("#extract-form").elements.labels_csv.required = csv;
 }
 
 // ---- Jobs ------------------------------------------------------------------------------------------------------
@@ -372,6 +382,10 @@ function renderJobs() {
     const stateCell = el("td", {}, el("span", { class: `badge ${j.state}`, text: j.state }));
     if (j.error) stateCell.append(el("div", { class: "error small", text: j.error }));
     if (j.kind === "compare" && j.result?.rows?.length) stateCell.append(ranking(j.result.rows));
+    // what the CLI prints as warnings (a layout read otherwise than asked, names that look like labels)
+    for (const w of j.kind === "extract" ? j.result?.warnings ?? [] : []) {
+      stateCell.append(el("div", { class: "warning small", text: w }));
+    }
     return el("tr", { "data-id": j.id, "data-state": j.state }, el("td", {}, el("code", { text: j.id.slice(0, 8) })),
       el("td", { text: j.kind }), el("td", { text: jobTarget(j) }), stateCell, el("td", { text: j.phase ?? "" }),
       el("td", {}, bar, el("span", { class: "done", text: ` ${j.done ?? 0}/${j.total ?? "?"}` })),
@@ -788,6 +802,7 @@ function route() {
 
 function start() {
   $("#extract-form").addEventListener("submit", guarded(submitExtract));
+  $("#extract-form").elements.labels.addEventListener("change", extractLabelsChanged);
   $("#train-form").addEventListener("submit", guarded(submitTrain));
   $("#train-form").elements.dataset.addEventListener("change", renderTrainForm);
   $("#heads-table thead").addEventListener("click", sortHeads);

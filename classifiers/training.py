@@ -61,6 +61,7 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
     cls = get_head_class(kind)
     head = cls(**{**device_param(cls, device), **(params or {})})
     head.monitor = monitor or head.monitor
+    backbone = store.cached_backbone(dataset, backbone)
     fp_id = store.resolve(dataset, backbone, weights)
     if streaming.should_stream(store, dataset, fp_id, stream):
         if check_views(views):

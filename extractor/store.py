@@ -165,12 +165,14 @@ class FeatureStore:
         except OSError:
             tmp.unlink(missing_ok=True)
 
-    def resolve(self, dataset: str, backbone: str, weights: str | None = None, size: int | None = None) -> str:
-        """The fingerprint id of `dataset`'s features for `backbone` (and weights, when several exist)."""
+    def resolve(self, dataset: str, backbone: str | None, weights: str | None = None, size: int | None = None) -> str:
+        """The fingerprint id of `dataset`'s features for `backbone` (and weights, when several exist); no
+        backbone: the cached one (cached_backbone)."""
         if self.catalog.dataset(dataset) is None:
             names = ", ".join(self.catalog.dataset_names()) or "none yet"
             raise NotFound(f"no dataset {dataset!r}; known datasets: {names}", cli="run `headstart extract` first",
                            api="POST /extract first")
+        backbone = self.cached_backbone(dataset, backbone)
         spec = get_spec(backbone)
         if weights is not None:
             choice = parse_weights(head_weights(weights, self.home))
@@ -196,6 +198,25 @@ class FeatureStore:
                                  cli=f"pass --weights to choose (e.g. --weights {found[0][1]})",
                                  api='send "weights" to choose')
         return found[0][0]
+
+    def cached_backbone(self, dataset: str, backbone: str | None) -> str:
+        """`backbone`, or when none is named: vgg16 (the default) where the dataset has its features, else the one
+        backbone it has features of (extracted with --backbone resnet50, trained without naming it); with
+        several, one line listing them."""
+        if backbone:
+            return backbone
+        have = sorted({row[1] for row in self.catalog.dataset_summary(dataset)["fingerprints"]}) \
+            if self.catalog.dataset(dataset) else []
+        if not have or DEFAULT_BACKBONE in have:
+            return DEFAULT_BACKBONE
+        if len(have) == 1:
+            return have[0]
+        raise HeadstartError(f"dataset {dataset!r} has features of {', '.join(have)}, not of {DEFAULT_BACKBONE} "
+                             f"(the default backbone)", cli="pass --backbone to choose one",
+                             api='send "backbone" to choose one')
+
+
+DEFAULT_BACKBONE = "vgg16"
 
 
 class WriterLock(FileLock):

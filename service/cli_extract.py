@@ -20,7 +20,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser("export", parents=[common], help="write a dataset's features to one plain HDF5 file")
     p.add_argument("--dataset", required=True)
-    _backbone_args(p, weights_default=None)
+    _backbone_args(p, weights_default=None, backbone_default=None)
     p.add_argument("--out", type=Path, required=True, help="output .h5 file")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--no-views", action="store_true", help="leave out the cached augmented views")
@@ -103,8 +103,11 @@ def count(option: str, unit: int = 1000):
     return parse
 
 
-def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "imagenet") -> None:
-    p.add_argument("--backbone", default="vgg16", help="registry name (see `headstart backbones`)")
+def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "imagenet",
+                   backbone_default: str | None = "vgg16") -> None:
+    p.add_argument("--backbone", default=backbone_default,
+                   help="registry name (see `headstart backbones`); default " + (
+                       backbone_default or "vgg16, or the one backbone whose features the dataset has"))
     p.add_argument("--weights", default=weights_default, help="imagenet, random[:SEED] or a weights file")
     p.add_argument("--size", type=int, help="input size override (e.g. 224 for vgg16)")
 

@@ -13,7 +13,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = sub.add_parser("train", parents=[common], help="train a head on a dataset's cached features",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_head_params_help())
     p.add_argument("--dataset", required=True)
-    p.add_argument("--backbone", default="vgg16", help="(default: vgg16)")
+    p.add_argument("--backbone", help="(default: vgg16, or the one backbone whose features the dataset has)")
     p.add_argument("--weights", help="which cached features, when several weights were used")
     p.add_argument("--head", default="logreg", help="logreg, mlp or centroid (default: logreg)")
     p.add_argument("--name", required=True, help="name to save the head under")
@@ -92,7 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.json:
         for warning in warnings:
             print(f"headstart: warning: {warning}", file=sys.stderr)
-    emit(args, {"name": args.name, "kind": args.head, "classes": manifest["classes"], "metrics": m,
+    emit(args, {"name": args.name, "kind": args.head, "backbone": manifest["backbone"],
+                "fingerprint": manifest["fingerprint"]["id"], "classes": manifest["classes"], "metrics": m,
                 "warnings": manifest.get("warnings", [])}, "\n".join(lines))
     return 0
 

@@ -39,11 +39,11 @@ def valid_recipe(value: str | None) -> str | None:
     return None if value is None else field_error(parse, value)
 
 
-def known_backbone(value: str) -> str:
+def known_backbone(value: str | None) -> str | None:
     """A registry backbone or any torchvision classification model (the error names close matches)."""
     from extractor.backbones import get_spec
 
-    return field_error(get_spec, value)
+    return value if value is None else field_error(get_spec, value)
 
 
 def api_weights(value: str) -> str:
@@ -90,7 +90,8 @@ class HeadBase(BaseModel):
 
     name: str = Field(pattern=NAME)
     dataset: str = Field(pattern=NAME)
-    backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
+    backbone: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,32}$",
+                                 description="vgg16, or the one backbone whose features the dataset has")
     weights: str | None = Field(default=None, pattern=WEIGHTS,
                                 description="which cached features: imagenet, random[:SEED] or head:NAME")
     views: int = Field(default=0, ge=0, le=64, description="also train on this many cached views per train image")

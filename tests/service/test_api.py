@@ -83,7 +83,7 @@ def test_labels_from_file_names_through_the_api(served):
     job = served.wait_job(c.post("/extract", json={"dataset": "flat", "path": "flat", "backbone": "tiny",
                                                    "weights": "random", "name_labels": True}).json()["job_id"])
     assert job["state"] == "succeeded", job
-    train = c.post("/heads", json={"name": "flat-lr", "dataset": "flat", "backbone": "tiny", "head": "centroid"})
+    train = c.post("/heads", json={"name": "flat-lr", "dataset": "flat", "head": "centroid"})  # its one backbone
     assert train.status_code == 201 and train.json()["classes"] == ["cat", "dog"], train.text
     both = c.post("/extract", json={"dataset": "flat2", "path": "flat", "backbone": "tiny", "weights": "random",
                                     "name_labels": True, "unlabeled": True}).json()

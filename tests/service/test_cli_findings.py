@@ -382,3 +382,22 @@ def test_ctrl_c_says_what_was_kept_for_the_command_interrupted(command, resumabl
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("headstart: interrupted")
     assert ("run the same command to continue" in err) == resumable, err
+
+
+def test_train_and_export_without_backbone_use_the_one_the_dataset_has(tmp_path, capsys):
+    """Extracted with --backbone tiny, trained without naming it: before, `dataset has no vgg16 features; run
+    headstart extract ... --backbone vgg16` (an hour of forward passes on a real dataset, for nothing)."""
+    make_folder(tmp_path / "data", {"a": 6, "b": 6})
+    home = ["--home", str(tmp_path / "home")]
+    extract = ["extract", str(tmp_path / "data"), "--dataset", "d", "--weights", "random"]
+    assert run_main(capsys, *extract, "--backbone", "tiny", *home)[0] == 0
+    code, out, err = run_main(capsys, "train", "--dataset", "d", "--name", "h", "--json", *home)
+    assert code == 0 and json.loads(out)["backbone"] == "tiny", err
+    code, out, err = run_main(capsys, "export", "--dataset", "d", "--out", str(tmp_path / "d.h5"), *home)
+    assert code == 0 and "wrote 12 x 64 features" in out, err
+    assert run_main(capsys, *extract, "--backbone", "mobilenet_v2", "--size", "32", *home)[0] == 0
+    code, _, err = run_main(capsys, "train", "--dataset", "d", "--name", "h2", *home)
+    assert code == 1 and err == "headstart: error: dataset 'd' has features of mobilenet_v2, tiny, not of vgg16 (the " \
+                               "default backbone); pass --backbone to choose one\n"
+    code, out, err = run_main(capsys, "train", "--dataset", "d", "--name", "h2", "--backbone", "tiny", "--json", *home)
+    assert code == 0 and json.loads(out)["backbone"] == "tiny", err

@@ -85,9 +85,11 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
     metrics = {split: evaluate(data[split][1], head.predict_proba(data[split][0]), head.classes_)
                for split in ("val", "test") if len(data[split][0])}
     metrics["fit_seconds"] = fit_seconds
+    names, counts = np.unique(data["train"][1], return_counts=True)
     info = {"fingerprint": {"id": fp_id, "spec": table.fingerprint}, "weights": table.source,
             "dataset": dataset, "dim": int(X.shape[1]), "metrics": metrics,
-            "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used}
+            "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used,
+            "train_counts": {str(c): int(n) for c, n in zip(names, counts, strict=True)}}
     return _save(store, head, name, info, {"streamed": False, "solver": IN_MEMORY_SOLVERS.get(head.kind, head.kind)})
 
 
@@ -99,7 +101,26 @@ def _save(store: FeatureStore, head: Head, name: str, info: dict, training: dict
     if getattr(head, "sweep_", None):  # C=auto: the C chosen on val, and the sweep it came from
         info["chosen"] = {"C": head.chosen_C_, "sweep": head.sweep_}
     info["warnings"] = left_out(store, info["dataset"], info["fingerprint"]["id"], info["backbone"], info["weights"])
+    info["warnings"] += imbalanced(info["train_counts"], head)
     return save(head, info, heads_dir(store), name)
+
+
+IMBALANCE = 10  # the largest class this many times the smallest (in train) or more: a warning
+
+
+def imbalanced(counts: dict[str, int], head: Head) -> list[str]:
+    """A warning when the train split's classes are far apart in size and the head weighs them as they come:
+    accuracy then favours the large classes (a head can score 0.95 by never naming a 5% class)."""
+    params = getattr(head, "params", {})
+    if len(counts) < 2 or "class_weight" not in params or params["class_weight"]:
+        return []
+    big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+    if counts[big] < IMBALANCE * counts[small]:
+        return []
+    return [f"the train split is imbalanced: {big} has {counts[big]} images, {small} {counts[small]} "
+            f"({counts[big] / counts[small]:.0f}x); accuracy favours the large classes: read f1_macro, or train with "
+            f"class_weight=balanced (--param class_weight=balanced; \"params\": {{\"class_weight\": \"balanced\"}} "
+            f"in POST /heads)"]
 
 
 def left_out(store: FeatureStore, dataset: str, fp_id: str, backbone: str, weights: str | None) -> list[str]:
@@ -138,8 +159,10 @@ def _train_streamed(store: FeatureStore, dataset: str, fp_id: str, head: Head, n
         if len(y):
             metrics[split] = evaluate(y, proba, head.classes_)
     fp = store.catalog.fingerprint(fp_id)
+    counts = np.bincount(np.concatenate(train.codes), minlength=len(train.names)) if train.codes else []
     info = {"fingerprint": {"id": fp_id, "spec": json.loads(fp["spec"])}, "weights": fp["source"],
             "dataset": dataset, "dim": int(fp["dim"]), "metrics": metrics,
-            "split_sizes": {s: int(splits[s].n) for s in SPLIT_NAMES}, "views": None}
+            "split_sizes": {s: int(splits[s].n) for s in SPLIT_NAMES}, "views": None,
+            "train_counts": {str(c): int(n) for c, n in zip(train.names, counts, strict=True) if n}}
     return _save(store, head, name, info, {"streamed": True, "buffer_rows": streaming.buffer_rows(train.dim),
                                            **solver})

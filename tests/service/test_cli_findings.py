@@ -401,3 +401,22 @@ def test_train_and_export_without_backbone_use_the_one_the_dataset_has(tmp_path,
                                "default backbone); pass --backbone to choose one\n"
     code, out, err = run_main(capsys, "train", "--dataset", "d", "--name", "h2", "--backbone", "tiny", "--json", *home)
     assert code == 0 and json.loads(out)["backbone"] == "tiny", err
+
+
+def test_an_imbalanced_train_split_is_pointed_out_with_class_weight(tmp_path, capsys):
+    """A class 20 times the size of another: the head's accuracy favours it, and before nothing said so."""
+    make_folder(tmp_path / "data", {"common": 40, "rare": 2})
+    home = ["--home", str(tmp_path / "home")]
+    assert run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
+                    "--weights", "random", "--split", "0.5,0.25,0.25", *home)[0] == 0
+    said = ("the train split is imbalanced: common has 20 images, rare 1 (20x); accuracy favours the large classes: "
+            "read f1_macro, or train with class_weight=balanced")
+    for stream in ("never", "always"):  # in memory, and read in blocks
+        code, out, err = run_main(capsys, "train", "--dataset", "d", "--name", f"h-{stream}", "--stream", stream,
+                                  "--json", *home)
+        assert code == 0 and any(w.startswith(said) for w in json.loads(out)["warnings"]), (stream, out, err)
+    code, out, _ = run_main(capsys, "train", "--dataset", "d", "--name", "hb", "--param", "class_weight=balanced",
+                            "--json", *home)
+    assert code == 0 and not any("imbalanced" in w for w in json.loads(out)["warnings"])
+    code, out, _ = run_main(capsys, "train", "--dataset", "d", "--name", "hc", "--head", "centroid", "--json", *home)
+    assert code == 0 and not any("imbalanced" in w for w in json.loads(out)["warnings"])  # class means: no weights

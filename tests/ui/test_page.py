@@ -224,6 +224,40 @@ def test_a_confusion_cell_opens_its_mistakes_with_thumbnails(browser, site, shot
     page.context.close()
 
 
+def test_a_head_of_many_classes_shows_its_most_frequent_confusions(browser, site):
+    """41 classes: the most frequent confusions, each opening its images, instead of a matrix (a thousand classes
+    made a million cells, and Math.max(...cells) overflowed the stack: the head's view broke)."""
+    make_folder(site.data / "many", {f"c{i:02d}": 3 for i in range(41)}, seed=5)
+    job = site.client.post("/extract", json={"dataset": "many", "path": "many", "backbone": "tiny",
+                                             "weights": "random:3", "split": "0.34,0.33,0.33"}).json()
+    assert site.wait_job(job["job_id"])["state"] == "succeeded"
+    answer = site.client.post("/heads", json={"name": "many-c", "dataset": "many", "head": "centroid",
+                                              "weights": "random:3"})
+    assert answer.status_code == 201, answer.text
+    test = answer.json()["metrics"]["test"]
+    pairs = sorted(((c, i, j) for i, row in enumerate(test["confusion_matrix"]) for j, c in enumerate(row)
+                    if i != j and c), key=lambda p: (-p[0], p[1], p[2]))
+    assert pairs, "no confusion to show"
+    page, watch = open_page(browser, site, "/ui/#heads/many-c")
+    page.wait_for_selector("#confusion table.pairs")
+    assert page.locator("#confusion td.cell").count() == 0
+    wrong = sum(c for c, _, _ in pairs)
+    assert page.locator("#confusion p").inner_text() == (
+        f"41 classes, too many for a matrix: the {min(50, len(pairs))} most frequent confusions of {len(pairs)} "
+        f"({wrong} images predicted wrong); click a row for its images")
+    rows = [r.locator("td").all_inner_texts() for r in page.locator("#confusion tbody tr").all()]
+    labels = test["labels"]
+    assert rows == [[labels[i], labels[j], str(c)] for c, i, j in pairs[:50]]
+    page.locator("#confusion tbody tr").first.click()
+    page.wait_for_url(re.compile(r"#mistakes$"))
+    page.locator("#mistakes-grid figure").first.wait_for()
+    count, i, j = pairs[0]
+    assert page.locator("#mistakes-grid figure").count() == count
+    assert page.locator("#mistakes-filter .chip").inner_text() == f"true {labels[i]} → predicted {labels[j]}"
+    watch.clean()
+    page.context.close()
+
+
 def test_a_head_scored_on_another_dataset_and_its_mistakes_there(browser, site, shots):
     """A holdout folder extracted with the head's features is offered beside the head's own dataset: scored on all
     its images (a class the head never saw is warned about), its confusion cells open its own mistakes."""

@@ -544,7 +544,12 @@ function renderConfusion(head, split, m, dataset) {
     box.replaceChildren(el("p", { class: "muted", text: "no images in this split" }));
     return;
   }
-  const peak = Math.max(1, ...matrix.flat());
+  if (labels.length > MATRIX_MAX) {
+    box.replaceChildren(confusedPairs(head, split, labels, matrix, dataset));
+    return;
+  }
+  let peak = 1; // a loop: Math.max(...cells) overflows the stack with a million of them
+  for (const row of matrix) for (const count of row) peak = Math.max(peak, count);
   const table = el("table", { class: "confusion" });
   table.append(el("thead", {}, el("tr", {}, el("th", { text: "true \\ predicted" }),
     ...labels.map((l) => el("th", { class: "col", title: l, text: l })))));
@@ -564,6 +569,33 @@ function renderConfusion(head, split, m, dataset) {
   });
   table.append(body);
   box.replaceChildren(table);
+}
+
+// more classes than a matrix can show (a thousand make a million cells): the most frequent confusions instead
+const MATRIX_MAX = 40, PAIRS_SHOWN = 50;
+
+function confusedPairs(head, split, labels, matrix, dataset) {
+  const pairs = [];
+  let wrong = 0;
+  matrix.forEach((row, i) => row.forEach((count, j) => {
+    if (i !== j && count) {
+      pairs.push([count, i, j]);
+      wrong += count;
+    }
+  }));
+  pairs.sort((a, b) => b[0] - a[0] || a[1] - b[1] || a[2] - b[2]);
+  const shown = pairs.slice(0, PAIRS_SHOWN);
+  const note = el("p", { class: "muted", text: `${labels.length} classes, too many for a matrix: ` +
+    (shown.length ? `the ${shown.length} most frequent confusions of ${pairs.length} (${wrong} images predicted ` +
+      `wrong); click a row for its images` : "no image predicted wrong") });
+  const body = el("tbody", {}, ...shown.map(([count, i, j]) => {
+    const row = el("tr", { class: "clickable", "data-true": labels[i], "data-predicted": labels[j] },
+      el("td", { text: labels[i] }), el("td", { text: labels[j] }), el("td", { class: "num", text: count }));
+    row.addEventListener("click", () => openMistakes(head.name, split, labels[i], labels[j], dataset));
+    return row;
+  }));
+  return el("div", {}, note, el("table", { class: "grid compact pairs" }, el("thead", {}, el("tr", {},
+    ...["true", "predicted", "images"].map((t) => el("th", { text: t })))), body));
 }
 
 function renderPerClass(m) {

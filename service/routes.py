@@ -156,10 +156,18 @@ async def create_head(body: HeadRequest, request: Request):
     return _public(manifest)
 
 
-def _public(manifest: dict) -> dict:
+# per split, what grows with the classes squared or linearly: in GET /heads/{name}, not in the list (1000 classes
+# made 2 x 1,000,000 matrix cells per head, megabytes of JSON for each head in every list)
+DETAIL_METRICS = ("confusion_matrix", "per_class", "labels")
+
+
+def _public(manifest: dict, brief: bool = False) -> dict:
     keep = ("name", "kind", "params", "classes", "backbone", "dataset", "dim", "metrics", "created", "split_sizes",
             "views", "trained_on")
     out = {k: manifest.get(k) for k in keep}
+    if brief and isinstance(out["metrics"], dict):
+        out["metrics"] = {split: {k: v for k, v in m.items() if k not in DETAIL_METRICS} if isinstance(m, dict) else m
+                          for split, m in out["metrics"].items()}
     out["fingerprint"] = manifest["fingerprint"]["id"]
     out["weights"] = manifest["weights"] if not manifest["weights"].startswith("/") else "file"
     out["warnings"] = [w.replace(manifest["weights"], out["weights"]) for w in manifest.get("warnings", [])]
@@ -188,7 +196,7 @@ async def heads(request: Request) -> list[dict]:
     root, scrub = heads_dir(state(request).store), request.app.state.scrub
 
     def read() -> list[dict]:
-        return [{"name": m["name"], "error": scrub(m["error"])} if "error" in m else _public(m)
+        return [{"name": m["name"], "error": scrub(m["error"])} if "error" in m else _public(m, brief=True)
                 for m in list_heads(root)]
 
     return await run_in_threadpool(read)

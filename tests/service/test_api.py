@@ -66,6 +66,11 @@ def test_catalog_endpoints(served):
     assert served.wait_job(job.json()["job_id"])["state"] == "succeeded"
     assert {h["name"] for h in c.get("/heads").json()} >= {"colors-bg"}
     assert c.get("/heads/colors-bg").json()["kind"] == "centroid"
+    listed = next(h for h in c.get("/heads").json() if h["name"] == "colors-bg")["metrics"]["test"]
+    detail = c.get("/heads/colors-bg").json()["metrics"]["test"]  # the list: headline figures only
+    assert {"confusion_matrix", "per_class", "labels"} <= set(detail) and not {"confusion_matrix", "per_class",
+                                                                                "labels"} & set(listed)
+    assert listed == {k: v for k, v in detail.items() if k not in ("confusion_matrix", "per_class", "labels")}
     assert c.delete("/heads/colors-bg").json() == {"deleted": "colors-bg"}
     assert c.get("/heads/colors-bg").status_code == 404
     metrics = c.get("/metrics").text

@@ -336,6 +336,13 @@ def test_plots_name_each_auc_and_mark_the_restored_epoch(tmp_path, monkeypatch):
     plots.training(history, tmp_path / "t.png", "t")
     assert plots.best_epoch(history) == 3
     assert any("restored (epoch 3)" == t.get_text() for t in figures[1].axes[0].get_legend().get_texts())
+    for n, named in ((12, 12), (200, 30)):  # 200 classes: 30 named (before: all, unreadable; 1,000 took 7.8 s, 19 MB)
+        labels = [f"class_{i:03d}" for i in range(n)]
+        plots.confusion({"confusion_matrix": np.eye(n, dtype=int).tolist(), "labels": labels}, tmp_path / "c.png", "t")
+        ax = figures[-1].axes[0]
+        shown = [t.get_text() for t in ax.get_xticklabels()]
+        assert len(shown) == named and shown[0] == labels[0] and shown[-1] == labels[-1]
+        assert ax.get_title() == ("t" if n == 12 else "t (200 classes, 30 named)")
 
 
 def test_predict_argument_errors(trained, capsys):

@@ -248,6 +248,11 @@ def test_a_head_of_many_classes_shows_its_most_frequent_confusions(browser, site
     rows = [r.locator("td").all_inner_texts() for r in page.locator("#confusion tbody tr").all()]
     labels = test["labels"]
     assert rows == [[labels[i], labels[j], str(c)] for c, i, j in pairs[:50]]
+    curves = site.client.get("/heads/many-c/roc").json()["curves"]
+    page.wait_for_selector("#roc svg polyline")  # the 10 it separates worst, not 41 curves
+    worst = sorted(curves, key=lambda c: c["auc"])[:10]
+    assert page.locator("#roc .legend li").all_inner_texts() == [f"{c['label']} (AUC {c['auc']:.3f})" for c in worst]
+    assert page.locator("#roc p.muted").inner_text() == f"{len(curves)} classes: the 10 with the lowest AUC"
     page.locator("#confusion tbody tr").first.click()
     page.wait_for_url(re.compile(r"#mistakes$"))
     page.locator("#mistakes-grid figure").first.wait_for()

@@ -531,10 +531,15 @@ const renderHeadSplit = guarded(async () => {
   }
   const answer = await getJSON(`/heads/${encodeURIComponent(head.name)}/roc?${query}`);
   if (stale()) return;
-  roc.replaceChildren(answer.curves.length
-    ? lineChart(answer.curves.map((c) => ({ name: `${c.label} (AUC ${c.auc.toFixed(3)})`, xs: c.fpr, ys: c.tpr })),
-      { xLabel: "false positive rate", yLabel: "true positive rate", xMax: 1, yMax: 1, diagonal: true })
-    : el("p", { class: "muted", text: "no ROC: this split lacks positives or negatives" }));
+  // many classes: the ROC_SHOWN the head separates worst (a thousand curves are one blot, and a legend of a thousand)
+  const curves = answer.curves.length > ROC_SHOWN
+    ? [...answer.curves].sort((a, b) => a.auc - b.auc).slice(0, ROC_SHOWN) : answer.curves;
+  roc.replaceChildren(...(curves.length
+    ? [lineChart(curves.map((c) => ({ name: `${c.label} (AUC ${c.auc.toFixed(3)})`, xs: c.fpr, ys: c.tpr })),
+      { xLabel: "false positive rate", yLabel: "true positive rate", xMax: 1, yMax: 1, diagonal: true }),
+    ...(curves.length < answer.curves.length ? [el("p", { class: "muted", text:
+      `${answer.curves.length} classes: the ${ROC_SHOWN} with the lowest AUC` })] : [])]
+    : [el("p", { class: "muted", text: "no ROC: this split lacks positives or negatives" })]));
 });
 
 function renderConfusion(head, split, m, dataset) {
@@ -570,6 +575,8 @@ function renderConfusion(head, split, m, dataset) {
   table.append(body);
   box.replaceChildren(table);
 }
+
+const ROC_SHOWN = 10;
 
 // more classes than a matrix can show (a thousand make a million cells): the most frequent confusions instead
 const MATRIX_MAX = 40, PAIRS_SHOWN = 50;

@@ -185,7 +185,7 @@ def test_a_huge_labels_csv_cancels_while_it_is_read(data, monkeypatch):
     rows = "\n".join(f"img{i}.jpg,a" for i in range(200_000))
     (data / "data" / "big.csv").write_text("path,label\n" + rows + "\n")
     real = labelcsv._locate
-    monkeypatch.setattr(labelcsv, "_locate", lambda root, value: time.sleep(0.0005) or real(root, value))
+    monkeypatch.setattr(labelcsv, "_locate", lambda root, value, *rest: time.sleep(0.0005) or real(root, value, *rest))
     runner = runner_for(data)
     runner.start()
     job_id = runner.submit_extract({**EXTRACT, "labels_csv": "big.csv"})[0]

@@ -87,11 +87,27 @@ def small_split_warning(split: str, m: dict, sampled: bool = False) -> str | Non
             f"folder when the folders name the splits)")
 
 
+PAIRS_SHOWN = 10
+
+
+def _confused_pairs(labels: list[str], matrix: list[list[int]]) -> list[str]:
+    pairs = sorted(((c, i, j) for i, row in enumerate(matrix) for j, c in enumerate(row) if i != j and c),
+                   key=lambda p: (-p[0], p[1], p[2]))
+    if not pairs:
+        return [f"no confusions among the {len(labels)} classes"]
+    lines = [f"{len(labels)} classes, too many for a matrix: the {min(PAIRS_SHOWN, len(pairs))} most frequent "
+             f"confusions of {len(pairs)} (true -> predicted: images; evaluate --json has the matrix):"]
+    return lines + [f"  {labels[i]} -> {labels[j]}: {c}" for c, i, j in pairs[:PAIRS_SHOWN]]
+
+
 def confusion_lines(m: dict, max_classes: int = 15) -> list[str]:
-    """A compact confusion matrix (rows true, columns predicted by index), for up to `max_classes` classes."""
+    """A compact confusion matrix (rows true, columns predicted by index), for up to `max_classes` classes; above,
+    the most frequent confusions (as the page shows them)."""
     labels, matrix = m.get("labels", []), m.get("confusion_matrix", [])
-    if not labels or len(labels) > max_classes:
+    if not labels:
         return []
+    if len(labels) > max_classes:
+        return _confused_pairs(labels, matrix)
     width = max(3, len(str(max(max(row) for row in matrix))) + 1)
     name = max(len(lab[:16]) for lab in labels)
     lines = ["confusion matrix (rows: true label, columns: predicted, by number):",

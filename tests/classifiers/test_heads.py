@@ -167,3 +167,18 @@ def test_sure_and_right_scores_a_log_loss_of_plain_zero_and_one_small_class_is_o
     assert small_split_warning("test", m).startswith("the test split has fewer than 5 images of 2 classes: a (1), b")
     one = evaluate(np.array(["b", "b"]), np.array([[0.1, 0.9], [0.2, 0.8]]), classes)
     assert small_split_warning("val", one).startswith("the val split has fewer than 5 images of 1 class: b (2);")
+
+
+def test_more_classes_than_a_matrix_shows_list_their_most_frequent_confusions():
+    """Above 15 classes, evaluate printed no confusion at all; now the most frequent confusions, as the page."""
+    from classifiers.metrics import confusion_lines
+
+    classes = np.array([f"c{i:02d}" for i in range(20)])
+    y = np.repeat(classes, 3)
+    picked = np.arange(60) // 3
+    picked[[0, 1, 3]] = [5, 5, 7]  # c00 taken for c05 twice, c01 for c07 once
+    m = evaluate(y, np.eye(20)[picked] * 0.9 + 0.005, classes)
+    assert confusion_lines(m) == ["20 classes, too many for a matrix: the 2 most frequent confusions of 2 (true -> "
+                                  "predicted: images; evaluate --json has the matrix):", "  c00 -> c05: 2",
+                                  "  c01 -> c07: 1"]
+    assert confusion_lines(m, max_classes=20)[0].startswith("confusion matrix (rows: true label")

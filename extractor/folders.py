@@ -15,6 +15,14 @@ from extractor.datasets import SYSTEM_FOLDERS, Item, Listing, existing_dir, imag
 # data/validation/cat): such a folder is a split of class folders, never a class
 SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test", "testing": "test"}
+# a split's name, then optionally what Kaggle and others add to it: train_images, test-set, test1, Validation Data
+SPLIT_NAME = re.compile(r"([a-z]+)(?:[ _-]?(?:set|images|imgs|data|\d{1,2}))?")
+
+
+def split_of(name: str) -> str | None:
+    """The split a folder's name says (train, val, test), or None: data/train, data/Validation, test1, train_images."""
+    m = SPLIT_NAME.fullmatch(name.lower())
+    return SPLIT_FOLDERS.get(m.group(1)) if m else None
 
 
 def scan_folder(root: Path, unlabeled: bool = False, names: bool = False) -> Listing:
@@ -45,7 +53,7 @@ def scan_folder(root: Path, unlabeled: bool = False, names: bool = False) -> Lis
             items += [Item.at(root, f, shown(folder.name)) for f in files]
         listing = Listing(root, "folders", items, skipped=skipped, top_level=sum(p.is_file() for p in entries))
         listing.notes += _sibling_splits(root) + _one_level_down(classes, items)
-        if named := [p for p in classes if p.name.lower() in SPLIT_FOLDERS]:
+        if named := [p for p in classes if split_of(p.name)]:
             listing.notes.append(
                 f"the folders {', '.join(p.name for p in named)} are named like splits but were read as classes: split "
                 f"folders are taken as such when all the top-level folders are splits (one of them train) holding one "
@@ -115,16 +123,16 @@ def _one_level_down(classes: list[Path], items: list) -> list[str]:
 
 def _flat_train(named: list[Path]) -> str:
     """Split folders whose train folder holds images, not class folders (Kaggle's train/cat.0.jpg beside test1/)."""
-    train = next((p for p in named if SPLIT_FOLDERS[p.name.lower()] == "train" and not _subfolders(p)), None)
+    train = next((p for p in named if split_of(p.name) == "train" and not _subfolders(p)), None)
     return "" if train is None else (f"; {train.name}/ holds images, not class folders: extract {train} alone (with "
                                      f"--name-labels when the file names hold the labels, as cat.12.jpg)")
 
 
 def _sibling_splits(root: Path) -> list[str]:
     """data/train given while data/validation (or test) holds class folders beside it: its splits go unused."""
-    if SPLIT_FOLDERS.get(root.name.lower()) != "train":
+    if split_of(root.name) != "train":
         return []
-    siblings = [p.name for p in _subfolders(root.parent) if p != root and SPLIT_FOLDERS.get(p.name.lower()) in
+    siblings = [p.name for p in _subfolders(root.parent) if p != root and split_of(p.name) in
                 ("val", "test") and _subfolders(p)]
     return [f"{root} is a train folder, and {', '.join(siblings)} beside it {'hold' if len(siblings) > 1 else 'holds'} "
             f"class folders too: this dataset splits the train images alone; to use those folders' splits, extract "
@@ -138,8 +146,8 @@ def _subfolders(folder: Path) -> list[Path]:
 def _split_folders(folders: list[Path]) -> bool:
     """Whether the top-level folders are splits of class folders: every one named like a split, a train folder
     holding folders (others may hold images alone: data/test of unlabeled images, left out)."""
-    return all(p.name.lower() in SPLIT_FOLDERS for p in folders) and \
-        any(SPLIT_FOLDERS[p.name.lower()] == "train" and _subfolders(p) for p in folders)
+    return all(split_of(p.name) for p in folders) and \
+        any(split_of(p.name) == "train" and _subfolders(p) for p in folders)
 
 
 def _scan_split_folders(root: Path, splits: list[Path], system: list[Path], unread: Counter) -> Listing:
@@ -149,7 +157,7 @@ def _scan_split_folders(root: Path, splits: list[Path], system: list[Path], unre
     items, skipped, loose = [], 0, 0
     flat = [p for p in splits if not _subfolders(p)]
     splits = [p for p in splits if p not in flat]
-    given = {SPLIT_FOLDERS[p.name.lower()] for p in splits} != {"train"}
+    given = {split_of(p.name) for p in splits} != {"train"}
     for split in splits:
         inside = _subfolders(split)
         system += [p for p in inside if p.name in SYSTEM_FOLDERS]
@@ -158,9 +166,9 @@ def _scan_split_folders(root: Path, splits: list[Path], system: list[Path], unre
             files, n_skip = image_files(folder, system, unread)
             skipped += n_skip
             items += [replace(Item.at(root, f, shown(folder.name)),
-                              split=SPLIT_FOLDERS[split.name.lower()] if given else None) for f in files]
+                              split=split_of(split.name) if given else None) for f in files]
     listing = Listing(root, "folders", items, skipped=skipped, split_folders={
-        p.name: SPLIT_FOLDERS[p.name.lower()] for p in splits})
+        p.name: split_of(p.name) for p in splits})
     listing.top_level = loose
     for folder in flat:
         n = len(image_files(folder)[0])

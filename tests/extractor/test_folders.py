@@ -156,6 +156,28 @@ def test_labels_in_file_names_are_pointed_out_and_taken_with_name_labels(tmp_pat
     assert code == 1 and "expected one of them, not several" in err
 
 
+def test_kaggle_dogs_vs_cats_is_pointed_at_its_train_folder_and_split_names_take_suffixes(tmp_path):
+    """Kaggle's dogs vs cats unpacks as train/ (cat.0.jpg, dog.0.jpg) beside test1/ (1.jpg, unlabeled). Before,
+    test1 was not taken for a split name: two classes, train and test1, with no word on what to do."""
+    written = make_folder(tmp_path / "src", {"cat": 3, "dog": 3})
+    for folder in ("train", "test1"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for i, path in enumerate(written):
+        path.rename(tmp_path / "data" / "train" / f"{path.parent.name}.{i}.jpg")
+    (tmp_path / "data" / "test1" / "1.jpg").write_bytes((tmp_path / "data" / "train" / "cat.0.jpg").read_bytes())
+    listing = scan_folder(tmp_path / "data")
+    assert listing.notes == [f"the folders test1, train are named like splits but were read as classes: split "
+                             f"folders are taken as such when all the top-level folders are splits (one of them "
+                             f"train) holding one folder per class (data/train/cats/1.jpg); train/ holds images, not "
+                             f"class folders: extract {tmp_path / 'data' / 'train'} alone (with --name-labels when the "
+                             f"file names hold the labels, as cat.12.jpg)"]
+    from extractor.folders import split_of
+
+    assert [split_of(n) for n in ("train", "Train_Images", "test1", "Validation Data", "val-set", "dev", "testing",
+                                  "trainval", "cats", "test123", "contest")] == \
+        ["train", "train", "test", "val", "val", "val", "test", None, None, None, None]
+
+
 def test_labels_in_names():
     from extractor.folders import label_in_name
 

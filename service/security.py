@@ -123,8 +123,25 @@ def confine(root: Path, relative: str) -> Path:
     if not target.is_relative_to(base):
         raise PathRefused(403, "path leaves the data root (through a symlink); it is not readable from here")
     if not target.exists():
-        raise PathRefused(404, f"no such file or folder in the data root: {decoded}")
+        raise PathRefused(404, f"no such file or folder in the data root: {decoded}{_near(base, decoded)}")
     return target
+
+
+def _near(base: Path, asked: str) -> str:
+    """What the data root holds where `asked` is missing, for the caller to pick from: the folders (and files) in
+    the deepest folder of `asked` that exists, up to 20, none hidden and none leaving the root."""
+    folder = base
+    for part in Path(asked).parts[:-1]:
+        if not (folder / part).is_dir() or not (folder / part).resolve().is_relative_to(base):
+            break
+        folder = folder / part
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return ""
+    where = "the data root" if folder == base else f"{folder.relative_to(base).as_posix()}/"
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return f"; {where} holds {shown}" if names else f"; {where} is empty"
 
 
 # an absolute path of two or more parts; one of this API's own routes right after an HTTP method ("roll back with

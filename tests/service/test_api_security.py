@@ -103,6 +103,18 @@ def test_dataset_paths_are_confined_to_the_data_root(served, path, status):
     assert clean(response, served).status_code == status, response.text
 
 
+def test_a_missing_path_names_what_is_there_and_never_what_is_outside(served):
+    """The page's extract form takes a folder name typed by hand: a typo gets the folders it could have meant."""
+    answer = served.client.post("/extract", json={"dataset": "x", "path": "colours", "backbone": "tiny"})
+    assert answer.status_code == 404 and answer.json()["detail"].endswith(
+        "no such file or folder in the data root: colours; the data root holds colors/, etc-link/, evil-link/"), \
+        answer.text
+    answer = served.client.post("/extract", json={"dataset": "x", "path": "colors/bleu", "backbone": "tiny"})
+    assert answer.json()["detail"].endswith("colors/ holds blue/, green/, red/")
+    answer = served.client.post("/extract", json={"dataset": "x", "path": "evil-link/nope", "backbone": "tiny"})
+    assert answer.status_code == 403 and "loot" not in answer.text  # through a symlink out: refused, nothing listed
+
+
 def test_labels_csv_is_confined_too(served):
     response = served.client.post("/extract", json={"dataset": "x", "path": "colors", "labels_csv": "/etc/passwd",
                                                      "backbone": "tiny", "weights": "random"})

@@ -1,4 +1,5 @@
-"""CLI command for keeping a home healthy: verify (and repair) the cache and the heads."""
+"""CLI commands for keeping a home healthy: verify (and repair) the cache and the heads, forget a dataset, prune
+the cache."""
 
 from __future__ import annotations
 
@@ -14,6 +15,59 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="drop damaged shards from the catalog (the next extract computes them again) and delete "
                         "leftover files")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("prune", parents=[common], help="delete cached features that no dataset needs")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    p.set_defaults(func=cmd_prune)
+
+
+def datasets_rm_parser(dsub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    r = dsub.add_parser("rm", parents=[common],
+                        help="forget a dataset (its cached vectors stay until `headstart prune`, or --prune)")
+    r.add_argument("name")
+    r.add_argument("--prune", action="store_true", help="then delete the cached features no dataset needs")
+    r.set_defaults(func=cmd_datasets_rm)
+
+
+def cmd_datasets_rm(args: argparse.Namespace) -> int:
+    from classifiers.persist import list_heads
+    from classifiers.training import heads_dir
+    from extractor.prune import forget_dataset, prune
+
+    store = existing_store(args.home)
+    result = forget_dataset(store, args.name)
+    result["heads"] = sorted(m["name"] for m in list_heads(heads_dir(store)) if m.get("dataset") == args.name)
+    lines = [f"forgot dataset {args.name!r}"]
+    if result["heads"]:
+        lines.append(f"heads trained on it still predict images: {', '.join(result['heads'])} (evaluating them on "
+                     f"it needs it extracted again)")
+    if args.prune:
+        result["pruned"] = prune(store)
+        lines.append(_pruned(result["pruned"]))
+    elif result["vectors_only_its"]:
+        lines.append(f"{result['vectors_only_its']} cached vectors were its alone; they stay (an extract of the same "
+                     f"images finds them) until `headstart prune` deletes what no dataset needs")
+    emit(args, result, "\n".join(lines))
+    return 1 if result.get("pruned", {}).get("busy") else 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from extractor.prune import prune
+
+    report = prune(existing_store(args.home), dry_run=args.dry_run)
+    emit(args, report, _pruned(report))
+    return 1 if report["busy"] else 0
+
+
+def _pruned(report: dict) -> str:
+    verb = "would delete" if report["dry_run"] else "deleted"
+    lines = [f"{verb} {report['shards']} shard files ({report['vectors']} vectors, {report['bytes'] / 2**20:.1f} MiB) "
+             f"that no dataset needs"]
+    if report["unused_rows_kept"]:
+        lines.append(f"{report['unused_rows_kept']} vectors no dataset needs stay, in shards that also hold vectors a "
+                     f"dataset needs (a shard is deleted whole)")
+    lines += [f"skipped {fp}: an extraction is writing it; run prune again after it" for fp in report["busy"]]
+    return "\n".join(lines)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -15,8 +15,14 @@ from service.cli import emit, existing_store, table
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     _extract_parser(sub, common)
 
-    p = sub.add_parser("datasets", parents=[common], help="list datasets with counts per split and backbone")
+    p = sub.add_parser("datasets", parents=[common],
+                       help="list datasets with counts per split and backbone; datasets rm NAME")
     p.set_defaults(func=cmd_datasets)
+    dsub = p.add_subparsers(dest="action", metavar="ACTION")
+    dsub.add_parser("list", parents=[common], help="list datasets (the default)").set_defaults(func=cmd_datasets)
+    from service.cli_admin import datasets_rm_parser
+
+    datasets_rm_parser(dsub, common)
 
     p = sub.add_parser("export", parents=[common], help="write a dataset's features to one plain HDF5 file")
     p.add_argument("--dataset", required=True)

@@ -217,6 +217,33 @@ async def get_head(request: Request, name: str = HEAD_NAME) -> dict:
     return {**_public(manifest), "history": manifest.get("history", [])}
 
 
+@router.delete("/datasets/{name}", tags=["catalog"])
+async def delete_dataset(request: Request, name: str = PathParam(pattern=NAME),
+                         prune: bool = Query(False, description="then delete the cached features no dataset needs")
+                         ) -> dict:
+    """Forget a dataset (its definition, members and failures), as `headstart datasets rm`: its cached vectors stay
+    until a prune, heads trained on it still predict. 409 while a job for it is queued or running."""
+    s = state(request)
+
+    def run() -> dict:
+        from extractor.errors import Conflict
+        from extractor.prune import forget_dataset
+        from extractor.prune import prune as prune_cache
+
+        busy = [j["id"] for j in s.runner.list(("queued", "running", "cancelling"))
+                if (j.get("request") or {}).get("dataset") == name]
+        if busy:
+            raise Conflict(f"dataset {name!r} has {len(busy)} job(s) queued or running ({', '.join(busy[:3])}); "
+                           f"cancel them or wait for them, then delete it")
+        out = forget_dataset(s.store, name)
+        out["heads"] = sorted(m["name"] for m in list_heads(heads_dir(s.store)) if m.get("dataset") == name)
+        if prune:
+            out["pruned"] = prune_cache(s.store)
+        return out
+
+    return await run_in_threadpool(run)
+
+
 @router.delete("/heads/{name}", tags=["heads"])
 async def delete_head(request: Request, name: str = HEAD_NAME) -> dict:
     await run_in_threadpool(delete, heads_dir(state(request).store), name)

@@ -95,6 +95,19 @@ def test_labels_from_file_names_through_the_api(served):
     assert "expected one of them, not several" in served.wait_job(both["job_id"])["error"]
 
 
+def test_delete_a_dataset_and_prune_what_no_dataset_needs(served):
+    c = served.client
+    served.wait_job(c.post("/extract", json={"dataset": "colors2", "path": "colors", "backbone": "tiny",
+                                             "weights": "random:9"}).json()["job_id"])
+    assert c.delete("/datasets/nope").status_code == 404
+    gone = c.delete("/datasets/colors2", params={"prune": "true"})
+    assert gone.status_code == 200, gone.text
+    answer = gone.json()
+    assert answer["deleted"] == "colors2" and answer["vectors_only_its"] == 45 and answer["heads"] == []
+    assert answer["pruned"]["vectors"] == 45 and answer["pruned"]["shards"] >= 1 and answer["pruned"]["busy"] == []
+    assert "colors2" not in {d["name"] for d in c.get("/datasets").json()}
+
+
 def test_same_work_gives_the_running_job_and_cancel_stops_it(served):
     c = served.client
     body = {"dataset": "slow", "path": "slow", "backbone": "vgg16", "weights": "random"}
@@ -102,6 +115,8 @@ def test_same_work_gives_the_running_job_and_cancel_stops_it(served):
     second = c.post("/extract", json=body).json()
     assert second["job_id"] == first["job_id"] and first["created"] and not second["created"]
     served.wait_job(first["job_id"], states=("running",))
+    busy = c.delete("/datasets/slow")  # a dataset with a job running is not deleted under it
+    assert busy.status_code == 409 and first["job_id"] in busy.json()["detail"], busy.text
     cancelled = c.delete(f"/jobs/{first['job_id']}")
     assert cancelled.status_code == 200
     job = served.wait_job(first["job_id"])

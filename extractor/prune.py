@@ -5,6 +5,8 @@ A shard is freed whole: rows no dataset needs beside rows one does stay, and are
 
 from __future__ import annotations
 
+import json
+
 from extractor.errors import Conflict, NotFound
 from extractor.store import FeatureStore
 
@@ -21,10 +23,16 @@ UNUSED_ROWS = (
 
 def forget_dataset(store: FeatureStore, name: str) -> dict:
     """Forget a dataset (definition, members, failures); its cached vectors stay until `prune`. Says how many
-    vectors no other dataset uses (what a prune would free)."""
+    vectors no other dataset uses (what a prune would free). Refused while a service job for it is queued or
+    running (its end would register it again)."""
     if store.catalog.dataset(name) is None:
         names = ", ".join(store.catalog.dataset_names()) or "none yet"
         raise NotFound(f"no dataset {name!r}; known datasets: {names}")
+    busy = [job["id"] for job in store.catalog.jobs(("queued", "running", "cancelling"))
+            if json.loads(job["request"] or "{}").get("dataset") == name]
+    if busy:
+        raise Conflict(f"dataset {name!r} has {len(busy)} job(s) queued or running ({', '.join(busy[:3])}); cancel "
+                       f"them or wait for them, then remove it")
     with store.catalog.connect() as con:
         alone = con.execute(
             "SELECT COUNT(*) FROM vectors v WHERE v.sha256 IN (SELECT sha256 FROM members WHERE dataset = ?) "

@@ -124,6 +124,25 @@ def test_labels_from_file_names_from_the_page_and_the_extract_warnings_shown(bro
     page.context.close()
 
 
+def test_remove_a_dataset_from_the_page_with_two_clicks(browser, site):
+    make_folder(site.data / "gone", {"p": 3, "q": 3}, seed=21)
+    job = site.client.post("/extract", json={"dataset": "gone", "path": "gone", "backbone": "tiny",
+                                             "weights": "random:5"}).json()
+    assert site.wait_job(job["job_id"])["state"] == "succeeded"
+    page, watch = open_page(browser, site)
+    button = page.locator("#datasets-table tr[data-name=gone] button.remove")
+    button.click()
+    assert button.inner_text() == "Remove gone?"  # the first click only asks
+    assert "gone" in {d["name"] for d in site.client.get("/datasets").json()}
+    button.click()
+    page.locator("#datasets-table tr[data-name=gone]").wait_for(state="detached")
+    assert page.locator("#messages .message").last.inner_text().startswith(
+        "removed dataset gone, 6 cached vectors no dataset needs deleted")
+    assert "gone" not in {d["name"] for d in site.client.get("/datasets").json()}
+    watch.clean()
+    page.context.close()
+
+
 def test_a_running_job_is_cancelled_and_resumed_from_the_page(browser, site):
     page, watch = open_page(browser, site, "/ui/#datasets")
     page.fill("#extract-form input[name=dataset]", "big")

@@ -274,9 +274,38 @@ function renderDatasets() {
     return el("tr", { "data-name": d.name }, el("td", { text: d.name }), el("td", { text: d.kind }),
       el("td", { text: d.path ?? "(outside the data root)" }), el("td", { text: splits.train ?? 0 }),
       el("td", { text: splits.val ?? 0 }), el("td", { text: splits.test ?? 0 }), el("td", {}, failures),
-      el("td", {}, features), el("td", {}, extract));
+      el("td", {}, features), el("td", { class: "actions" }, extract, removeButton(d)));
   }));
   $("#datasets-empty").hidden = state.datasets.length > 0;
+}
+
+// two clicks, the second within 5 s: "Remove" asks, "Remove <name>?" does it (no dialog: the page shows none)
+function removeButton(dataset) {
+  const button = el("button", { type: "button", class: "quiet remove", text: "Remove" });
+  let armed = null;
+  button.addEventListener("click", guarded(async () => {
+    if (!armed) {
+      button.textContent = `Remove ${dataset.name}?`;
+      button.classList.add("armed");
+      armed = setTimeout(() => {
+        armed = null;
+        button.textContent = "Remove";
+        button.classList.remove("armed");
+      }, 5000);
+      return;
+    }
+    clearTimeout(armed);
+    armed = null;
+    button.textContent = "Remove";
+    button.classList.remove("armed");
+    const answer = await api(`/datasets/${encodeURIComponent(dataset.name)}?prune=true`, { method: "DELETE" })
+      .then((r) => r.json());
+    const freed = answer.pruned ? `, ${answer.pruned.vectors} cached vectors no dataset needs deleted` : "";
+    say(`removed dataset ${dataset.name}${freed}` + (answer.heads.length ? `; heads trained on it still predict ` +
+      `images: ${answer.heads.join(", ")}` : ""));
+    loadDatasets();
+  }));
+  return button;
 }
 
 function prefillExtract(dataset) {

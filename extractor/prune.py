@@ -1,7 +1,8 @@
 """Freeing cache space. Vectors are kept by content, so forgetting a dataset (`datasets rm`) frees nothing at
 once: its vectors may be another dataset's too, and a re-extract finds them. `prune` then deletes the shards
-whose every row (vector or view) is of content no dataset holds, one fingerprint at a time under its writer lock.
-A shard is freed whole: rows no dataset needs beside rows one does stay, and are counted."""
+whose every row (vector or view) is of content no dataset holds, one fingerprint at a time under its writer lock,
+and the remembered hashes of files below no dataset's folder. A shard is freed whole: rows no dataset needs beside
+rows one does stay, and are counted."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ UNUSED_SHARDS = (
     "AND NOT EXISTS (SELECT 1 FROM vectors v JOIN members m ON m.sha256 = v.sha256 WHERE v.shard = s.id) "
     "AND NOT EXISTS (SELECT 1 FROM views w JOIN members m ON m.sha256 = w.sha256 WHERE w.shard = s.id) "
     "ORDER BY s.id")
+# remembered file hashes below no dataset's folder (a removed dataset's, a folder given again by another path)
+UNUSED_HASHES = ("FROM files WHERE NOT EXISTS (SELECT 1 FROM sources s WHERE files.path >= rtrim(s.root, '/') || '/' "
+                 "AND files.path < rtrim(s.root, '/') || '0')")
 UNUSED_ROWS = (
     "SELECT (SELECT COUNT(*) FROM vectors v WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.sha256 = v.sha256))"
     " + (SELECT COUNT(*) FROM views w WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.sha256 = w.sha256))")
@@ -65,8 +69,10 @@ def prune(store: FeatureStore, dry_run: bool = False) -> dict:
             _count(report, dropped)
         finally:
             lock.release()
-    with store.catalog.connect() as con:
+    with store.catalog.connect() as con, con:
         report["unused_rows_kept"] = con.execute(UNUSED_ROWS).fetchone()[0] - (report["vectors"] if dry_run else 0)
+        report["file_hashes"] = con.execute(f"SELECT COUNT(*) {UNUSED_HASHES}").fetchone()[0] if dry_run else \
+            con.execute(f"DELETE {UNUSED_HASHES}").rowcount
     return report
 
 

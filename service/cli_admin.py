@@ -62,7 +62,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _pruned(report: dict) -> str:
     verb = "would delete" if report["dry_run"] else "deleted"
     lines = [f"{verb} {report['shards']} shard files ({report['vectors']} vectors, {report['bytes'] / 2**20:.1f} MiB) "
-             f"that no dataset needs"]
+             f"that no dataset needs, and {report['file_hashes']} remembered hashes of files below no dataset's "
+             f"folder"]
     if report["unused_rows_kept"]:
         lines.append(f"{report['unused_rows_kept']} vectors no dataset needs stay, in shards that also hold vectors a "
                      f"dataset needs (a shard is deleted whole)")

@@ -36,8 +36,9 @@ def test_rm_keeps_vectors_prune_frees_whole_unused_shards_views_too(tmp_path, ca
     assert code == 0 and "nothing to compute" in out  # found again by content
     assert run_main(capsys, "datasets", "rm", "a", *h)[0] == 0
     code, out, _ = run_main(capsys, "prune", "--dry-run", "--json", *h)
-    dry = json.loads(out)  # a's shard holds x, which b needs: kept whole, its y counted
-    assert code == 0 and (dry["shards"], dry["vectors"], dry["unused_rows_kept"]) == (0, 0, 4), dry
+    dry = json.loads(out)  # a's shard holds x, which b needs: kept whole, its y counted; a's 8 file hashes
+    assert code == 0 and (dry["shards"], dry["vectors"], dry["unused_rows_kept"], dry["file_hashes"]) == \
+        (0, 0, 4, 8), dry
     c_shas = {sha for _, sha, _, _ in store.catalog.members("c")}
     c_files = {f for f, s in files.items() if {sha for sha, *_ in store.catalog.shard_vectors(s["id"])} <= c_shas}
     assert run_main(capsys, "datasets", "rm", "c", *h)[0] == 0
@@ -50,6 +51,8 @@ def test_rm_keeps_vectors_prune_frees_whole_unused_shards_views_too(tmp_path, ca
     code, out, _ = run_main(capsys, "datasets", "rm", "b", "--prune", *h)
     assert code == 0 and "deleted 2 shard files (11 vectors" in out, out
     assert shard_files(home) == set() and not store.catalog.dataset_names()
+    with store.catalog.connect() as con:  # no dataset left: no file hash is remembered either
+        assert con.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
     code, out, _ = run_main(capsys, "verify", *h)
     assert code == 0 and "no problems found" in out
     code, _, err = run_main(capsys, "datasets", "rm", "b", *h)

@@ -36,7 +36,7 @@ def scan_folder(root: Path, unlabeled: bool = False, names: bool = False) -> Lis
     unread: Counter = Counter()
     if names:
         files, skipped = image_files(root, system, unread)
-        listing = _named(root, files, skipped)
+        listing = _named(root, files, skipped, classes)
     elif unlabeled or not classes:  # the walk from the root meets the system folders, at every depth
         files, skipped = image_files(root, system, unread)
         listing = Listing(root, "unlabeled", [Item.at(root, f, None) for f in files], skipped=skipped)
@@ -79,18 +79,23 @@ def label_in_name(name: str) -> str | None:
     return label if label and label != stem else None
 
 
-def _named(root: Path, files: list[Path], skipped: int) -> Listing:
-    """Every image labeled by its file name (--name-labels); a name without a label is a failure."""
+def _named(root: Path, files: list[Path], skipped: int, folders: list[Path]) -> Listing:
+    """Every image labeled by its file name (--name-labels); a name without a label is a failure. Top-level
+    folders that all name splits, not train alone (train/cat.1.jpg beside validation/cat.7.jpg), give the splits."""
+    splits = {p.name: split_of(p.name) for p in folders}
+    if not (splits and all(splits.values()) and set(splits.values()) != {"train"}):
+        splits = {}
     items, failures = [], []
     for f in files:
         item = Item.at(root, f, None)
+        item.split = splits.get(f.relative_to(root).parts[0]) if len(f.relative_to(root).parts) > 1 else None
         if (label := label_in_name(f.name)) is None:
             failures.append((item.rel, "no label in the file name: --name-labels reads names made of a label and a "
                                        "number, as cat.12.jpg or american_bulldog_10.jpg; rename the file, or move it "
                                        "out of the folder"))
         else:
             items.append(replace(item, label=shown(label)))
-    return Listing(root, "names", items, failures, skipped=skipped)
+    return Listing(root, "names", items, failures, skipped=skipped, split_folders=splits)
 
 
 def _names_look_labeled(root: Path, files: list[Path]) -> list[str]:

@@ -76,7 +76,7 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
                    f"dropped from the catalog and computed again")
     out += listing.notes
     if listing.split_folders:
-        out.append(_split_folders_note(listing.split_folders, opts.split))
+        out.append(_split_folders_note(listing.split_folders, opts.split, listing.kind == "names"))
     if listing.top_level:
         out.append(f"{listing.top_level} files at the top level of {listing.root} were not read: a dataset of class "
                    f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
@@ -116,13 +116,14 @@ def _near_labels(labels: set[str]) -> list[str]:
             f"give them one spelling (rename the folders, or fix the CSV)"]
 
 
-def _split_folders_note(folders: dict[str, str], asked: str | None) -> str:
+def _split_folders_note(folders: dict[str, str], asked: str | None, names: bool = False) -> str:
     """data/train/cat, data/validation/cat: the folders name the splits (and the classes are inside them)."""
     named = ", ".join(f"{name}/ ({split})" for name, split in sorted(folders.items()))
     if set(folders.values()) == {"train"}:
         return f"the classes are the folders inside {', '.join(f'{n}/' for n in sorted(folders))}, and its images " \
                f"are split train/val/test as any (--split)"
-    text = f"the top-level folders name the splits, {named}, and the folders inside them the classes"
+    classes = "file names" if names else "folders inside them"
+    text = f"the top-level folders name the splits, {named}, and the {classes} the classes"
     if asked:
         text += f"; --split {asked} does not apply"
     missing = [s for s in ("val", "test") if s not in folders.values()]

@@ -199,3 +199,25 @@ def test_camera_names_and_asked_for_unlabeled_folders_get_no_such_note(tmp_path)
     for i, path in enumerate(written):
         (labeled / f"{'cat' if i % 2 else 'dog'}_{i}.jpg").write_bytes(path.read_bytes())
     assert len(scan_folder(labeled).notes) == 1 and scan_folder(labeled, unlabeled=True).notes == []
+
+
+def test_name_labels_keep_the_splits_that_folders_name(tmp_path, capsys):
+    written = make_folder(tmp_path / "src", {"cat": 6, "dog": 6})
+    for i, path in enumerate(written):
+        split = "train" if i % 3 else "validation"
+        (tmp_path / "data" / split).mkdir(parents=True, exist_ok=True)
+        path.rename(tmp_path / "data" / split / f"{path.parent.name}.{i}.jpg")
+    listing = scan_folder(tmp_path / "data", names=True)
+    assert {(item.label, item.split) for item in listing.items} == {("cat", "train"), ("cat", "val"),
+                                                                    ("dog", "train"), ("dog", "val")}
+    assert all(item.split == ("train" if item.rel.startswith("train/") else "val") for item in listing.items)
+    assert listing.split_folders == {"train": "train", "validation": "val"}
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--name-labels",
+                            "--backbone", "tiny", "--weights", "random", "--home", str(tmp_path / "home"))
+    assert code == 0 and "the top-level folders name the splits, train/ (train), validation/ (val), and the file " \
+                         "names the classes" in err, err
+    assert {split for _, (_, split) in members_of(tmp_path / "home", "d").items()} == {"train", "val"}
+
+
+def members_of(home, dataset: str) -> dict[str, tuple[str, str]]:
+    return {path: (label, split) for path, _, label, split in FeatureStore(home).catalog.members(dataset)}

@@ -12,13 +12,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from extractor.backbones import PREPROCESS_METHOD, Fingerprint, get_spec, make_fingerprint, resolve_size
+from extractor.backbones import Fingerprint
 from extractor.catalog import Catalog
 from extractor.durable import publish, storage_error
 from extractor.errors import CacheDamaged, Conflict, HeadstartError, NotFound
 from extractor.locks import Busy, FileLock
 from extractor.shardfile import shard_folder, write_shard
-from extractor.weights import head_weights, identity, parse_weights
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 SHARD_BYTES = 64 * 1024 * 1024
@@ -166,57 +165,18 @@ class FeatureStore:
             tmp.unlink(missing_ok=True)
 
     def resolve(self, dataset: str, backbone: str | None, weights: str | None = None, size: int | None = None) -> str:
-        """The fingerprint id of `dataset`'s features for `backbone` (and weights, when several exist); no
-        backbone: the cached one (cached_backbone)."""
-        if self.catalog.dataset(dataset) is None:
-            names = ", ".join(self.catalog.dataset_names()) or "none yet"
-            raise NotFound(f"no dataset {dataset!r}; known datasets: {names}", cli="run `headstart extract` first",
-                           api="POST /extract first")
-        backbone = self.cached_backbone(dataset, backbone)
-        spec = get_spec(backbone)
-        if weights is not None:
-            choice = parse_weights(head_weights(weights, self.home))
-            wanted = make_fingerprint(spec, resolve_size(spec, size), identity(choice, spec))
-            same = [fp for fp, b, s, _, _ in self.catalog.dataset_summary(dataset)["fingerprints"]
-                    if b == backbone and _same_but_decode(json.loads(s), wanted.spec)]
-            # the CPU path's features when they exist, else those of the one decode method there is
-            return wanted.id if wanted.id in same or len(same) != 1 else same[0]
-        rows = [(fp, json.loads(s), src) for fp, b, s, _, src in self.catalog.dataset_summary(dataset)["fingerprints"]
-                if b == backbone]
-        found = [(fp, src or spec["weights"]) for fp, spec, src in rows]
-        if not found:
-            raise NotFound(f"dataset {dataset!r} has no {backbone} features",
-                           cli=f"run `headstart extract DATA_DIR --dataset {dataset} --backbone {backbone}`",
-                           api=f'POST /extract with "dataset": "{dataset}", "backbone": "{backbone}" first')
-        if len(rows) > 1 and all(_same_but_decode(spec, rows[0][1]) for _, spec, _ in rows):
-            # one set of features decoded two ways: the CPU path's, as when weights are named
-            return next((fp for fp, spec, _ in rows if spec["preprocess"].get("method") == PREPROCESS_METHOD),
-                        rows[0][0])
-        if len(found) > 1:
-            options = "; ".join(f"{fp} (weights {w})" for fp, w in found)
-            raise HeadstartError(f"dataset {dataset!r} has {backbone} features from several weights: {options}",
-                                 cli=f"pass --weights to choose (e.g. --weights {found[0][1]})",
-                                 api='send "weights" to choose')
-        return found[0][0]
+        """The fingerprint id of `dataset`'s features for `backbone` (extractor.lookup.resolve)."""
+        from extractor.lookup import resolve
+
+        return resolve(self, dataset, backbone, weights, size)
 
     def cached_backbone(self, dataset: str, backbone: str | None) -> str:
-        """`backbone`, or when none is named: vgg16 (the default) where the dataset has its features, else the one
-        backbone it has features of (extracted with --backbone resnet50, trained without naming it); with
-        several, one line listing them."""
-        if backbone:
-            return backbone
-        have = sorted({row[1] for row in self.catalog.dataset_summary(dataset)["fingerprints"]}) \
-            if self.catalog.dataset(dataset) else []
-        if not have or DEFAULT_BACKBONE in have:
-            return DEFAULT_BACKBONE
-        if len(have) == 1:
-            return have[0]
-        raise HeadstartError(f"dataset {dataset!r} has features of {', '.join(have)}, not of {DEFAULT_BACKBONE} "
-                             f"(the default backbone)", cli="pass --backbone to choose one",
-                             api='send "backbone" to choose one')
+        """`backbone`, or the one the dataset's features are of (extractor.lookup.cached_backbone)."""
+        from extractor.lookup import cached_backbone
+
+        return cached_backbone(self, dataset, backbone)
 
 
-DEFAULT_BACKBONE = "vgg16"
 
 
 class WriterLock(FileLock):
@@ -232,14 +192,6 @@ class WriterLock(FileLock):
         except Busy as busy:
             raise Conflict(f"another extraction is already writing {self.fp_id} features ({busy.holder}); wait "
                            f"for it to finish, or stop it, then run again") from None
-
-
-def _same_but_decode(spec: dict, wanted: dict) -> bool:
-    """Whether two fingerprint specs differ at most in how the pixels were decoded."""
-    def strip(s: dict) -> dict:
-        return {**s, "preprocess": {k: v for k, v in s.get("preprocess", {}).items() if k != "method"}}
-
-    return strip(spec) == strip(wanted)
 
 
 def _damaged(file: str, count: int, exc: Exception) -> CacheDamaged:

@@ -139,10 +139,7 @@ def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,
                                             if listing.kind == "csv" else {}))
         listings.append(listing)
     if not any(listing.items or listing.failures for listing in listings):
-        unread = sum((Counter(listing.unsupported) for listing in listings), Counter())
-        also = f"; it holds {unread_photos(unread)}" if unread else ""
-        raise HeadstartError(f"no images found in {wanted.data_dir}; expected class subfolders of images, "
-                             f"images directly in the folder, or a labels CSV{also}")
+        raise _nothing_found(listings, wanted)
     total, done = sum(len(listing.items) for listing in listings), 0
     for listing in listings:
         def hashed(n: int, _: int, offset: int = done) -> None:
@@ -155,8 +152,29 @@ def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,
     return merge(listings, sources), sources
 
 
-def merge(listings: list[Listing], sources: list[dict]) -> Listing:
-    """One listing of all sources: added sources' paths get their prefix; label conflicts become failures."""
+def preview(catalog: Catalog, name: str, wanted: Wanted) -> tuple[Listing, list[dict]]:
+    """The listing a run would read, without reading any file's bytes (extract --dry-run), and its sources: decided
+    as a run decides them (its refusals too), each listed, merged. No content hashes yet, so copies of one image
+    are not known."""
+    sources = decide(name, catalog.sources(name), wanted)
+    listings = [_list_one(source, None) for source in sources]
+    for source, listing in zip(sources, listings, strict=True):
+        source.update(kind=listing.kind)
+    if not any(listing.items or listing.failures for listing in listings):
+        raise _nothing_found(listings, wanted)
+    return merge(listings, sources, by_content=False), sources
+
+
+def _nothing_found(listings: list[Listing], wanted: Wanted) -> HeadstartError:
+    unread = sum((Counter(listing.unsupported) for listing in listings), Counter())
+    also = f"; it holds {unread_photos(unread)}" if unread else ""
+    return HeadstartError(f"no images found in {wanted.data_dir}; expected class subfolders of images, images "
+                          f"directly in the folder, or a labels CSV{also}")
+
+
+def merge(listings: list[Listing], sources: list[dict], by_content: bool = True) -> Listing:
+    """One listing of all sources: added sources' paths get their prefix; label conflicts (by content: not
+    without `by_content`, before hashing) become failures."""
     items: list[Item] = []
     failures: list[tuple[str, str]] = []
     for index, (listing, source) in enumerate(zip(listings, sources, strict=True)):
@@ -176,7 +194,8 @@ def merge(listings: list[Listing], sources: list[dict]) -> Listing:
                      unsupported=dict(sum((Counter(x.unsupported) for x in listings), Counter())),
                      notes=[note for x in listings for note in x.notes],
                      split_folders={name: split for x in listings for name, split in x.split_folders.items()})
-    merged.items = _drop_conflicts(sorted(items, key=lambda i: i.rel), merged.failures)
+    items.sort(key=lambda i: i.rel)
+    merged.items = _drop_conflicts(items, merged.failures) if by_content else items
     return merged
 
 

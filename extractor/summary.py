@@ -74,9 +74,21 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
     if summary.repaired:
         out.append(f"{summary.repaired} cached vectors were in shard files that are missing or damaged; they were "
                    f"dropped from the catalog and computed again")
-    out += listing.notes
+    out += listing_warnings(listing, opts.dataset, opts.split, {m[2] for m in members if m[2] is not None})
+    if summary.extracted == 0 and not summary.stopped:
+        stored = {s["dtype"] for s in store.catalog.shards(summary.fingerprint, opts.dataset)}
+        if stored and opts.dtype not in stored:
+            out.append(f"the cached vectors are stored as {', '.join(sorted(stored))}; --dtype {opts.dtype} applies "
+                       f"only to vectors computed from now on, so nothing changed (export --dtype converts a copy)")
+    return out
+
+
+def listing_warnings(listing: Listing, dataset: str, split: str | None, labels: set[str]) -> list[str]:
+    """What the user should know of how the folder (or CSV) was read: its notes, split folders, files not read,
+    one class, labels that differ only in case (also what `extract --dry-run` shows)."""
+    out = list(listing.notes)
     if listing.split_folders:
-        out.append(_split_folders_note(listing.split_folders, opts.split, listing.kind == "names"))
+        out.append(_split_folders_note(listing.split_folders, split, listing.kind == "names"))
     if listing.top_level:
         out.append(f"{listing.top_level} files at the top level of {listing.root} were not read: a dataset of class "
                    f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
@@ -90,15 +102,9 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
         shown = ", ".join(folders[:5]) + (" ..." if len(folders) > 5 else "")
         out.append(f"{len(folders)} system folders were not read ({shown}): NAS thumbnails, archive metadata and "
                    f"recycle bins hold no images of the dataset")
-    labels = {m[2] for m in members if m[2] is not None}
     out += _near_labels(labels)
     if len(labels) == 1:
-        out.append(f"dataset {opts.dataset!r} has one class ({labels.pop()!r}); training a head needs at least two")
-    if summary.extracted == 0 and not summary.stopped:
-        stored = {s["dtype"] for s in store.catalog.shards(summary.fingerprint, opts.dataset)}
-        if stored and opts.dtype not in stored:
-            out.append(f"the cached vectors are stored as {', '.join(sorted(stored))}; --dtype {opts.dtype} applies "
-                       f"only to vectors computed from now on, so nothing changed (export --dtype converts a copy)")
+        out.append(f"dataset {dataset!r} has one class ({next(iter(labels))!r}); training a head needs at least two")
     return out
 
 

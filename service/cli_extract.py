@@ -56,6 +56,9 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="label every image below DATA_DIR by its file name: cat.12.jpg -> cat, "
                         "american_bulldog_10.jpg -> american_bulldog")
     p.add_argument("--add", action="store_true", help="add DATA_DIR's images to an existing dataset")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say how DATA_DIR would be read (classes, counts, splits, warnings); read no image, load no "
+                        "model, register nothing")
     p.add_argument("--redefine", action="store_true",
                    help="replace what an existing dataset is made of (its folders, CSV, labels) with this run's")
     _backbone_args(p)
@@ -119,6 +122,8 @@ def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "im
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     from extractor.decode import Limits
     from extractor.pipeline import ExtractOptions, extract
     from service.progress import ProgressBar
@@ -155,6 +160,35 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(f"headstart: warning: {warning}", file=sys.stderr)
     emit(args, summary.to_dict(), "\n".join(lines))
     return 1 if summary.failed and summary.extracted + summary.cached == 0 else 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from extractor.definition import Wanted
+    from extractor.preview import preview_extract
+
+    wanted = Wanted(args.data_dir, args.labels, args.path_column, args.label_column, args.unlabeled, args.redefine,
+                    args.add, args.name_labels)
+    p = preview_extract(FeatureStore(args.home), args.dataset, wanted, args.split, args.seed)
+    labeled = f"{len(p['classes'])} classes" + (f", {p['unlabeled']} images unlabeled" if p["unlabeled"] else "")
+    lines = [f"{p['dataset']}{' (exists)' if p['exists'] else ''}: {p['images']} images from "
+             f"{'; '.join(p['sources'])}: {labeled if p['classes'] else 'unlabeled'}"]
+    shown = list(p["classes"].items())
+    lines += [f"  {label}  {n}" for label, n in shown[:30]]
+    if len(shown) > 30:
+        lines.append(f"  ... and {len(shown) - 30} more classes")
+    s = p["splits"]
+    lines.append("splits: given by the folders, " + ", ".join(f"{k} {n}" for k, n in s["images"].items())
+                 if s["by"] == "folders" else f"splits: {s['fractions']} (train,val,test), seed {s['seed']}, per "
+                                              f"image content")
+    lines += [f"  failed: {f['path']}: {f['reason']}" for f in p["failures"][:20]]
+    if len(p["failures"]) > 20:
+        lines.append(f"  ... and {len(p['failures']) - 20} more (--json lists them all)")
+    lines.append("dry run: no image was read, no model loaded, nothing registered; drop --dry-run to extract")
+    if not args.json:
+        for warning in p["warnings"]:
+            print(f"headstart: warning: {warning}", file=sys.stderr)
+    emit(args, p, "\n".join(lines))
+    return 0
 
 
 def features_label(features: list[dict]) -> list[str]:

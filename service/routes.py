@@ -217,6 +217,31 @@ async def get_head(request: Request, name: str = HEAD_NAME) -> dict:
     return {**_public(manifest), "history": manifest.get("history", [])}
 
 
+@router.post("/extract/preview", tags=["jobs"])
+async def extract_preview(body: ExtractRequest, request: Request) -> dict:
+    """How an extract of this request would read its folder, as `extract --dry-run`: the classes and their counts,
+    where the splits come from, failures known from the listing, warnings. No image is read, no model loaded,
+    nothing registered; the same refusals as `POST /extract` (a path outside the data root, a folder without
+    images, a dataset redefined without `redefine`)."""
+    s, scrub = state(request), request.app.state.scrub
+
+    def run() -> dict:
+        from extractor.definition import Wanted
+        from extractor.preview import preview_extract
+
+        r = body.model_dump()
+        csv = s.runner.confine(r["labels_csv"]) if r.get("labels_csv") else None
+        wanted = Wanted(s.runner.confine(r["path"]), csv, None, None, r["unlabeled"], r["redefine"], r["add"],
+                        r["name_labels"])
+        p = preview_extract(s.store, r["dataset"], wanted, r.get("split"), r.get("seed"))
+        p["root"] = r["path"]  # the server's paths never leave it
+        p["sources"], p["warnings"] = [scrub(x) for x in p["sources"]], [scrub(w) for w in p["warnings"]]
+        p["failures"] = [{"path": f["path"], "reason": scrub(f["reason"])} for f in p["failures"][:MAX_FAILURES_SHOWN]]
+        return p
+
+    return await run_in_threadpool(run)
+
+
 @router.delete("/datasets/{name}", tags=["catalog"])
 async def delete_dataset(request: Request, name: str = PathParam(pattern=NAME),
                          prune: bool = Query(False, description="then delete the cached features no dataset needs")

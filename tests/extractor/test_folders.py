@@ -221,3 +221,28 @@ def test_name_labels_keep_the_splits_that_folders_name(tmp_path, capsys):
 
 def members_of(home, dataset: str) -> dict[str, tuple[str, str]]:
     return {path: (label, split) for path, _, label, split in FeatureStore(home).catalog.members(dataset)}
+
+
+def test_a_dry_run_says_how_the_folder_is_read_and_touches_nothing(tmp_path, capsys, monkeypatch):
+    make_folder(tmp_path / "data" / "train", {"cats": 5, "dogs": 4})
+    make_folder(tmp_path / "data" / "validation", {"cats": 2, "dogs": 2}, seed=3)
+    monkeypatch.setattr("extractor.model.LoadedBackbone.setup",
+                        lambda self: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+    home = tmp_path / "home"
+    code, out, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "pets", "--dry-run",
+                              "--home", str(home))
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"pets: 13 images from {tmp_path / 'data'} (class subfolders): 2 classes", "  cats  7", "  dogs  6",
+        "splits: given by the folders, train 9, val 4",
+        "dry run: no image was read, no model loaded, nothing registered; drop --dry-run to extract"]
+    assert "the top-level folders name the splits, train/ (train), validation/ (val)" in err
+    assert FeatureStore(home).catalog.dataset_names() == []
+    code, out, _ = run_main(capsys, "extract", str(tmp_path / "data" / "train"), "--dataset", "p2", "--dry-run",
+                            "--split", "0.5,0.25,0.25", "--seed", "7", "--json", "--home", str(home))
+    answer = json.loads(out)
+    assert code == 0 and answer["splits"] == {"by": "fractions", "fractions": "0.5,0.25,0.25", "seed": 7}
+    assert answer["classes"] == {"cats": 5, "dogs": 4} and answer["dry_run"] is True
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "nothing"), "--dataset", "p3", "--dry-run",
+                            "--home", str(home))
+    assert code == 1 and "does not exist" in err

@@ -95,6 +95,20 @@ def test_labels_from_file_names_through_the_api(served):
     assert "expected one of them, not several" in served.wait_job(both["job_id"])["error"]
 
 
+def test_preview_an_extract_reads_no_image_and_registers_nothing(served):
+    c = served.client
+    answer = c.post("/extract/preview", json={"dataset": "peek", "path": "colors", "backbone": "tiny"})
+    assert answer.status_code == 200, answer.text
+    p = answer.json()
+    assert (p["root"], p["kind"], p["images"], p["classes"], p["exists"]) == \
+        ("colors", "folders", 45, {"blue": 15, "green": 15, "red": 15}, False)
+    assert p["sources"] == ["<data>/colors (class subfolders)"] and str(served.data) not in answer.text
+    assert p["splits"] == {"by": "fractions", "fractions": "0.6,0.2,0.2", "seed": 42} and p["failed"] == 0
+    assert "peek" not in {d["name"] for d in c.get("/datasets").json()}
+    assert c.post("/extract/preview", json={"dataset": "peek", "path": "nope"}).status_code == 404
+    assert c.post("/extract/preview", json={"dataset": "peek", "path": "colors", "split": "2,2"}).status_code == 400
+
+
 def test_delete_a_dataset_and_prune_what_no_dataset_needs(served):
     c = served.client
     make_folder(served.data / "other", {"a": 5, "b": 5}, seed=31)  # content no other dataset of the module holds

@@ -124,6 +124,30 @@ def test_labels_from_file_names_from_the_page_and_the_extract_warnings_shown(bro
     page.context.close()
 
 
+def test_preview_an_extract_from_the_page(browser, site):
+    page, watch = open_page(browser, site)
+    form = "#extract-form"
+    page.fill(f"{form} input[name=dataset]", "peek")
+    page.fill(f"{form} input[name=path]", "shapes")
+    page.fill(f"{form} input[name=backbone]", "tiny")
+    page.click("#extract-preview")
+    box = page.locator("#extract-preview-result")
+    box.locator("ul.classes li").first.wait_for()
+    assert box.locator("p").first.inner_text() == \
+        "48 images from <data>/shapes (class subfolders): 3 classes · split 0.6,0.2,0.2 (train, val, test), seed 42"
+    assert sorted(box.locator("ul.classes li").all_inner_texts()) == sorted(
+        [f"{XSS}: 16", "circle: 12", "square: 20"])  # the HTML class name is text
+    assert "peek" not in {d["name"] for d in site.client.get("/datasets").json()}  # nothing registered
+    page.fill(f"{form} input[name=path]", "shapez")  # a typo: the error names what is there
+    page.click("#extract-preview")
+    page.locator("#messages .message.error").last.wait_for()
+    assert "the data root holds" in page.locator("#messages .message.error").last.inner_text()
+    assert watch.errors == ["Failed to load resource: the server responded with a status of 404 (Not Found)"]
+    watch.errors.clear()  # the browser's own line for the 404 asked for; nothing else
+    watch.clean()
+    page.context.close()
+
+
 def test_remove_a_dataset_from_the_page_with_two_clicks(browser, site):
     make_folder(site.data / "gone", {"p": 3, "q": 3}, seed=21)
     job = site.client.post("/extract", json={"dataset": "gone", "path": "gone", "backbone": "tiny",

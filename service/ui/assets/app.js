@@ -315,16 +315,40 @@ function prefillExtract(dataset) {
   form.elements.backbone.focus();
 }
 
-async function submitExtract(event) {
-  event.preventDefault();
-  const f = event.target.elements;
+function extractBody(f) {
   const body = { dataset: f.dataset.value.trim(), path: f.path.value.trim(), backbone: f.backbone.value.trim(),
     weights: f.weights.value };
   if (f.split.value.trim()) body.split = f.split.value.trim();
   if (f.labels.value === "names") body.name_labels = true;
   if (f.labels.value === "none") body.unlabeled = true;
   if (f.labels.value === "csv") body.labels_csv = f.labels_csv.value.trim();
-  const accepted = await postJSON("/extract", body);
+  return body;
+}
+
+// how the folder would be read (classes, counts, splits, warnings), before any image is read
+async function previewExtract() {
+  const form = $("#extract-form");
+  if (!form.reportValidity()) return;
+  const p = await postJSON("/extract/preview", extractBody(form.elements));
+  const classes = Object.entries(p.classes);
+  const splits = p.splits.by === "folders"
+    ? `splits given by the folders: ${Object.entries(p.splits.images).map(([k, n]) => `${k} ${n}`).join(", ")}`
+    : `split ${p.splits.fractions} (train, val, test), seed ${p.splits.seed}`;
+  const box = $("#extract-preview-result");
+  box.replaceChildren(
+    el("p", { text: `${p.images} images from ${p.sources.join("; ")}: ` + (classes.length
+      ? `${classes.length} classes` + (p.unlabeled ? `, ${p.unlabeled} unlabeled` : "") : "unlabeled") +
+      ` · ${splits}` + (p.failed ? ` · ${p.failed} not usable` : "") }),
+    el("ul", { class: "plain classes" }, ...classes.slice(0, 30).map(([label, n]) => el("li", { text: `${label}: ${n}` })),
+      ...(classes.length > 30 ? [el("li", { text: `… and ${classes.length - 30} more` })] : [])),
+    ...p.warnings.map((w) => el("p", { class: "warning small", text: w })));
+  box.hidden = false;
+}
+
+async function submitExtract(event) {
+  event.preventDefault();
+  $("#extract-preview-result").hidden = true;
+  const accepted = await postJSON("/extract", extractBody(event.target.elements));
   say(accepted.created ? `extract job ${accepted.job_id} started` : `the same extract is already job ${accepted.job_id}`);
   location.hash = "#jobs";
   pollJobs();
@@ -871,6 +895,7 @@ function route() {
 function start() {
   $("#extract-form").addEventListener("submit", guarded(submitExtract));
   $("#extract-form").elements.labels.addEventListener("change", extractLabelsChanged);
+  $("#extract-preview").addEventListener("click", guarded(previewExtract));
   $("#train-form").addEventListener("submit", guarded(submitTrain));
   $("#train-form").elements.dataset.addEventListener("change", renderTrainForm);
   $("#heads-table thead").addEventListener("click", sortHeads);

@@ -45,18 +45,23 @@ def _check(args: argparse.Namespace) -> None:
         raise HeadstartError("--split chooses a split of --dataset; pass --dataset NAME too")
 
 
-def expand(items: list[Path]) -> tuple[list[Path], list[dict]]:
-    """Files as given and every image below given folders; rows for paths that do not exist or hold none."""
+def expand(items: list[Path], classes: set[str] | None = None) -> tuple[list[Path], list[dict], dict[Path, str]]:
+    """Files as given and every image below given folders; rows for paths that do not exist or hold none; and the
+    true label of images below a given folder's subfolder named as one of `classes` (new photos sorted by class)."""
     from collections import Counter
 
-    from extractor.datasets import image_files, unread_photos
+    from extractor.datasets import image_files, shown, unread_photos
 
-    found, problems = [], []
+    found, problems, truth = [], [], {}
     for item in items:
         if item.is_dir():
             unread: Counter = Counter()
             images, _ = image_files(item, unread=unread)
             found += images
+            for image in images:
+                parts = image.relative_to(item).parts
+                if len(parts) > 1 and shown(parts[0]) in (classes or ()):
+                    truth[image] = shown(parts[0])
             if not images:
                 also = f"; {unread_photos(unread)}" if unread else " (.jpg, .png, .webp, ...)"
                 problems.append({"image": str(item), "error": f"folder holds no image files headstart reads{also}"})
@@ -64,7 +69,7 @@ def expand(items: list[Path]) -> tuple[list[Path], list[dict]]:
             found.append(item)
         else:
             problems.append({"image": str(item), "error": "no such file or folder"})
-    return found, problems
+    return found, problems, truth
 
 
 class Output:
@@ -72,6 +77,7 @@ class Output:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.rows, self.failed = args, [], 0
+        self.labeled = self.right = 0  # rows with a true label (a dataset's, or a class folder's) and how many right
         self.csv_file = self.csv = None
         if args.csv:  # written to a temp file, published whole at the end: checked before any prediction
             self.path = output_file(args.csv, "--csv", "predictions.csv")
@@ -87,6 +93,9 @@ class Output:
         from extractor.datasets import shown
 
         self.failed += sum("error" in r for r in rows)
+        scored = [r for r in rows if r.get("true_label") is not None and r.get("top")]
+        self.labeled += len(scored)
+        self.right += sum(r["top"][0]["label"] == r["true_label"] for r in scored)
         for r in rows:  # a file name that is not UTF-8: as `\\xNN`, which every output can hold
             r["image"] = shown(r["image"])
         if self.csv:
@@ -112,6 +121,9 @@ class Output:
                 raise cannot_write(self.path, "--csv", exc) from None
         if self.args.json:
             emit(self.args, self.rows, "")
+        elif self.labeled:  # on stderr: stdout stays one line per image
+            print(f"headstart: accuracy {self.right / self.labeled:.3f}: {self.right} of the {self.labeled} images "
+                  f"with a true label (a dataset's, or the class folder they are in) predicted right", file=sys.stderr)
 
     def discard(self) -> None:
         """A run that failed leaves no temp file behind (and no CSV: it would be partial)."""
@@ -184,7 +196,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check(args)
     store = existing_store(args.home)
     predictor = Predictor(heads_dir(store), args.head, device=args.device)  # the head only: the backbone is lazy
-    paths, problems = expand(args.images)
+    paths, problems, truth = expand(args.images, {str(c) for c in predictor.head.classes_})
     out = Output(args)
     try:
         out.add(problems)  # said before any model loads
@@ -194,8 +206,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.dataset:
             out.add(from_dataset(store, predictor, args.dataset, args.split, args.top_k, args.tta))
         for start in range(0, len(paths), args.batch_size):  # a chunk at a time: memory does not grow with the count
-            out.add(from_files(store, predictor, paths[start:start + args.batch_size], args.top_k, args.batch_size,
-                               args.tta))
+            chunk = paths[start:start + args.batch_size]
+            rows = from_files(store, predictor, chunk, args.top_k, args.batch_size, args.tta)
+            for path, row in zip(chunk, rows, strict=True):
+                if path in truth:
+                    row["true_label"] = truth[path]
+            out.add(rows)
     except BaseException:
         out.discard()
         raise

@@ -427,3 +427,27 @@ def test_an_imbalanced_train_split_is_pointed_out_with_class_weight(tmp_path, ca
     assert code == 0 and not any("imbalanced" in w for w in json.loads(out)["warnings"])
     code, out, _ = run_main(capsys, "train", "--dataset", "d", "--name", "hc", "--head", "centroid", "--json", *home)
     assert code == 0 and not any("imbalanced" in w for w in json.loads(out)["warnings"])  # class means: no weights
+
+
+def test_predict_a_folder_of_class_folders_says_how_many_it_got_right(trained, capsys, tmp_path):
+    """New photos sorted into folders named as the head's classes: each row has its true label, and a last line
+    the accuracy (before: predictions only, to be compared by hand)."""
+    root, home = trained
+    mixed = tmp_path / "new"
+    for label in ("red", "green"):
+        (mixed / label).mkdir(parents=True)
+        for i, path in enumerate(sorted((root / "data" / label).iterdir())[:3]):
+            (mixed / label / f"{i}.jpg").write_bytes(path.read_bytes())
+    (mixed / "unsorted").mkdir()
+    (mixed / "unsorted" / "x.jpg").write_bytes((mixed / "red" / "0.jpg").read_bytes())
+    code, out, err = run_main(capsys, "predict", "lr", str(mixed), "--home", home)
+    assert code == 0, err
+    lines = out.splitlines()  # one line per image, as always
+    assert len(lines) == 7 and sum("(true: " in line for line in lines) == 6 and "unsorted/x.jpg" in out
+    right = sum(line.split(": ")[1].split(" ")[0] == line.split("(true: ")[1].rstrip(")")
+                for line in lines if "(true: " in line)
+    assert err == (f"headstart: accuracy {right / 6:.3f}: {right} of the 6 images with a true label (a dataset's, or "
+                   f"the class folder they are in) predicted right\n")
+    code, out, _ = run_main(capsys, "predict", "lr", str(mixed), "--json", "--home", home)
+    rows = json.loads(out)
+    assert {r["true_label"] for r in rows if "true_label" in r} == {"red", "green"} and len(rows) == 7

@@ -108,8 +108,9 @@ def _names_look_labeled(root: Path, files: list[Path]) -> list[str]:
         return []
     shown = ", ".join(f"{s} {n}" for s, n in starts.most_common(4)) + (" ..." if len(starts) > 4 else "")
     return [f"{root} has no class subfolders, so its images were read without labels, but their names start with what "
-            f"look like labels ({len(starts)}: {shown}): to take those as the labels, extract again with --name-labels "
-            f"--redefine"]
+            f"look like labels ({len(starts)}: {shown}): to take those as the labels, extract with --name-labels (the "
+            f"API's name_labels; on the page, labels: file names), and --redefine if the dataset was extracted "
+            f"already"]
 
 
 def _one_level_down(classes: list[Path], items: list) -> list[str]:

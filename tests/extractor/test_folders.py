@@ -138,7 +138,8 @@ def test_labels_in_file_names_are_pointed_out_and_taken_with_name_labels(tmp_pat
     code, _, err = run_main(capsys, *extract, *home)
     assert code == 0, err
     assert "their names start with what look like labels (3: Abyssinian 3, american_bulldog 3, " \
-           "american_pit_bull_terrier 3): to take those as the labels, extract again with --name-labels --redefine" \
+           "american_pit_bull_terrier 3): to take those as the labels, extract with --name-labels (the API's " \
+           "name_labels; on the page, labels: file names), and --redefine if the dataset was extracted already" \
            in err  # before, american_bulldog and american_pit_bull_terrier were one label, "american"
     code, out, err = run_main(capsys, *extract, "--name-labels", "--redefine", "--json", *home)
     assert code == 0 and "look like labels" not in err, err

@@ -110,7 +110,7 @@ def test_labels_from_file_names_from_the_page_and_the_extract_warnings_shown(bro
         page.locator(f"#jobs-table tbody tr:has-text('{dataset} ·') .badge.succeeded").wait_for()
         page.click("nav a[data-view=datasets]")
     flat = page.locator("#jobs-table tbody tr:has-text('flat ·')")
-    assert "look like labels (2: cat 4, dog 4): to take those as the labels, extract again with --name-labels" in \
+    assert "look like labels (2: cat 4, dog 4): to take those as the labels, extract with --name-labels" in \
         flat.locator(".warning").first.inner_text()
     assert page.locator("#jobs-table tbody tr:has-text('named ·') .warning").count() == 0
     page.click("nav a[data-view=datasets]")

@@ -39,7 +39,10 @@ class Item:
 
     @classmethod
     def at(cls, root: Path, path: Path, label: str | None) -> "Item":
-        return cls(shown(path.relative_to(root).as_posix()), label, file=path)
+        """The item of `path` below `root` (by string: relative_to took a third of listing 100,000 files)."""
+        top, name = str(root).rstrip(os.sep) + os.sep, str(path)
+        rel = name[len(top):] if name.startswith(top) else path.relative_to(root).as_posix()
+        return cls(shown(rel.replace(os.sep, "/")), label, file=path)
 
 
 def shown(text: str) -> str:

@@ -159,7 +159,8 @@ def _train_streamed(store: FeatureStore, dataset: str, fp_id: str, head: Head, n
         if len(y):
             metrics[split] = evaluate(y, proba, head.classes_)
     fp = store.catalog.fingerprint(fp_id)
-    counts = np.bincount(np.concatenate(train.codes), minlength=len(train.names)) if train.codes else []
+    counts = np.bincount(np.concatenate(train.codes), minlength=len(train.names)) if train.codes else \
+        np.zeros(len(train.names), dtype=int)
     info = {"fingerprint": {"id": fp_id, "spec": json.loads(fp["spec"])}, "weights": fp["source"],
             "dataset": dataset, "dim": int(fp["dim"]), "metrics": metrics,
             "split_sizes": {s: int(splits[s].n) for s in SPLIT_NAMES}, "views": None,

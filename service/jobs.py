@@ -3,6 +3,7 @@ error. A job's state only moves forward; every unfinished job is found again aft
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -96,7 +97,12 @@ class JobRunner:
             self.confine(request["labels_csv"])
         fp = resolve(request["backbone"], request["weights"], request.get("size")).fingerprint
         views = f":{request['augment']}:{request['views']}" if request.get("augment") else ""
-        return self.submit("extract", f"extract:{request['dataset']}:{fp.id}{views}", request)
+        # what is read and how it is labeled and split: another folder (add), other labels or another split is
+        # other work, never answered with a job that does not do it
+        read = json.dumps([request.get(k) for k in ("path", "labels_csv", "unlabeled", "name_labels", "add",
+                                                    "redefine", "split", "seed")])
+        read_key = hashlib.sha256(read.encode()).hexdigest()[:12]
+        return self.submit("extract", f"extract:{request['dataset']}:{fp.id}{views}:{read_key}", request)
 
     def submit_finetune(self, request: dict) -> tuple[str, bool]:
         check_finetune(self.store, self.settings, request)

@@ -129,6 +129,9 @@ def test_same_work_gives_the_running_job_and_cancel_stops_it(served):
     first = c.post("/extract", json=body).json()
     second = c.post("/extract", json=body).json()
     assert second["job_id"] == first["job_id"] and first["created"] and not second["created"]
+    other = c.post("/extract", json={**body, "seed": 7}).json()  # another split is other work: its own job (before:
+    assert other["created"] and other["job_id"] != first["job_id"]  # answered with the first, the seed ignored)
+    assert c.delete(f"/jobs/{other['job_id']}").json()["state"] == "cancelled"  # queued: cancelled at once
     served.wait_job(first["job_id"], states=("running",))
     busy = c.delete("/datasets/slow")  # a dataset with a job running is not deleted under it
     assert busy.status_code == 409 and first["job_id"] in busy.json()["detail"], busy.text

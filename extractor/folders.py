@@ -119,12 +119,14 @@ def _one_level_down(classes: list[Path], items: list) -> list[str]:
     if len({item.label for item in items}) != 1:
         return []
     inner = sorted({item.rel.split("/")[1] for item in items if item.rel.count("/") >= 2})
-    if len(inner) < 2:
+    splits = all(split_of(name) for name in inner)  # cats_and_dogs_filtered/train/cats, as the zip unpacks
+    if len(inner) < 2 and not (inner and splits):
         return []
     folder = next(p for p in classes if shown(p.name) == items[0].label)
     listed = ", ".join(inner[:4]) + (" ..." if len(inner) > 4 else "")
-    return [f"all the images are inside {folder.name}/, one class, and the folders in it ({listed}) look like the "
-            f"classes: to read those, extract {folder} instead (with --redefine, to replace this dataset)"]
+    return [f"all the images are inside {folder.name}/, one class, and the folders in it ({listed}) look like "
+            f"{'splits of class folders' if splits else 'the classes'}: to read those, extract {folder} instead "
+            f"(with --redefine, to replace this dataset)"]
 
 
 def _flat_train(named: list[Path]) -> str:

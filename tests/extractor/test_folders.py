@@ -123,6 +123,12 @@ def test_one_folder_too_high_is_pointed_out(tmp_path, capsys):
                              f"--redefine, to replace this dataset)"]
     make_folder(tmp_path / "one", {"cat": 3})  # one class, images directly in it: nothing to point at
     assert scan_folder(tmp_path / "one").notes == []
+    make_folder(tmp_path / "zip" / "cats_and_dogs_filtered" / "train", {"cats": 2, "dogs": 2})  # the tutorial's zip
+    make_folder(tmp_path / "zip" / "cats_and_dogs_filtered" / "validation", {"cats": 1, "dogs": 1})
+    assert scan_folder(tmp_path / "zip").notes == [
+        f"all the images are inside cats_and_dogs_filtered/, one class, and the folders in it (train, validation) "
+        f"look like splits of class folders: to read those, extract {tmp_path / 'zip' / 'cats_and_dogs_filtered'} "
+        f"instead (with --redefine, to replace this dataset)"]
 
 
 def test_labels_in_file_names_are_pointed_out_and_taken_with_name_labels(tmp_path, capsys):

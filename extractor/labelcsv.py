@@ -7,6 +7,7 @@ import csv
 import functools
 import io
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,16 +171,45 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_c
     if not items and not failures:
         raise HeadstartError(f"{csv_path} has a header but no rows; expected one row per image "
                              f"({path_col},{label_col})")
-    return Listing(root, "csv", items, failures, columns=recorded, notes=notes + _unlisted(root, csv_path, seen))
+    missing = [value for value, reason in failures if reason == NOT_IN_FOLDER]
+    return Listing(root, "csv", items, failures, columns=recorded,
+                   notes=notes + _unlisted(root, csv_path, seen, missing))
 
 
-def _unlisted(root: Path, csv_path: Path, listed: dict) -> list[str]:
+def _unlisted(root: Path, csv_path: Path, listed: dict, missing: list[str]) -> list[str]:
     """Images in the folder that the CSV does not name (a first row taken for a header, ids with a typo, or a
-    folder holding more than the CSV's part of it) are not read: said, with how many."""
+    folder holding more than the CSV's part of it) are not read: said, with how many. When most rows not found
+    name such images below one subfolder (Kaggle's train/<id>.jpg beside labels.csv), that folder is named."""
     prefix = _prefix(root)[1]
-    n = sum(f[len(prefix):] not in listed for f in image_names(root)[0])
-    return [f"{n} images in {root} are not listed in {csv_path.name} and were not read: a dataset from a labels CSV "
-            f"is the images it lists"] if n else []
+    unlisted = [f[len(prefix):] for f in image_names(root)[0] if f[len(prefix):] not in listed]
+    if not unlisted:
+        return []
+    notes = [f"{len(unlisted)} images in {root} are not listed in {csv_path.name} and were not read: a dataset from "
+             f"a labels CSV is the images it lists"]
+    if folder := _folder_of(unlisted, missing):
+        notes.append(f"most rows of {csv_path.name} not found name images below {folder}/ (the CSV's paths are "
+                     f"relative to the folder given): extract {root / folder} with this CSV instead")
+    return notes
+
+
+def _folder_of(unlisted: list[str], missing: list[str]) -> str | None:
+    """The subfolder that most missing CSV values are found below (`a1` -> train/a1.jpg), when at least half are."""
+    by_name: dict[str, list[str]] = {}
+    for rel in unlisted:
+        by_name.setdefault(os.path.basename(rel), []).append(rel)
+    where: Counter = Counter()
+    for value in missing:
+        value = os.path.normpath(value)
+        for suffix in ("", *(() if os.path.splitext(value)[1] not in ("", ".") else GUESS_SUFFIXES)):
+            hits = [rel for rel in by_name.get(os.path.basename(value + suffix), [])
+                    if rel.endswith(os.sep + value + suffix)]
+            if hits:
+                where[hits[0][:-len(value + suffix) - 1]] += 1
+                break
+    if not where:
+        return None
+    folder, count = where.most_common(1)[0]
+    return folder if count * 2 >= len(missing) else None
 
 
 def _csv_row(root: Path, value: str, label: str, items: list[Item], failures: list, seen: dict,

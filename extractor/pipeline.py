@@ -146,12 +146,22 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     created = store.catalog.dataset(opts.dataset) is None
     try:
         with _collector_skips_older_objects():
-            return _extract(opts, store, resolved, progress, should_stop)
+            summary = _extract(opts, store, resolved, progress, should_stop)
     except BaseException:
-        if created and store.catalog.dataset(opts.dataset) and not store.catalog.dataset_summary(
-                opts.dataset)["fingerprints"]:
-            store.catalog.drop_dataset(opts.dataset)
+        _forget_if_empty(store, opts.dataset, created)
         raise
+    if _forget_if_empty(store, opts.dataset, created):  # every image failed: a rerun needs no --redefine
+        summary.warnings.append(f"no image could be used, so dataset {opts.dataset!r} was not registered: fix what "
+                                f"the failures say and extract again")
+    return summary
+
+
+def _forget_if_empty(store: FeatureStore, dataset: str, created: bool) -> bool:
+    """A dataset this run registered that has no vector at all is forgotten again; whether it was."""
+    if created and store.catalog.dataset(dataset) and not store.catalog.dataset_summary(dataset)["fingerprints"]:
+        store.catalog.drop_dataset(dataset)
+        return True
+    return False
 
 
 def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, progress: Callable | None,

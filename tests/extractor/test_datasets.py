@@ -222,3 +222,25 @@ def test_labels_differing_only_in_case_or_spacing_are_pointed_out(tmp_path, caps
     code, _, err = run_main(capsys, "extract", str(tmp_path / "ok"), "--dataset", "ok", "--backbone", "tiny",
                             "--weights", "random", "--home", str(tmp_path / "home"))
     assert code == 0 and "differ only in case" not in err, err
+
+
+def test_ids_of_a_subfolder_are_pointed_at_and_an_extract_of_nothing_usable_registers_nothing(tmp_path, capsys):
+    """Kaggle's dog breeds: labels.csv beside train/<id>.jpg. Given the parent, every row failed, the dataset was
+    registered empty, and the right folder then needed --redefine; nothing said where the ids were."""
+    written = make_folder(tmp_path / "src", {"a": 2, "b": 2})
+    (tmp_path / "kaggle" / "train").mkdir(parents=True)
+    rows = ["id,breed"]
+    for i, path in enumerate(written):
+        (tmp_path / "kaggle" / "train" / f"id{i}.jpg").write_bytes(path.read_bytes())
+        rows.append(f"id{i},{path.parent.name}")
+    (tmp_path / "kaggle" / "labels.csv").write_text("\n".join(rows) + "\n")
+    home = ["--home", str(tmp_path / "home")]
+    extract = ["--dataset", "dogs", "--labels", str(tmp_path / "kaggle" / "labels.csv"), "--backbone", "tiny",
+               "--weights", "random", *home]
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "kaggle"), *extract)
+    assert code == 1
+    assert "most rows of labels.csv not found name images below train/ (the CSV's paths are relative to the folder " \
+           f"given): extract {tmp_path / 'kaggle' / 'train'} with this CSV instead" in err
+    assert "no image could be used, so dataset 'dogs' was not registered" in err
+    code, out, err = run_main(capsys, "extract", str(tmp_path / "kaggle" / "train"), *extract)  # no --redefine
+    assert code == 0 and "4 extracted" in out, err

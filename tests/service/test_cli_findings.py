@@ -293,9 +293,18 @@ def test_all_failed_dataset_says_why(tmp_path, capsys):
     for i in range(2):
         (tmp_path / "junk" / "a" / f"{i}.jpg").write_text("not an image")
     home = ["--home", str(tmp_path / "home")]
-    assert run_main(capsys, "extract", str(tmp_path / "junk"), "--dataset", "j", "--backbone", "tiny",
-                    "--weights", "random", *home)[0] == 1
-    assert "none: all 2 files failed" in run_main(capsys, "datasets", *home)[1]
+    code, out, err = run_main(capsys, "extract", str(tmp_path / "junk"), "--dataset", "j", "--backbone", "tiny",
+                              "--weights", "random", *home)
+    assert code == 1 and "failed: a/0.jpg: " in out and "no image could be used, so dataset 'j' was not registered" \
+        in err  # a first extract: nothing registered, so the rerun with the right folder needs no --redefine
+    assert "no datasets yet" in run_main(capsys, "datasets", *home)[1]
+    written = make_folder(tmp_path / "good", {"a": 2, "b": 2})
+    tiny = ["--backbone", "tiny", "--weights", "random", *home]
+    assert run_main(capsys, "extract", str(tmp_path / "good"), "--dataset", "g", *tiny)[0] == 0
+    for path in written:  # a dataset that exists keeps its record, with why each file failed
+        path.write_text("not an image any more")
+    assert run_main(capsys, "extract", str(tmp_path / "good"), "--dataset", "g", *tiny)[0] == 1
+    assert "none: all 4 files failed" in run_main(capsys, "datasets", *home)[1]
 
 
 def test_evaluate_prints_the_confusion_matrix_log_loss_and_small_split_warning(trained, capsys):

@@ -46,7 +46,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
 def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("extract", parents=[common], help="extract bottleneck features of a folder of images")
-    p.add_argument("data_dir", type=Path, help="folder of class subfolders, or of images")
+    p.add_argument("data_dir", type=Path,
+                   help="folder of class subfolders (or of split folders of them: train/cat), or of images")
     p.add_argument("--dataset", required=True, help="name to record the dataset under")
     p.add_argument("--labels", type=Path, help="CSV of path (or id) and label columns")
     p.add_argument("--path-column", help="CSV column with the file path or id")
@@ -56,11 +57,11 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="label every image below DATA_DIR by its file name: cat.12.jpg -> cat, "
                         "american_bulldog_10.jpg -> american_bulldog")
     p.add_argument("--add", action="store_true", help="add DATA_DIR's images to an existing dataset")
+    p.add_argument("--redefine", action="store_true",
+                   help="replace what an existing dataset is made of (its folders, CSV, labels) with this run's")
     p.add_argument("--dry-run", action="store_true",
                    help="say how DATA_DIR would be read (classes, counts, splits, warnings); read no image, load no "
                         "model, register nothing")
-    p.add_argument("--redefine", action="store_true",
-                   help="replace what an existing dataset is made of (its folders, CSV, labels) with this run's")
     _backbone_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: usable cores - 1)")

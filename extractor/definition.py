@@ -131,15 +131,7 @@ def collect(catalog: Catalog, name: str, wanted: Wanted, confine: bool = False,
             mapper: ThreadMap | None = None) -> tuple[Listing, list[dict]]:
     """Decide the sources, list and hash each, merge them: (listing, sources as they will be recorded). `mapper`
     runs the hashing (extractor.datasets.hash_items)."""
-    sources = decide(name, catalog.sources(name), wanted)
-    listings = []
-    for source in sources:
-        listing = _list_one(source, should_stop)
-        source.update(kind=listing.kind, **({"path_column": listing.columns[0], "label_column": listing.columns[1]}
-                                            if listing.kind == "csv" else {}))
-        listings.append(listing)
-    if not any(listing.items or listing.failures for listing in listings):
-        raise _nothing_found(listings, wanted)
+    listings, sources = _listed(catalog, name, wanted, should_stop)
     total, done = sum(len(listing.items) for listing in listings), 0
     for listing in listings:
         def hashed(n: int, _: int, offset: int = done) -> None:
@@ -156,20 +148,27 @@ def preview(catalog: Catalog, name: str, wanted: Wanted) -> tuple[Listing, list[
     """The listing a run would read, without reading any file's bytes (extract --dry-run), and its sources: decided
     as a run decides them (its refusals too), each listed, merged. No content hashes yet, so copies of one image
     are not known."""
-    sources = decide(name, catalog.sources(name), wanted)
-    listings = [_list_one(source, None) for source in sources]
-    for source, listing in zip(sources, listings, strict=True):
-        source.update(kind=listing.kind)
-    if not any(listing.items or listing.failures for listing in listings):
-        raise _nothing_found(listings, wanted)
+    listings, sources = _listed(catalog, name, wanted, None)
     return merge(listings, sources, by_content=False), sources
 
 
-def _nothing_found(listings: list[Listing], wanted: Wanted) -> HeadstartError:
-    unread = sum((Counter(listing.unsupported) for listing in listings), Counter())
-    also = f"; it holds {unread_photos(unread)}" if unread else ""
-    return HeadstartError(f"no images found in {wanted.data_dir}; expected class subfolders of images, images "
-                          f"directly in the folder, or a labels CSV{also}")
+def _listed(catalog: Catalog, name: str, wanted: Wanted,
+            should_stop: Callable[[], bool] | None) -> tuple[list[Listing], list[dict]]:
+    """The sources this run reads, each listed (its kind and CSV columns recorded as read); one line when none
+    holds an image."""
+    sources = decide(name, catalog.sources(name), wanted)
+    listings = []
+    for source in sources:
+        listing = _list_one(source, should_stop)
+        source.update(kind=listing.kind, **({"path_column": listing.columns[0], "label_column": listing.columns[1]}
+                                            if listing.kind == "csv" else {}))
+        listings.append(listing)
+    if not any(listing.items or listing.failures for listing in listings):
+        unread = sum((Counter(listing.unsupported) for listing in listings), Counter())
+        also = f"; it holds {unread_photos(unread)}" if unread else ""
+        raise HeadstartError(f"no images found in {wanted.data_dir}; expected class subfolders of images, images "
+                             f"directly in the folder, or a labels CSV{also}")
+    return listings, sources
 
 
 def merge(listings: list[Listing], sources: list[dict], by_content: bool = True) -> Listing:

@@ -88,13 +88,15 @@ def _named(root: Path, files: list[Path], skipped: int, folders: list[Path]) -> 
     items, failures = [], []
     for f in files:
         item = Item.at(root, f, None)
-        item.split = splits.get(f.relative_to(root).parts[0]) if len(f.relative_to(root).parts) > 1 else None
+        top, _, below = item.rel.partition("/")
+        item.split = splits.get(top) if below else None
         if (label := label_in_name(f.name)) is None:
             failures.append((item.rel, "no label in the file name: --name-labels reads names made of a label and a "
                                        "number, as cat.12.jpg or american_bulldog_10.jpg; rename the file, or move it "
                                        "out of the folder"))
         else:
-            items.append(replace(item, label=shown(label)))
+            item.label = shown(label)
+            items.append(item)
     return Listing(root, "names", items, failures, skipped=skipped, split_folders=splits)
 
 

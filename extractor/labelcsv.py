@@ -119,7 +119,7 @@ def _locate(root: Path, value: str, plain: set[str] | None = None) -> Path | Non
         named = named[len(prefix):] or "."
     if named == ".." or named.startswith(".." + os.sep):
         return None
-    suffixes = ("", *(() if os.path.splitext(named)[1] not in ("", ".") else GUESS_SUFFIXES))
+    suffixes = _guessed(named)
     for suffix in suffixes if plain else ():
         if named + suffix in plain:
             return Path(os.path.join(top, named + suffix))
@@ -128,6 +128,11 @@ def _locate(root: Path, value: str, plain: set[str] | None = None) -> Path | Non
         if candidate.startswith(prefix) and os.path.isfile(candidate):
             return Path(candidate)
     return None
+
+
+def _guessed(named: str) -> tuple[str, ...]:
+    """The suffixes to try after a CSV value: none, then, for an id without one (`img0`), the image suffixes."""
+    return ("", *(() if os.path.splitext(named)[1] not in ("", ".") else GUESS_SUFFIXES))
 
 
 @functools.lru_cache(maxsize=8)
@@ -200,7 +205,7 @@ def _folder_of(unlisted: list[str], missing: list[str]) -> str | None:
     where: Counter = Counter()
     for value in missing:
         value = os.path.normpath(value)
-        for suffix in ("", *(() if os.path.splitext(value)[1] not in ("", ".") else GUESS_SUFFIXES)):
+        for suffix in _guessed(value):
             hits = [rel for rel in by_name.get(os.path.basename(value + suffix), [])
                     if rel.endswith(os.sep + value + suffix)]
             if hits:

@@ -8,7 +8,7 @@ from collections import Counter
 
 from extractor.definition import Wanted, describe, preview
 from extractor.names import check_name
-from extractor.splits import DEFAULT_SEED, DEFAULT_SPLIT, FOLDERS, parse_split
+from extractor.splits import FOLDERS, split_asked, split_by_folders
 from extractor.store import FeatureStore
 from extractor.summary import listing_warnings
 
@@ -18,18 +18,14 @@ def preview_extract(store: FeatureStore, dataset: str, wanted: Wanted, split: st
     """The preview of one extract: the same refusals as the extract (a dataset redefined without --redefine, a
     folder without images), nothing registered, nothing read but the listing."""
     check_name("dataset", dataset)
-    if split:
-        parse_split(split)
+    recorded = store.catalog.dataset(dataset)
+    fractions, seed = split_asked(recorded, split, seed)  # (a bad --split is refused before any listing)
     listing, sources = preview(store.catalog, dataset, wanted)
     labels = Counter(item.label for item in listing.items if item.label is not None)
-    recorded = store.catalog.dataset(dataset)
-    given = Counter(item.split for item in listing.items if item.split)
-    if given and sum(given.values()) == len(listing.items):
-        splits = {"by": FOLDERS, "images": dict(sorted(given.items()))}
+    if split_by_folders(listing):
+        splits = {"by": FOLDERS, "images": dict(sorted(Counter(item.split for item in listing.items).items()))}
     else:
-        fractions = split or (recorded["split"] if recorded and recorded["split"] != FOLDERS else DEFAULT_SPLIT)
-        splits = {"by": "fractions", "fractions": fractions,
-                  "seed": seed if seed is not None else recorded["seed"] if recorded else DEFAULT_SEED}
+        splits = {"by": "fractions", "fractions": fractions, "seed": seed}
     return {"dataset": dataset, "exists": recorded is not None, "root": str(listing.root), "kind": listing.kind,
             "sources": [describe(s) for s in sources], "images": len(listing.items),
             "classes": dict(labels.most_common()), "unlabeled": sum(item.label is None for item in listing.items),

@@ -84,16 +84,28 @@ def _split_text(fractions: tuple[float, float, float]) -> str:
     return ",".join(f"{f:.6g}" for f in fractions)
 
 
+def split_asked(previous: dict | None, split: str | None, seed: int | None) -> tuple[str, int]:
+    """The fractions (as recorded: `0.6,0.2,0.2`) and seed a run splits new images by: the ones asked, else the
+    dataset's recorded ones, else the defaults."""
+    recorded = previous["split"] if previous and previous["split"] != FOLDERS else None
+    return _split_text(parse_split(split or recorded or DEFAULT_SPLIT)), \
+        seed if seed is not None else (previous["seed"] if previous else DEFAULT_SEED)
+
+
+def split_by_folders(listing: Listing) -> bool:
+    """Whether the folders name the split of every image (data/train/cat, data/validation/cat)."""
+    return bool(listing.items) and all(item.split for item in listing.items)
+
+
 def register(catalog: Catalog, name: str, listing: Listing, sources: list[dict], split: str | None = None,
              seed: int | None = None, resplit: bool = False) -> list[tuple[str, str, str | None, str, int]]:
     """Record the dataset's sources and current members; splits are decided once and kept for known images. A
     dataset whose folders split every image records its split as `folders` (no fractions were used)."""
     previous = catalog.dataset(name)
     recorded = previous["split"] if previous and previous["split"] != FOLDERS else None
-    fractions = parse_split(split or recorded or DEFAULT_SPLIT)
-    seed = seed if seed is not None else (previous["seed"] if previous else DEFAULT_SEED)
-    text = _split_text(fractions)
-    by_folders = bool(listing.items) and all(item.split for item in listing.items)
+    text, seed = split_asked(previous, split, seed)
+    fractions = parse_split(text)
+    by_folders = split_by_folders(listing)
     existing: dict[str, str] = {}
     if previous and not resplit:
         if recorded and not by_folders and (recorded, previous["seed"]) != (text, seed):

@@ -17,19 +17,25 @@ if TYPE_CHECKING:
 MAX_FAILURES_SHOWN = 100  # per job or dataset in API answers; `headstart datasets --json` lists every one
 
 
+def read_options(runner: JobRunner, request: dict) -> dict:
+    """What an extract request reads and how it is labeled (extractor.definition.Wanted's fields, paths confined):
+    the same for the job and for its preview."""
+    return {"data_dir": runner.confine(request["path"]),
+            "labels_csv": runner.confine(request["labels_csv"]) if request.get("labels_csv") else None,
+            "unlabeled": bool(request.get("unlabeled")), "name_labels": bool(request.get("name_labels")),
+            "add": bool(request.get("add")), "redefine": bool(request.get("redefine"))}
+
+
 def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | None, str | None]:
     s = runner.settings
     opts = ExtractOptions(
-        data_dir=runner.confine(request["path"]), dataset=request["dataset"],
-        labels_csv=runner.confine(request["labels_csv"]) if request.get("labels_csv") else None,
-        unlabeled=bool(request.get("unlabeled")), name_labels=bool(request.get("name_labels")),
+        **read_options(runner, request), dataset=request["dataset"],
         backbone=request["backbone"], weights=request["weights"],
         size=request.get("size"), dtype=request.get("dtype") or "float32", split=request.get("split"),
         seed=request.get("seed"), batch_size=s.extract_batch_size, workers=s.extract_workers, device=s.device,
         limits=Limits(max_pixels=s.max_pixels), flush_seconds=s.flush_seconds, confine=True,
-        add=bool(request.get("add")), redefine=bool(request.get("redefine")), augment=request.get("augment"),
-        views=int(request.get("views") or 0), decode=request.get("decode") or "auto", engine=s.engine,
-        ray_address=s.ray_address)
+        augment=request.get("augment"), views=int(request.get("views") or 0),
+        decode=request.get("decode") or "auto", engine=s.engine, ray_address=s.ray_address)
     last, deadline, timed_out = [0.0], time.monotonic() + (s.extract_max_seconds or float("inf")), []
 
     def progress(p: Progress) -> None:

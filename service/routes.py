@@ -228,12 +228,10 @@ async def extract_preview(body: ExtractRequest, request: Request) -> dict:
     def run() -> dict:
         from extractor.definition import Wanted
         from extractor.preview import preview_extract
+        from service.job_kinds import read_options
 
         r = body.model_dump()
-        csv = s.runner.confine(r["labels_csv"]) if r.get("labels_csv") else None
-        wanted = Wanted(s.runner.confine(r["path"]), csv, None, None, r["unlabeled"], r["redefine"], r["add"],
-                        r["name_labels"])
-        p = preview_extract(s.store, r["dataset"], wanted, r.get("split"), r.get("seed"))
+        p = preview_extract(s.store, r["dataset"], Wanted(**read_options(s.runner, r)), r.get("split"), r.get("seed"))
         p["root"] = r["path"]  # the server's paths never leave it
         p["sources"], p["warnings"] = [scrub(x) for x in p["sources"]], [scrub(w) for w in p["warnings"]]
         p["failures"] = [{"path": f["path"], "reason": scrub(f["reason"])} for f in p["failures"][:MAX_FAILURES_SHOWN]]

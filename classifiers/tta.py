@@ -8,7 +8,7 @@ import numpy as np
 from extractor import augment
 from extractor.definition import member_files
 from extractor.model import LoadedBackbone, Resolved
-from extractor.pipeline import Model, default_workers
+from extractor.pipeline import Model
 from extractor.store import FeatureStore
 from extractor.views import compute_views
 
@@ -21,7 +21,7 @@ def dataset_proba(store: FeatureStore, head, resolved: Resolved, dataset: str, s
     recipe = augment.parse(augment.TTA)
     fp = resolved.fingerprint.id
     compute_views(store, dataset, resolved, recipe, n, member_files(store.catalog, dataset),
-                  Model(resolved, device, "auto"), split=split, workers=default_workers())
+                  Model(resolved, device, "auto"), split=split, workers=None)
     features, view_shas, _ = store.views(dataset, fp, recipe.text, n, split)
     proba = head.predict_proba(features)
     index = {sha: i for i, sha in enumerate(shas)}

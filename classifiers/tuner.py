@@ -16,6 +16,7 @@ from extractor.augment import Recipe, make_views
 from extractor.decode import Limits, decode_job, preprocess
 from extractor.model import LoadedBackbone, Resolved, amp_dtype
 from extractor.stages import Stage, run, split
+from extractor.workers import workers_for
 
 
 class EpochImages(Dataset):
@@ -45,9 +46,11 @@ def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int
             [(i, r) for i, a, r in items if a is None])
 
 
-def loader(items: list, order: list[int], size: int, recipe: Recipe | None, epoch: int, batch: int, workers: int,
+def loader(items: list, order: list[int], size: int, recipe: Recipe | None, epoch: int, batch: int,
+           workers: int | None,
            limits: Limits) -> DataLoader:
-    """Batches of the items in `order` (workers are forked, as in extraction)."""
+    """Batches of the items in `order` (workers are forked, as in extraction; None: the default count)."""
+    workers = workers_for(workers, len(order), batch)
     return DataLoader(EpochImages([items[i] for i in order], size, recipe, epoch, limits), batch_size=batch,
                       num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from extractor.summary import ExtractSummary, Progress, warnings
 from extractor.verify import heal
 from extractor.views import compute_views
 from extractor.weights import head_weights
+from extractor.workers import check_workers, workers_for
 
 
 @dataclass
@@ -104,12 +104,6 @@ def _resolved(opts: ExtractOptions) -> Resolved:
     return resolve(opts.backbone, opts.weights, opts.size, method)
 
 
-def default_workers() -> int:
-    """Decoding processes: the cores this process may use, less one for the main process (the forward, the
-    writer); no fixed cap, so a 16-core GPU host decodes on 15."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
-
-
 def _check(opts: ExtractOptions) -> None:
     check_dtype(opts.dtype)
     ray_cluster.check_engine(opts.engine)
@@ -125,9 +119,9 @@ def _check(opts: ExtractOptions) -> None:
             raise HeadstartError("--views 0 with --augment: expected at least 1 view per train image")
     # a bad device is refused even when nothing is left to compute (Ray: the devices are the workers', see plan())
     amp_dtype(resolve_device(opts.device) if opts.engine == "local" else torch.device("cpu"), opts.amp)
-    if opts.batch_size < 1 or (opts.workers is not None and opts.workers < 0):
-        raise HeadstartError(
-            f"batch size {opts.batch_size} / workers {opts.workers}: expected batch >= 1 and workers >= 0")
+    if opts.batch_size < 1:
+        raise HeadstartError(f"batch size {opts.batch_size}: expected an integer >= 1")
+    check_workers(opts.workers)
     check_name("dataset", opts.dataset)
 
 
@@ -212,7 +206,7 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
         remote = partial(engine_ray.compute, opts, store, resolved, roots=roots) if opts.engine == "ray" else None
         views, _ = compute_views(
             store, opts.dataset, resolved, augment.parse(opts.augment), opts.views, files, model, dtype=opts.dtype,
-            batch_size=opts.batch_size, workers=_workers(opts), limits=opts.limits, flush_seconds=opts.flush_seconds,
+            batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits, flush_seconds=opts.flush_seconds,
             shard_rows=opts.shard_rows, skip=set(bad), progress=progress, should_stop=should_stop, remote=remote)
         summary.views, summary.stopped = views.to_dict(), views.stopped
     summary.device = model.device_name if opts.engine == "local" else "ray"
@@ -253,10 +247,6 @@ class Model:
         return str(self.loaded.device) if self.loaded else "none"
 
 
-def _workers(opts: ExtractOptions) -> int:
-    return default_workers() if opts.workers is None else opts.workers
-
-
 def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> int:
     """Good images left without a vector (only a stopped run leaves any)."""
     return sum(1 for s in store.catalog.missing_vectors(dataset, fp_id) if s not in bad)
@@ -278,7 +268,7 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
             return 0, {}, False
         if opts.engine == "ray":
             return engine_ray.compute(opts, store, resolved, jobs, roots, progress, should_stop, writer)
-        workers = _workers(opts)
+        workers = workers_for(opts.workers, len(jobs), opts.batch_size)
         # Workers are forked, also from the threaded service. A forkserver was tried: its workers are children
         # of the forkserver, so torch's parent watchdog never fires and they outlive a kill -9 of the service
         # (tests/service/test_api.py checks); it also pickles the whole job list to every worker.

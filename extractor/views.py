@@ -18,6 +18,7 @@ from extractor.decode import DecodeError, Limits
 from extractor.model import LoadedBackbone, Resolved
 from extractor.store import FeatureStore
 from extractor.summary import Progress
+from extractor.workers import workers_for
 
 
 @dataclass
@@ -61,7 +62,7 @@ def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int
 
 def compute_views(store: FeatureStore, dataset: str, resolved: Resolved, recipe: Recipe, count: int,
                   files: dict[str, Path], model: Callable[[], LoadedBackbone], *, split: str = "train",
-                  dtype: str = "float32", batch_size: int = 32, workers: int = 0, limits: Limits | None = None,
+                  dtype: str = "float32", batch_size: int = 32, workers: int | None = 0, limits: Limits | None = None,
                   flush_seconds: float = 60.0, shard_rows: int | None = None, skip: set[str] = frozenset(),
                   progress: Callable | None = None, should_stop: Callable[[], bool] | None = None,
                   remote: Callable | None = None) -> tuple[ViewsSummary, dict[str, DecodeError]]:
@@ -90,8 +91,9 @@ def compute_views(store: FeatureStore, dataset: str, resolved: Resolved, recipe:
                                                     should_stop=should_stop)
                 bad.update(failed)
             elif jobs:
-                loader = DataLoader(ViewDataset(jobs, resolved.size, limits or Limits(), recipe),
-                                    batch_size=max(1, batch_size // max(len(j[2]) for j in jobs)),
+                batch = max(1, batch_size // max(len(j[2]) for j in jobs))
+                workers = workers_for(workers, len(jobs), batch)
+                loader = DataLoader(ViewDataset(jobs, resolved.size, limits or Limits(), recipe), batch_size=batch,
                                     num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
                 failed, summary.stopped = _local(jobs, writer, progress, should_stop, loader, model())
                 bad.update(failed)

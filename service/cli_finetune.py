@@ -21,7 +21,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                                    "train split (early stopping on val accuracy, the best epoch restored), with a "
                                    "checkpoint after every epoch: the same command resumes an interrupted run.")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--backbone", default="vgg16", help="(default: vgg16)")
+    p.add_argument("--backbone", help="(default: vgg16, or the one backbone whose features the dataset has)")
     p.add_argument("--name", required=True, help="name to save the head under")
     p.add_argument("--weights", help="the backbone weights to start from (default: those of the cached features, "
                                      "or imagenet)")
@@ -33,7 +33,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--hidden", help="the head's layer widths (default: 256)")
     p.add_argument("--no-warm-start", action="store_true", help="do not fit the head on the cached features first")
     p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, help="decoding processes (default: CPU count, at most 8)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: usable cores - 1)")
     p.add_argument("--restart", action="store_true", help="discard an unfinished run's checkpoint and start afresh")
     p.set_defaults(func=cmd_finetune)
 
@@ -104,7 +104,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     m, ft = manifest["metrics"], manifest["finetune"]
-    lines = [f"fine-tuned {args.backbone} (last {ft['params']['unfreeze']} stages) and a dense head as "
+    lines = [f"fine-tuned {manifest['backbone']} (last {ft['params']['unfreeze']} stages) and a dense head as "
              f"{args.name!r} on {args.dataset}: best epoch {ft['best_epoch']} of {ft['epochs_run']}, features "
              f"{manifest['fingerprint']['id']}"]
     lines += [f"  {split:<4} {headline(m[split])}" for split in ("val", "test") if split in m]

@@ -151,7 +151,8 @@ class FinetuneRequest(BaseModel):
 
     name: str = Field(pattern=NAME, description="name to save the fine-tuned head under")
     dataset: str = Field(pattern=NAME)
-    backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
+    backbone: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,32}$",
+                                 description="vgg16, or the one backbone whose features the dataset has")
     weights: str | None = Field(default=None, pattern=WEIGHTS,
                                 description="the weights to start from (default: those of the cached features)")
     params: FinetuneParams = Field(default_factory=FinetuneParams)

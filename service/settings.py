@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from extractor.errors import HeadstartError
+from extractor.workers import most_workers
 from service.decoding import default_threads
 
 
@@ -37,7 +38,7 @@ class Settings(BaseSettings):
     backbone_cache: int = Field(2, ge=1)
     head_cache: int = Field(16, ge=1)
     extract_batch_size: int = Field(32, ge=1)
-    extract_workers: int | None = Field(None, ge=0)
+    extract_workers: int | None = Field(None, ge=0, le=most_workers())  # decoding processes per job
     flush_seconds: float = Field(10.0, gt=0)
     resume_interrupted: bool = True
     shutdown_grace_s: float = Field(30.0, ge=0)

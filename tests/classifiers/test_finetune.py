@@ -150,9 +150,20 @@ def test_bad_parameters_are_one_line_errors(tmp_path, capsys):
                             (["--epochs", "0"], "finetune parameter epochs=0"),
                             (["--hidden", "big"], "finetune parameter hidden=\"big\""),
                             (["--augment", "swirl"], "augment term 'swirl'"),
-                            (["--weights", "head:nope"], "there is no head 'nope'")):
+                            (["--weights", "head:nope"], "there is no head 'nope'"),
+                            (["--workers", "-3"], "--workers -3: expected an integer from 0"),
+                            (["--workers", "100000"], "--workers 100000: expected an integer from 0")):
         code, _, err = run_main(capsys, *base, *extra)
         assert_one_line_error(code, err, expected)
+
+
+def test_without_a_backbone_it_fine_tunes_the_one_the_dataset_has(tmp_path, capsys):
+    store = prepared(tmp_path)  # tiny features only: vgg16 (the default) would need ImageNet weights
+    code, out, err = run_main(capsys, "finetune", "--dataset", "d", "--name", "ft", "--epochs", "1", "--unfreeze",
+                              "1", "--workers", "0", "--home", str(store.home))
+    assert code == 0, err
+    assert out.startswith("fine-tuned tiny (last 1 stages)")
+    assert load(heads_dir(store), "ft")[1]["backbone"] == "tiny"
 
 
 def test_ctrl_c_keeps_the_best_epoch_so_far_and_the_checkpoint(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from extractor import pipeline
+from extractor import workers
 from extractor.decode import DecodeError, Limits, file_stat, preprocess
 from extractor.devicedecode import HEAD_BYTES, ByteDataset, JpegReader, method, preprocess_on, to_batch
 from extractor.errors import HeadstartError
@@ -45,7 +45,11 @@ def mixed_folder(root) -> dict[str, str]:
 def test_default_workers_follow_the_affinity_mask(monkeypatch):
     for cores, expected in (({0}, 1), ({0, 1}, 1), (set(range(16)), 15), (set(range(64)), 63)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, cores=cores: cores)
-        assert pipeline.default_workers() == expected  # no fixed cap: a 16-core GPU host decodes on 15
+        assert workers.default_workers() == expected  # no fixed cap: a 16-core GPU host decodes on 15
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
+    assert workers.workers_for(None, 3, 32) == 1  # three new images: one batch, one worker
+    assert workers.workers_for(None, 10_000, 32) == 15 and workers.workers_for(4, 10_000, 32) == 4
+    assert workers.most_workers() == 64
 
 
 def test_byte_batches_keep_order_fall_back_per_file_and_record_failures(tmp_path):

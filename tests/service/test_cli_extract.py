@@ -50,6 +50,8 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):
           "--amp", "fp8"], "amp 'fp8': expected one of"),
         (["extract", str(tmp_path / "data"), "--dataset", "x", "--weights", "random", "--size", "100000"],
          "input size 100000 is not valid for vgg16: expected an integer from 32 to 1024"),  # was a killed worker
+        (["extract", str(tmp_path / "data"), "--dataset", "x", "--weights", "random", "--backbone", "tiny",
+          "--workers", "100000"], "--workers 100000: expected an integer from 0"),  # was 100000 forked processes
     ]
     (tmp_path / "empty" / "cats").mkdir(parents=True)
     for args, expected in cases:
@@ -59,6 +61,10 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, capsys):
     assert str(tmp_path / "empty") not in {d["root"] for d in listing}  # an empty folder registers nothing
     result = run_cli("extract", str(tmp_path / "data"), "--dataset", "x", "--backbone", "resnet50", "--home", home)
     assert result.returncode == 1 and result.stderr.startswith("headstart: error: ImageNet weights for resnet50")
+    make_folder(tmp_path / "three", {"a": 2, "b": 1})  # three batches of one: three workers on this machine's cores
+    result = run_cli("extract", str(tmp_path / "three"), "--dataset", "t", "--backbone", "tiny", "--weights",
+                     "random", "--batch-size", "1", "--workers", "3", "--home", home)
+    assert result.returncode == 0 and result.stderr == ""  # not torch's warning about more workers than cores
 
 
 def test_backbones_listing(capsys):

@@ -76,3 +76,79 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class _Users:
+    """One path's state in this process: how many hold it shared, whether one holds it exclusively."""
+
+    def __init__(self) -> None:
+        self.cond, self.count, self.exclusive, self.fh = threading.Condition(), 0, False, None
+
+
+_USERS: dict[str, _Users] = {}
+
+
+class SharedLock:
+    """Held shared by any number of users (across processes a lockf shared lock, within one process a count, as
+    POSIX locks do not conflict there and the first close would drop them all), or by one alone, never waiting
+    (`exclusive`): a dataset is used by its extractions, in any process, and removed only when none runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with _GUARD:
+            self._users = _USERS.setdefault(os.path.abspath(self.path), _Users())
+
+    def _open(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return open(self.path, "a+")
+
+    def __enter__(self) -> "SharedLock":
+        u = self._users
+        with u.cond:
+            while u.exclusive:
+                u.cond.wait()
+            if u.count == 0:
+                fh = self._open()
+                fcntl.lockf(fh, fcntl.LOCK_SH)  # waits only while another process holds it exclusively (briefly)
+                u.fh = fh
+            u.count += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        u = self._users
+        with u.cond:
+            u.count -= 1
+            if u.count == 0:
+                fcntl.lockf(u.fh, fcntl.LOCK_UN)
+                u.fh.close()
+                u.fh = None
+
+    def exclusive(self) -> "_Exclusive":
+        """`with lock.exclusive():` raises Busy at once when anyone holds the lock."""
+        return _Exclusive(self)
+
+
+class _Exclusive:
+    def __init__(self, lock: SharedLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        u = self.lock._users
+        with u.cond:
+            if u.count or u.exclusive:
+                raise Busy("this process")
+            fh = self.lock._open()
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise Busy("another process") from None
+            u.exclusive, u.fh = True, fh
+
+    def __exit__(self, *exc) -> None:
+        u = self.lock._users
+        with u.cond:
+            fcntl.lockf(u.fh, fcntl.LOCK_UN)
+            u.fh.close()
+            u.exclusive, u.fh = False, None
+            u.cond.notify_all()

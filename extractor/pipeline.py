@@ -137,16 +137,17 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
     if opts.engine == "ray":
         ray_cluster.connect(opts.ray_address)
     resolved = _resolved(opts)
-    created = store.catalog.dataset(opts.dataset) is None
-    try:
-        with _collector_skips_older_objects():
-            summary = _extract(opts, store, resolved, progress, should_stop)
-    except BaseException:
-        _forget_if_empty(store, opts.dataset, created)
-        raise
-    if _forget_if_empty(store, opts.dataset, created):  # every image failed: a rerun needs no --redefine
-        summary.warnings.append(f"no image could be used, so dataset {opts.dataset!r} was not registered: fix what "
-                                f"the failures say and extract again")
+    with store.dataset_lock(opts.dataset):  # no `datasets rm` while it runs, in any process
+        created = store.catalog.dataset(opts.dataset) is None
+        try:
+            with _collector_skips_older_objects():
+                summary = _extract(opts, store, resolved, progress, should_stop)
+        except BaseException:
+            _forget_if_empty(store, opts.dataset, created)
+            raise
+        if _forget_if_empty(store, opts.dataset, created):  # every image failed: a rerun needs no --redefine
+            summary.warnings.append(f"no image could be used, so dataset {opts.dataset!r} was not registered: fix "
+                                    f"what the failures say and extract again")
     return summary
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from extractor.errors import Conflict, NotFound
+from extractor.locks import Busy
 from extractor.store import FeatureStore
 
 # shards of one fingerprint none of whose rows is the content of a dataset member
@@ -28,7 +29,7 @@ UNUSED_ROWS = (
 def forget_dataset(store: FeatureStore, name: str) -> dict:
     """Forget a dataset (definition, members, failures); its cached vectors stay until `prune`. Says how many
     vectors no other dataset uses (what a prune would free). Refused while a service job for it is queued or
-    running (its end would register it again)."""
+    running, or an extraction of it runs in any process (its end would register it again)."""
     if store.catalog.dataset(name) is None:
         names = ", ".join(store.catalog.dataset_names()) or "none yet"
         raise NotFound(f"no dataset {name!r}; known datasets: {names}")
@@ -37,12 +38,17 @@ def forget_dataset(store: FeatureStore, name: str) -> dict:
     if busy:
         raise Conflict(f"dataset {name!r} has {len(busy)} job(s) queued or running ({', '.join(busy[:3])}); cancel "
                        f"them or wait for them, then remove it")
-    with store.catalog.connect() as con:
-        alone = con.execute(
-            "SELECT COUNT(*) FROM vectors v WHERE v.sha256 IN (SELECT sha256 FROM members WHERE dataset = ?) "
-            "AND NOT EXISTS (SELECT 1 FROM members o WHERE o.sha256 = v.sha256 AND o.dataset != ?)",
-            (name, name)).fetchone()[0]
-    store.catalog.drop_dataset(name)
+    try:
+        with store.dataset_lock(name).exclusive():
+            with store.catalog.connect() as con:
+                alone = con.execute(
+                    "SELECT COUNT(*) FROM vectors v WHERE v.sha256 IN (SELECT sha256 FROM members WHERE dataset = ?) "
+                    "AND NOT EXISTS (SELECT 1 FROM members o WHERE o.sha256 = v.sha256 AND o.dataset != ?)",
+                    (name, name)).fetchone()[0]
+            store.catalog.drop_dataset(name)
+    except Busy as exc:
+        raise Conflict(f"dataset {name!r} is being extracted ({exc.holder}: an `extract`, or a fine-tuning that "
+                       f"extracts); wait for it to finish or stop it, then remove it") from None
     return {"deleted": name, "vectors_only_its": alone}
 
 

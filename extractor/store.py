@@ -16,7 +16,7 @@ from extractor.backbones import Fingerprint
 from extractor.catalog import Catalog
 from extractor.durable import publish, storage_error
 from extractor.errors import CacheDamaged, Conflict, HeadstartError, NotFound
-from extractor.locks import Busy, FileLock
+from extractor.locks import Busy, FileLock, SharedLock
 from extractor.shardfile import shard_folder, write_shard
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -64,6 +64,10 @@ class FeatureStore:
     def writer_lock(self, fp_id: str) -> "WriterLock":
         """The one-writer-per-fingerprint lock (also taken by `verify --repair` before deleting files)."""
         return WriterLock(self.shard_dir(fp_id) / "writer.lock", fp_id)
+
+    def dataset_lock(self, name: str) -> SharedLock:
+        """Held shared by each extraction of the dataset, exclusively by its removal (`datasets rm`)."""
+        return SharedLock(self.home / "locks" / f"dataset-{name}.lock")
 
     def writer(self, fp: Fingerprint, dtype: str = "float32", shard_rows: int | None = None,
                flush_seconds: float = 60.0, recipe: str = "") -> "ShardWriter":

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 from extractor.store import FeatureStore
-from tests.conftest import make_folder, run_main
+from tests.conftest import REPO, assert_one_line_error, make_folder, run_main
 
 
 def shard_files(home) -> set[str]:
@@ -75,3 +77,47 @@ def test_prune_skips_a_fingerprint_being_written(tmp_path, capsys):
     finally:
         lock.release()
     assert run_main(capsys, "prune", *h)[0] == 0 and shard_files(tmp_path / "home") == set()
+
+
+def test_rm_is_refused_while_the_dataset_is_being_extracted_in_this_process(tmp_path):
+    from extractor.errors import Conflict, NotFound
+    from extractor.pipeline import ExtractOptions, extract
+    from extractor.prune import forget_dataset
+
+    make_folder(tmp_path / "a", {"x": 3, "y": 3})
+    store = FeatureStore(tmp_path / "home")
+    refused = []
+
+    def progress(_event) -> None:  # an rm arriving in the middle of the run (as from a request thread)
+        try:
+            forget_dataset(store, "a")
+        except Conflict as exc:
+            refused.append(str(exc))
+        except NotFound:  # while the files are hashed it is not registered yet
+            pass
+
+    summary = extract(ExtractOptions(data_dir=tmp_path / "a", dataset="a", backbone="tiny", weights="random",
+                                     workers=0, batch_size=2, device="cpu"), store, progress=progress)
+    assert summary.extracted == 6 and store.catalog.dataset("a") is not None
+    assert refused and refused[0].startswith("dataset 'a' is being extracted (this process")
+    assert forget_dataset(store, "a")["deleted"] == "a"  # the run over, rm goes through
+
+
+def test_rm_is_refused_while_another_process_extracts_it(tmp_path, capsys):
+    make_folder(tmp_path / "a", {"x": 2, "y": 2})
+    h = ["--home", str(tmp_path / "home")]
+    assert run_main(capsys, "extract", str(tmp_path / "a"), "--dataset", "a", "--backbone", "tiny", "--weights",
+                    "random", *h)[0] == 0
+    lock = FeatureStore(tmp_path / "home").dataset_lock("a").path
+    holder = subprocess.Popen(  # holds the lock shared, as a running extraction does
+        [sys.executable, "-c", "import sys; from extractor.locks import SharedLock\n"
+         f"with SharedLock({str(lock)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        code, _, err = run_main(capsys, "datasets", "rm", "a", *h)
+        assert_one_line_error(code, err, "dataset 'a' is being extracted (another process")
+        assert FeatureStore(tmp_path / "home").catalog.dataset("a") is not None
+    finally:
+        holder.communicate("")
+    assert run_main(capsys, "datasets", "rm", "a", *h)[0] == 0

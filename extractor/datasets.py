@@ -18,7 +18,7 @@ from extractor.decode import CONVERT
 from extractor.errors import HeadstartError, Stopped
 
 # Listing only: which files are candidates. Whether a file *is* an image is decided by its content.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ""}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ""}
 # photos in formats not read (phones' HEIC, AVIF, JPEG XL, cameras' RAW, layered files): counted apart from other
 # files, so that the user hears they are photos to convert, not stray files
 UNREAD_PHOTO_SUFFIXES = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf",

@@ -128,7 +128,7 @@ def _one_level_down(classes: list[Path], items: list) -> list[str]:
     listed = ", ".join(inner[:4]) + (" ..." if len(inner) > 4 else "")
     return [f"all the images are inside {folder.name}/, one class, and the folders in it ({listed}) look like "
             f"{'splits of class folders' if splits else 'the classes'}: to read those, extract {folder} instead "
-            f"(with --redefine, to replace this dataset)"]
+            f"(with --redefine when the dataset was extracted already)"]
 
 
 def _flat_train(named: list[Path]) -> str:

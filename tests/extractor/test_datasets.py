@@ -70,6 +70,15 @@ def test_photos_in_formats_not_read_are_named_apart_from_other_files(tmp_path, c
                          "skipped: convert them to JPEG or PNG" in err
     assert "headstart: warning: 1 files without an image suffix" in err
 
+
+def test_jfif_files_are_read_as_the_jpegs_they_are(tmp_path):
+    """Browsers on Windows save many web JPEGs as .jfif; they were skipped as 'files without an image suffix'."""
+    make_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    jpeg = next((tmp_path / "data" / "cat").iterdir())
+    (tmp_path / "data" / "cat" / "saved.JFIF").write_bytes(jpeg.read_bytes())
+    listing = scan_folder(tmp_path / "data")
+    assert len(listing.items) == 5 and listing.skipped == 0
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(HeadstartError, match="does not exist"):
         scan_folder(tmp_path / "nope")

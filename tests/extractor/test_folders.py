@@ -120,7 +120,7 @@ def test_one_folder_too_high_is_pointed_out(tmp_path, capsys):
     assert {item.label for item in listing.items} == {"pets"}
     assert listing.notes == [f"all the images are inside pets/, one class, and the folders in it (cat, dog) look like "
                              f"the classes: to read those, extract {tmp_path / 'pets' / 'pets'} instead (with "
-                             f"--redefine, to replace this dataset)"]
+                             f"--redefine when the dataset was extracted already)"]
     make_folder(tmp_path / "one", {"cat": 3})  # one class, images directly in it: nothing to point at
     assert scan_folder(tmp_path / "one").notes == []
     make_folder(tmp_path / "zip" / "cats_and_dogs_filtered" / "train", {"cats": 2, "dogs": 2})  # the tutorial's zip
@@ -128,7 +128,7 @@ def test_one_folder_too_high_is_pointed_out(tmp_path, capsys):
     assert scan_folder(tmp_path / "zip").notes == [
         f"all the images are inside cats_and_dogs_filtered/, one class, and the folders in it (train, validation) "
         f"look like splits of class folders: to read those, extract {tmp_path / 'zip' / 'cats_and_dogs_filtered'} "
-        f"instead (with --redefine, to replace this dataset)"]
+        f"instead (with --redefine when the dataset was extracted already)"]
 
 
 def test_labels_in_file_names_are_pointed_out_and_taken_with_name_labels(tmp_path, capsys):

@@ -41,6 +41,8 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     splits = eval_splits(split)
     if plots_dir is not None:  # before the scoring: a bad folder is said at once
         plots_dir = output_folder(plots_dir, "--plots")
+    if dataset == own:
+        check_own(store, name, manifest)
     notes = overlap_warning(store, name, manifest, check_other(store, name, manifest, dataset, splits)) \
         if dataset != own else []
     streaming.check_stream(stream)
@@ -71,6 +73,22 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     if plots_dir is not None:
         result["plots"] = _plots(head, name, result, y, proba, plots_dir)
     return result
+
+
+def check_own(store: FeatureStore, name: str, manifest: dict) -> None:
+    """The head's own dataset is still there, with the head's features: one line saying how to get them back (a
+    removed or pruned dataset, or one extracted again with other weights), rather than "the split is empty"."""
+    dataset, backbone, fp_id = manifest["dataset"], manifest["backbone"], manifest["fingerprint"]["id"]
+    if store.catalog.dataset(dataset) is None:
+        raise NotFound(f"head {name!r} was trained on dataset {dataset!r}, which this home does not hold (removed "
+                       f"with `datasets rm`, or extracted in another home)",
+                       cli=f"extract it again (`headstart extract DIR --dataset {dataset} --backbone {backbone}`), "
+                           f"or score the head on another labeled dataset with --dataset NAME",
+                       api="extract it again (POST /extract), or score the head on another labeled dataset")
+    if not any(has for *_, has in store.catalog.coverage(dataset, fp_id)):
+        weights = (store.catalog.fingerprint(fp_id) or {}).get("source") or "imagenet"
+        raise HeadstartError(f"dataset {dataset!r} has no vectors of the features head {name!r} was trained on "
+                             f"({backbone}, weights {weights})", **extract_first(dataset, backbone, weights))
 
 
 def check_other(store: FeatureStore, name: str, manifest: dict, dataset: str, splits: tuple[str, ...]) -> list[str]:

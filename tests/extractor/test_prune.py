@@ -59,6 +59,14 @@ def test_rm_keeps_vectors_prune_frees_whole_unused_shards_views_too(tmp_path, ca
     assert code == 0 and "no problems found" in out
     code, _, err = run_main(capsys, "datasets", "rm", "b", *h)
     assert code == 1 and "no dataset 'b'" in err
+    code, _, err = run_main(capsys, "evaluate", "hb", *h)  # was: "the test split of 'b' has no labeled images"
+    assert_one_line_error(code, err, "head 'hb' was trained on dataset 'b', which this home does not hold")
+    assert run_main(capsys, "extract", str(tmp_path / "b"), "--dataset", "b", "--backbone", "tiny", "--weights",
+                    "random:1", *h)[0] == 0  # b again, with other features
+    code, _, err = run_main(capsys, "evaluate", "hb", *h)
+    assert_one_line_error(code, err, "dataset 'b' has no vectors of the features head 'hb' was trained on (tiny, "
+                                     "weights random:0); run `headstart extract DIR --dataset b --backbone tiny "
+                                     "--weights random:0` first")
 
 
 def test_prune_skips_a_fingerprint_being_written(tmp_path, capsys):

@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           stream=args.stream)
     m = manifest["metrics"]
     lines = [f"trained {args.head} head {args.name!r} on {args.dataset}/{manifest['fingerprint']['id']} "
-             f"({len(manifest['classes'])} classes) in {m['fit_seconds']:.2f} s"
+             f"({len(manifest['classes'])} classes) in {m['fit_seconds']:.2f} s" + _chosen(manifest.get("chosen"))
              + (f", with {manifest['views']['per_image']} {manifest['views']['recipe']} views per train image "
                 f"({manifest['views']['rows']} rows)" if manifest.get("views") else "")]
     lines += [f"  {split:<4} {headline(m[split])}" for split in ("val", "test") if split in m]
@@ -94,8 +94,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"headstart: warning: {warning}", file=sys.stderr)
     emit(args, {"name": args.name, "kind": args.head, "backbone": manifest["backbone"],
                 "fingerprint": manifest["fingerprint"]["id"], "classes": manifest["classes"], "metrics": m,
-                "warnings": manifest.get("warnings", [])}, "\n".join(lines))
+                "warnings": manifest.get("warnings", []),
+                **({"chosen": manifest["chosen"]} if manifest.get("chosen") else {})}, "\n".join(lines))
     return 0
+
+
+def _chosen(chosen: dict | None) -> str:
+    """C=auto: which C the val split chose, and from what sweep."""
+    if not chosen:
+        return ""
+    sweep = chosen["sweep"]
+    return f", C={chosen['C']:g} chosen on val (of {len(sweep)} from {sweep[0]['C']:g} to {sweep[-1]['C']:g})"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

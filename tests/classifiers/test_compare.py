@@ -138,6 +138,19 @@ def test_c_auto_without_val_and_bad_c_are_one_line_errors(capsys, home):
     assert_one_line_error(code, err, "or auto")
 
 
+def test_train_with_c_auto_says_which_c_it_chose(capsys, home):
+    args = ["train", "--dataset", "d", "--backbone", "tiny", "--name", "auto", "--param", "C=auto", "--home", str(home)]
+    code, out, err = run_main(capsys, *args, "--json")
+    assert code == 0, err
+    chosen = json.loads(out)["chosen"]
+    best = max(r["val_accuracy"] for r in chosen["sweep"])
+    assert chosen["C"] in {r["C"] for r in chosen["sweep"] if r["val_accuracy"] == best}
+    code, out, _ = run_main(capsys, *args)
+    sweep = chosen["sweep"]
+    assert code == 0 and f", C={chosen['C']:g} chosen on val (of {len(sweep)} from {sweep[0]['C']:g} to " \
+                         f"{sweep[-1]['C']:g})" in out.splitlines()[0], out
+
+
 def test_compare_and_finetune_refuse_an_unlabeled_dataset_before_extracting(tmp_path, capsys):
     """Before: each extracted the first backbone's features (minutes on real data) and only then said 'no labels'."""
     make_folder(tmp_path / "data", {"a": 3})

@@ -24,10 +24,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     datasets_rm_parser(dsub, common)
 
-    p = sub.add_parser("export", parents=[common], help="write a dataset's features to one plain HDF5 file")
+    p = sub.add_parser("export", parents=[common], help="write a dataset's features to one plain file (HDF5, .npz "
+                                                        "or CSV)")
     p.add_argument("--dataset", required=True)
     _backbone_args(p, weights_default=None, backbone_default=None)
-    p.add_argument("--out", type=Path, required=True, help="output .h5 file")
+    p.add_argument("--out", type=Path, required=True,
+                   help="the file to write; its suffix chooses the format: .h5 (HDF5), .npz (NumPy) or .csv")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--no-views", action="store_true", help="leave out the cached augmented views")
     p.set_defaults(func=cmd_export)
@@ -222,6 +224,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = existing_store(args.home)
     fp_id = store.resolve(args.dataset, args.backbone, args.weights, args.size)
     result = export(store, args.dataset, fp_id, args.out, args.dtype, views=not args.no_views)
+    if not args.json:
+        for warning in result["warnings"]:
+            print(f"headstart: warning: {warning}", file=sys.stderr)
     emit(args, result, f"wrote {result['rows']} x {result['dim']} features ({result['classes']} classes)"
                        + (f" and {result['views']} views" if result["views"] else "") + f" to {result['out']}")
     return 0

@@ -141,6 +141,48 @@ def test_export_round_trip_through_plain_h5py(tmp_path, monkeypatch):
         np.testing.assert_array_equal(fh["features"][()], expected)
 
 
+def test_export_to_npz_and_csv_by_suffix_with_the_same_content(tmp_path, monkeypatch, capsys):
+    """Before: the file was HDF5 whatever its name, so `--out features.csv` gave an HDF5 file named .csv."""
+    import csv
+
+    import extractor.export
+    from tests.conftest import assert_one_line_error, run_main
+
+    monkeypatch.setattr(extractor.export, "CHUNK_ROWS", 2)  # several blocks, the last one partial
+    make_folder(tmp_path / "data", {"cat": 3, "dog": 2})
+    make_folder(tmp_path / "more", {"cat": 1}, seed=5)
+    next((tmp_path / "more" / "cat").iterdir()).rename(tmp_path / "data" / "cat" / 'with, "quotes".jpg')
+    store = FeatureStore(tmp_path / "home")
+    fp = extract(opts(tmp_path / "data", augment="flip", views=1), store).fingerprint
+    export(store, "d", fp, tmp_path / "d.h5")
+    with h5py.File(tmp_path / "d.h5", "r") as fh:
+        reference = {k: fh[k][()] for k in ("features", "labels", "paths", "split")}
+        view_rows = fh["views"]["features"].shape[0]
+        assert view_rows > 0
+    result = export(store, "d", fp, tmp_path / "d.npz")
+    assert (result["format"], result["rows"], result["views"]) == ("npz", 6, view_rows)
+    with np.load(tmp_path / "d.npz") as npz:  # allow_pickle is False: every array is plain
+        np.testing.assert_array_equal(npz["features"], reference["features"])
+        np.testing.assert_array_equal(npz["labels"], reference["labels"])
+        assert list(npz["paths"]) == [p.decode() for p in reference["paths"]]
+        assert list(npz["split"]) == [s.decode() for s in reference["split"]]
+        assert npz["views_features"].shape == (view_rows, 64) and str(npz["fingerprint_id"]) == fp
+    code, _, err = run_main(capsys, "export", "--dataset", "d", "--backbone", "tiny", "--out", str(tmp_path / "d.csv"),
+                            "--home", str(tmp_path / "home"))
+    assert code == 0 and f"warning: the {view_rows} cached augmented views are not written to a CSV" in err
+    with open(tmp_path / "d.csv", newline="") as fh:
+        table = list(csv.reader(fh))
+    assert table[0][:5] == ["path", "label", "split", "sha256", "f0"] and len(table[0]) == 4 + 64
+    assert [row[0] for row in table[1:]] == [p.decode() for p in reference["paths"]]
+    assert 'cat/with, "quotes".jpg' in [row[0] for row in table[1:]]
+    assert [row[1] for row in table[1:]] == [p.decode().split("/")[0] for p in reference["paths"]]
+    np.testing.assert_array_equal(np.array([row[4:] for row in table[1:]], np.float32), reference["features"])
+    code, _, err = run_main(capsys, "export", "--dataset", "d", "--backbone", "tiny", "--out",
+                            str(tmp_path / "d.parquet"), "--home", str(tmp_path / "home"))
+    assert_one_line_error(code, err, "expected a file name ending .h5 (HDF5), .npz (NumPy) or .csv, not .parquet")
+    assert not (tmp_path / "d.parquet").exists()
+
+
 
 def test_export_refuses_a_folder_or_an_unwritable_path_in_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
     """Before: --out FOLDER wrote FOLDER.tmp beside it and said 'Is a directory: FOLDER.tmp'; an unwritable path gave

@@ -47,8 +47,7 @@ def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int
 
 
 def loader(items: list, order: list[int], size: int, recipe: Recipe | None, epoch: int, batch: int,
-           workers: int | None,
-           limits: Limits) -> DataLoader:
+           workers: int | None, limits: Limits) -> DataLoader:
     """Batches of the items in `order` (workers are forked, as in extraction; None: the default count)."""
     workers = workers_for(workers, len(order), batch)
     return DataLoader(EpochImages([items[i] for i in order], size, recipe, epoch, limits), batch_size=batch,

@@ -30,12 +30,12 @@ def most_workers() -> int:
     return max(8, 4 * usable_cores())
 
 
-def check_workers(workers: int | None, option: str = "--workers") -> None:
+def check_workers(workers: int | None) -> None:
     """Refuse a count below 0 or above most_workers() (each worker is a process: 100000 of them would exhaust
     the machine before the first image)."""
     if workers is not None and not 0 <= workers <= most_workers():
-        raise HeadstartError(f"{option} {workers}: expected an integer from 0 (decode in this process) to "
-                             f"{most_workers()} (4 per usable core, {usable_cores()} here)")
+        raise HeadstartError(f"--workers {workers}: expected an integer from 0 (decode in this process) to "
+                             f"{most_workers()} (4 per usable core, at least 8; {usable_cores()} cores here)")
 
 
 def workers_for(workers: int | None, items: int, batch_size: int) -> int:

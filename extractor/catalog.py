@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,12 @@ class Catalog(JobTable, RowQueries, ViewTable):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        # a home on a read-only mount (a serving container's `:ro` volume, a shared team export): SQLite cannot make
+        # the WAL's side files there, so it is opened immutable; the commands that only read work, writes are refused
+        self.read_only = self.path.is_file() and not os.access(self.path.parent, os.W_OK)
+        if self.read_only:
+            self._check_read_only()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
@@ -44,14 +51,40 @@ class Catalog(JobTable, RowQueries, ViewTable):
             con.execute("ROLLBACK")
             raise
 
+    def _check_read_only(self) -> None:
+        """A read-only catalog is read as it is: refused when writes are still in its WAL file (an immutable read
+        would not see them) or when its schema is not this headstart's (an upgrade writes)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size:
+            raise HeadstartError(f"the home {self.path.parent} is read-only and its catalog still has writes in "
+                                 f"{wal.name} (a process stopped before merging them); open it once where it can "
+                                 f"be written (any `headstart datasets`), then read it read-only")
+        with self.connect() as con:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise HeadstartError(f"catalog {self.path} has schema {version} and this headstart reads "
+                                 f"{SCHEMA_VERSION}; the home is read-only, so it cannot be upgraded: open it once "
+                                 f"where it can be written" if version < SCHEMA_VERSION else
+                                 f"catalog {self.path} has schema {version}, newer than this headstart reads "
+                                 f"({SCHEMA_VERSION}); upgrade headstart")
+
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection whose `with con:` blocks are transactions (commit, or rollback on error)."""
-        con = sqlite3.connect(self.path, timeout=30.0)
+        if self.read_only:
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        else:
+            con = sqlite3.connect(self.path, timeout=30.0)
         try:
             con.execute("PRAGMA synchronous=FULL")
             con.execute("PRAGMA busy_timeout=30000")
             yield con
+        except sqlite3.OperationalError as exc:
+            if self.read_only and "readonly" in str(exc):
+                raise HeadstartError(f"the home {self.path.parent} is read-only, and this command writes to it; "
+                                     f"use a home that can be written (--home, HEADSTART_HOME) or mount it "
+                                     f"read-write") from None
+            raise
         finally:
             con.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except OSError as exc:  # a path the user gave (--home, a data folder) that the system refused
+        if exc.errno == errno.EROFS and exc.filename:  # a home mounted read-only: the commands that only read work
+            error(args, f"{exc.filename} is on a read-only file system, and this command writes there; use a "
+                        f"home that can be written (--home, HEADSTART_HOME), or mount it read-write")
+            return 1
         where = f": {exc.filename}; check that path and its permissions" if exc.filename else ""
         error(args, f"{exc.strerror or exc}{where}")
         return 1

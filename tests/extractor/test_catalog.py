@@ -57,3 +57,60 @@ def test_a_catalog_from_a_newer_headstart_is_refused(tmp_path):
         con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(HeadstartError, match="newer than this headstart reads"):
         Catalog(path)
+
+
+def _home_with_a_head(tmp_path, capsys):
+    from tests.conftest import make_folder, run_main
+
+    make_folder(tmp_path / "data", {"a": 4, "b": 4})
+    h = ["--home", str(tmp_path / "home")]
+    assert run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny", "--weights",
+                    "random", *h)[0] == 0
+    assert run_main(capsys, "train", "--dataset", "d", "--name", "h", *h)[0] == 0
+    return tmp_path / "home", h
+
+
+def test_a_read_only_home_is_read_and_writes_are_one_line(tmp_path, capsys, monkeypatch):
+    """Before: on a home the process cannot write (a `:ro` volume), every command, reading ones too, was a traceback
+    (sqlite3: unable to open database file), since SQLite could not make the WAL's side files."""
+    import os
+
+    from tests.conftest import assert_one_line_error, run_main
+
+    home, h = _home_with_a_head(tmp_path, capsys)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode == os.W_OK and os.fspath(p) == str(home)
+                        else real(p, mode, **kw))
+    code, out, err = run_main(capsys, "datasets", *h)
+    assert code == 0 and out.startswith("NAME") and "\nd " in out, err
+    code, out, err = run_main(capsys, "predict", "h", "--dataset", "d", "--split", "test", *h)
+    assert code == 0 and out, err
+    code, _, err = run_main(capsys, "datasets", "rm", "d", *h)  # its catalog write is refused
+    assert_one_line_error(code, err, f"the home {home} is read-only, and this command writes to it")
+    with open(home / "catalog.sqlite-wal", "wb") as fh:  # writes a stopped process left unmerged
+        fh.write(b"x" * 32)
+    code, _, err = run_main(capsys, "datasets", *h)
+    assert_one_line_error(code, err, "is read-only and its catalog still has writes in catalog.sqlite-wal")
+
+
+def test_a_home_on_a_read_only_mount(tmp_path, capsys):
+    """The same on a real read-only bind mount (needs the right to mount: skipped where there is none)."""
+    import subprocess
+
+    from tests.conftest import assert_one_line_error, run_main
+
+    home, _ = _home_with_a_head(tmp_path, capsys)
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    steps = [["mount", "--bind", str(home), str(mounted)], ["mount", "-o", "remount,ro,bind", str(mounted)]]
+    try:
+        for step in steps:
+            if subprocess.run(step, capture_output=True).returncode:
+                pytest.skip("cannot make a read-only bind mount here")
+        h = ["--home", str(mounted)]
+        code, out, err = run_main(capsys, "evaluate", "h", "--json", *h)
+        assert code == 0 and json.loads(out)["metrics"]["n"] > 0, err
+        code, _, err = run_main(capsys, "heads", "rm", "h", *h)
+        assert_one_line_error(code, err, "is on a read-only file system, and this command writes there")
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True)

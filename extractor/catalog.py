@@ -23,9 +23,10 @@ class Catalog(JobTable, RowQueries, ViewTable):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        # a home on a read-only mount (a serving container's `:ro` volume, a shared team export): SQLite cannot make
-        # the WAL's side files there, so it is opened immutable; the commands that only read work, writes are refused
+        # a home this process cannot write (a serving container's `:ro` volume, another user's home): read-only
+        # connections, the commands that only read work and writes are refused (see _check_read_only)
         self.read_only = self.path.is_file() and not os.access(self.path.parent, os.W_OK)
+        self._uri = f"{self.path.resolve().as_uri()}?mode=ro"
         if self.read_only:
             self._check_read_only()
             return
@@ -52,15 +53,22 @@ class Catalog(JobTable, RowQueries, ViewTable):
             raise
 
     def _check_read_only(self) -> None:
-        """A read-only catalog is read as it is: refused when writes are still in its WAL file (an immutable read
-        would not see them) or when its schema is not this headstart's (an upgrade writes)."""
-        wal = self.path.with_name(self.path.name + "-wal")
-        if wal.is_file() and wal.stat().st_size:
-            raise HeadstartError(f"the home {self.path.parent} is read-only and its catalog still has writes in "
-                                 f"{wal.name} (a process stopped before merging them); open it once where it can "
-                                 f"be written (any `headstart datasets`), then read it read-only")
-        with self.connect() as con:
-            version = con.execute("PRAGMA user_version").fetchone()[0]
+        """How a catalog this process cannot write is read. While a writer (another user's process) has it open,
+        its WAL side files exist and a read-only connection shares its locks. Without them SQLite cannot make them
+        here, and the file is read as immutable: unless a stopped process left writes in its WAL, which such a read
+        would not see. A schema other than this headstart's is refused (an upgrade writes)."""
+        try:
+            with self.connect() as con:
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.OperationalError:
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.is_file() and wal.stat().st_size:
+                raise HeadstartError(f"the home {self.path.parent} is read-only and its catalog still has writes in "
+                                     f"{wal.name} (a process stopped before merging them); open it once where it "
+                                     f"can be written (any `headstart datasets`), then read it read-only") from None
+            self._uri += "&immutable=1"
+            with self.connect() as con:
+                version = con.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise HeadstartError(f"catalog {self.path} has schema {version} and this headstart reads "
                                  f"{SCHEMA_VERSION}; the home is read-only, so it cannot be upgraded: open it once "
@@ -72,7 +80,7 @@ class Catalog(JobTable, RowQueries, ViewTable):
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection whose `with con:` blocks are transactions (commit, or rollback on error)."""
         if self.read_only:
-            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+            con = sqlite3.connect(self._uri, uri=True, timeout=30.0)
         else:
             con = sqlite3.connect(self.path, timeout=30.0)
         try:

@@ -87,10 +87,6 @@ def test_a_read_only_home_is_read_and_writes_are_one_line(tmp_path, capsys, monk
     assert code == 0 and out, err
     code, _, err = run_main(capsys, "datasets", "rm", "d", *h)  # its catalog write is refused
     assert_one_line_error(code, err, f"the home {home} is read-only, and this command writes to it")
-    with open(home / "catalog.sqlite-wal", "wb") as fh:  # writes a stopped process left unmerged
-        fh.write(b"x" * 32)
-    code, _, err = run_main(capsys, "datasets", *h)
-    assert_one_line_error(code, err, "is read-only and its catalog still has writes in catalog.sqlite-wal")
 
 
 def test_a_home_on_a_read_only_mount(tmp_path, capsys):
@@ -102,15 +98,24 @@ def test_a_home_on_a_read_only_mount(tmp_path, capsys):
     home, _ = _home_with_a_head(tmp_path, capsys)
     mounted = tmp_path / "ro"
     mounted.mkdir()
-    steps = [["mount", "--bind", str(home), str(mounted)], ["mount", "-o", "remount,ro,bind", str(mounted)]]
-    try:
-        for step in steps:
+    h = ["--home", str(mounted)]
+
+    def mount() -> None:
+        for step in (["mount", "--bind", str(home), str(mounted)], ["mount", "-o", "remount,ro,bind", str(mounted)]):
             if subprocess.run(step, capture_output=True).returncode:
+                subprocess.run(["umount", str(mounted)], capture_output=True)
                 pytest.skip("cannot make a read-only bind mount here")
-        h = ["--home", str(mounted)]
+
+    try:
+        mount()
         code, out, err = run_main(capsys, "evaluate", "h", "--json", *h)
         assert code == 0 and json.loads(out)["metrics"]["n"] > 0, err
         code, _, err = run_main(capsys, "heads", "rm", "h", *h)
         assert_one_line_error(code, err, "is on a read-only file system, and this command writes there")
+        subprocess.run(["umount", str(mounted)], check=True)
+        (home / "catalog.sqlite-wal").write_bytes(b"x" * 32)  # writes a stopped process left unmerged
+        mount()
+        code, _, err = run_main(capsys, "datasets", *h)
+        assert_one_line_error(code, err, "is read-only and its catalog still has writes in catalog.sqlite-wal")
     finally:
         subprocess.run(["umount", str(mounted)], capture_output=True)

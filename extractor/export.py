@@ -4,7 +4,6 @@ no pickle) or CSV (a spreadsheet, R), the format chosen by the file's suffix. Ve
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import time
 import zipfile
@@ -35,9 +34,10 @@ def export_format(out: Path) -> str:
 
 def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str = "float32",
            views: bool = True) -> dict:
-    """Write features, labels, label_names, paths, split, sha256 and the fingerprint (attrs) atomically; with
-    `views`, also the train images' cached augmented views in the group `views` (features, sha256, index, recipe:
-    a row's label is that of the clean row with the same sha256)."""
+    """Write features, labels, label_names, paths, split, sha256 and the fingerprint atomically, in the format the
+    suffix of `out` names; with `views` (HDF5, .npz), also the train images' cached augmented views (features,
+    sha256, index, recipe: a row's label is that of the clean row with the same sha256)."""
+    kind = export_format(out)
     np_dtype = check_dtype(dtype)
     info = store.catalog.fingerprint(fp_id)
     if info is None:
@@ -45,7 +45,6 @@ def export(store: FeatureStore, dataset: str, fp_id: str, out: Path, dtype: str 
     rows = store.catalog.dataset_rows(dataset, fp_id)  # (path, sha, label, split, shard, row)
     if not rows:
         raise HeadstartError(f"dataset {dataset!r} has no cached {fp_id} vectors to export; run extract first")
-    kind = export_format(out)
     out = output_file(out, "--out", f"{dataset}.h5")
     tmp = out.with_name(out.name + ".tmp")
     view_rows = _view_rows(store, dataset, fp_id) if views else []
@@ -95,11 +94,8 @@ def _write(tmp: Path, store: FeatureStore, dataset: str, fp_id: str, info: dict,
     names, labels = _labels(rows)
     text = h5py.string_dtype("utf-8")
     with h5py.File(tmp, "w") as fh:
-        features = fh.create_dataset("features", shape=(len(rows), info["dim"]), dtype=np_dtype)
-        done = 0
-        for block in _blocks(store, rows, info["dim"], np_dtype):
-            features[done:done + len(block)] = block
-            done += len(block)
+        _fill(fh.create_dataset("features", shape=(len(rows), info["dim"]), dtype=np_dtype),
+              _blocks(store, rows, info["dim"], np_dtype))
         fh.create_dataset("labels", data=labels)
         fh.create_dataset("label_names", data=np.array(names, dtype=object), dtype=text)
         fh.create_dataset("paths", data=np.array([r[0] for r in rows], dtype=object), dtype=text)
@@ -107,15 +103,19 @@ def _write(tmp: Path, store: FeatureStore, dataset: str, fp_id: str, info: dict,
         fh.create_dataset("sha256", data=np.array([r[1] for r in rows], dtype="S64"))
         if views:
             group = fh.create_group("views")
-            features = group.create_dataset("features", shape=(len(views), info["dim"]), dtype=np_dtype)
-            done = 0
-            for block in _blocks(store, views, info["dim"], np_dtype, at=3):
-                features[done:done + len(block)] = block
-                done += len(block)
+            _fill(group.create_dataset("features", shape=(len(views), info["dim"]), dtype=np_dtype),
+                  _blocks(store, views, info["dim"], np_dtype, at=3))
             group.create_dataset("sha256", data=np.array([r[1] for r in views], dtype="S64"))
             group.create_dataset("index", data=np.array([r[2] for r in views], dtype=np.int32))
             group.create_dataset("recipe", data=np.array(_recipe_names(views), dtype=object), dtype=text)
         fh.attrs.update(_attrs(store, dataset, fp_id, info))
+
+
+def _fill(dataset: h5py.Dataset, blocks) -> None:
+    done = 0
+    for block in blocks:
+        dataset[done:done + len(block)] = block
+        done += len(block)
 
 
 def _view_rows(store: FeatureStore, dataset: str, fp_id: str) -> list[tuple]:
@@ -173,10 +173,10 @@ def _write_csv(tmp: Path, store: FeatureStore, info: dict, rows: list, np_dtype:
     """The CSV file: a header row, then one row per image: path, label (empty: none), split, sha256, f0 .. f{dim-1}
     (as many significant digits as the dtype holds)."""
     digits = {np.dtype("float16"): 5, np.dtype("float32"): 9}.get(np.dtype(np_dtype), 17)
-    numbers = ",".join([f"%.{digits}g"] * info["dim"])  # one format for a whole row: 3x faster than per value
+    # one format string per row, without the csv module's per-field work: 4,000 x 8192 took 5.8 s, 13.0 s before
+    numbers = ",".join([f"%.{digits}g"] * info["dim"])
     with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        csv.writer(fh, lineterminator="\n").writerow(["path", "label", "split", "sha256",
-                                                      *(f"f{i}" for i in range(info["dim"]))])
+        fh.write(",".join(["path", "label", "split", "sha256", *(f"f{i}" for i in range(info["dim"]))]) + "\n")
         done = 0
         for block in _blocks(store, rows, info["dim"], np_dtype):
             for r, vector in zip(rows[done:done + len(block)], block.tolist(), strict=True):

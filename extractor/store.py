@@ -181,8 +181,6 @@ class FeatureStore:
         return cached_backbone(self, dataset, backbone)
 
 
-
-
 class WriterLock(FileLock):
     """A fingerprint's writer lock; a second writer gets one line naming the holder."""
 

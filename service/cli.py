@@ -9,6 +9,9 @@ import sys
 
 from extractor.errors import HeadstartError
 
+# which backbone a command that names none uses (extractor.lookup.cached_backbone), as help texts and the API say it
+CACHED_BACKBONE = "vgg16, or the one backbone whose features the dataset has"
+
 
 def emit(args: argparse.Namespace, data: dict | list, human: str) -> None:
     """Print `data` as one JSON line with --json, else the human text."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from extractor.ray_cluster import ENGINES
 from extractor.store import FeatureStore
-from service.cli import emit, existing_store, table
+from service.cli import CACHED_BACKBONE, emit, existing_store, table
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -119,7 +119,7 @@ def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "im
                    backbone_default: str | None = "vgg16") -> None:
     p.add_argument("--backbone", default=backbone_default,
                    help="registry name (see `headstart backbones`); default " + (
-                       backbone_default or "vgg16, or the one backbone whose features the dataset has"))
+                       backbone_default or CACHED_BACKBONE))
     p.add_argument("--weights", default=weights_default, help="imagenet, random[:SEED] or a weights file")
     p.add_argument("--size", type=int, help="input size override (e.g. 224 for vgg16)")
 

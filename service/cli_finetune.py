@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.cli import emit, existing_store
+from service.cli import CACHED_BACKBONE, emit, existing_store
 
 OPTIONS = (  # option, FinetuneParams field, type
     ("--unfreeze", "unfreeze", int), ("--epochs", "epochs", int), ("--lr", "lr", float),
@@ -21,7 +21,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                                    "train split (early stopping on val accuracy, the best epoch restored), with a "
                                    "checkpoint after every epoch: the same command resumes an interrupted run.")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--backbone", help="(default: vgg16, or the one backbone whose features the dataset has)")
+    p.add_argument("--backbone", help=f"(default: {CACHED_BACKBONE})")
     p.add_argument("--name", required=True, help="name to save the head under")
     p.add_argument("--weights", help="the backbone weights to start from (default: those of the cached features, "
                                      "or imagenet)")

@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.cli import emit, existing_store, table
+from service.cli import CACHED_BACKBONE, emit, existing_store, table
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", parents=[common], help="train a head on a dataset's cached features",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_head_params_help())
     p.add_argument("--dataset", required=True)
-    p.add_argument("--backbone", help="(default: vgg16, or the one backbone whose features the dataset has)")
+    p.add_argument("--backbone", help=f"(default: {CACHED_BACKBONE})")
     p.add_argument("--weights", help="which cached features, when several weights were used")
     p.add_argument("--head", default="logreg", help="logreg, mlp or centroid (default: logreg)")
     p.add_argument("--name", required=True, help="name to save the head under")

@@ -13,8 +13,10 @@ from classifiers.params import CentroidParams, FinetuneParams, LogRegParams, MLP
 from extractor.backbones import MAX_SIZE
 from extractor.errors import HeadstartError
 from extractor.names import NAME_PATTERN, check_name
+from service.cli import CACHED_BACKBONE
 
 NAME = NAME_PATTERN
+BACKBONE = r"^[a-z0-9_]{1,32}$"
 WEIGHTS = r"^(imagenet|random(:\d{1,9})?|head:[A-Za-z0-9][A-Za-z0-9._-]{0,63})$"
 
 
@@ -62,7 +64,7 @@ class ExtractRequest(BaseModel):
     unlabeled: bool = False
     name_labels: bool = Field(default=False, description="label every image by its file name: cat.12.jpg -> cat, "
                                                          "american_bulldog_10.jpg -> american_bulldog")
-    backbone: str = Field(default="vgg16", pattern=r"^[a-z0-9_]{1,32}$")
+    backbone: str = Field(default="vgg16", pattern=BACKBONE)
     weights: str = Field(default="imagenet", description="imagenet, random or random:SEED (no files over the API)")
     size: int | None = Field(default=None, ge=8, le=MAX_SIZE)
     dtype: Literal["float32", "float16"] = "float32"
@@ -90,8 +92,7 @@ class HeadBase(BaseModel):
 
     name: str = Field(pattern=NAME)
     dataset: str = Field(pattern=NAME)
-    backbone: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,32}$",
-                                 description="vgg16, or the one backbone whose features the dataset has")
+    backbone: str | None = Field(default=None, pattern=BACKBONE, description=CACHED_BACKBONE)
     weights: str | None = Field(default=None, pattern=WEIGHTS,
                                 description="which cached features: imagenet, random[:SEED] or head:NAME")
     views: int = Field(default=0, ge=0, le=64, description="also train on this many cached views per train image")
@@ -151,8 +152,7 @@ class FinetuneRequest(BaseModel):
 
     name: str = Field(pattern=NAME, description="name to save the fine-tuned head under")
     dataset: str = Field(pattern=NAME)
-    backbone: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,32}$",
-                                 description="vgg16, or the one backbone whose features the dataset has")
+    backbone: str | None = Field(default=None, pattern=BACKBONE, description=CACHED_BACKBONE)
     weights: str | None = Field(default=None, pattern=WEIGHTS,
                                 description="the weights to start from (default: those of the cached features)")
     params: FinetuneParams = Field(default_factory=FinetuneParams)

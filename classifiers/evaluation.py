@@ -41,10 +41,8 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     splits = eval_splits(split)
     if plots_dir is not None:  # before the scoring: a bad folder is said at once
         plots_dir = output_folder(plots_dir, "--plots")
-    if dataset == own:
-        check_own(store, name, manifest)
-    notes = overlap_warning(store, name, manifest, check_other(store, name, manifest, dataset, splits)) \
-        if dataset != own else []
+    scored = check_target(store, name, manifest, dataset, splits)
+    notes = overlap_warning(store, name, manifest, scored) if dataset != own else []
     streaming.check_stream(stream)
     if not tta and stream != "never":
         located = streaming.locate(store, dataset, fp_id)
@@ -75,6 +73,15 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     return result
 
 
+def check_target(store: FeatureStore, name: str, manifest: dict, dataset: str, splits: tuple[str, ...]) -> list[str]:
+    """The dataset a head is scored on (evaluate, the mistakes and ROC views): its own (check_own) or another
+    (check_other, whose scored content hashes are returned; none for its own)."""
+    if dataset == manifest["dataset"]:
+        check_own(store, name, manifest)
+        return []
+    return check_other(store, name, manifest, dataset, splits)
+
+
 def check_own(store: FeatureStore, name: str, manifest: dict) -> None:
     """The head's own dataset is still there, with the head's features: one line saying how to get them back (a
     removed or pruned dataset, or one extracted again with other weights), rather than "the split is empty"."""
@@ -85,7 +92,7 @@ def check_own(store: FeatureStore, name: str, manifest: dict) -> None:
                        cli=f"extract it again (`headstart extract DIR --dataset {dataset} --backbone {backbone}`), "
                            f"or score the head on another labeled dataset with --dataset NAME",
                        api="extract it again (POST /extract), or score the head on another labeled dataset")
-    if not any(has for *_, has in store.catalog.coverage(dataset, fp_id)):
+    if not store.catalog.coverage_counts(dataset, fp_id)[1]:  # (a count: no row per image)
         weights = (store.catalog.fingerprint(fp_id) or {}).get("source") or "imagenet"
         raise HeadstartError(f"dataset {dataset!r} has no vectors of the features head {name!r} was trained on "
                              f"({backbone}, weights {weights})", **extract_first(dataset, backbone, weights))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from classifiers.evaluation import check_other, eval_splits
+from classifiers.evaluation import check_target, eval_splits
 from classifiers.heads import Head
 from classifiers.metrics import roc_columns
 from classifiers.persist import load
@@ -100,8 +100,7 @@ def scored_split(store: FeatureStore, name: str, split: str | None = None,
     dataset = dataset or own
     split = split or ("test" if dataset == own else "all")
     splits = eval_splits(split)
-    if dataset != own:  # labeled, and every labeled image there has a vector of the head's features, else one line
-        check_other(store, name, manifest, dataset, splits)
+    check_target(store, name, manifest, dataset, splits)  # there, with the head's features; else one line
     info = store.catalog.fingerprint(fp_id)
     if info is None:
         raise NotFound(f"no features with fingerprint {fp_id}")

@@ -8,6 +8,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
+from classifiers.review import scored_split
+from extractor.errors import NotFound
 from extractor.store import FeatureStore
 from tests.conftest import REPO, assert_one_line_error, make_folder, run_main
 
@@ -61,6 +65,8 @@ def test_rm_keeps_vectors_prune_frees_whole_unused_shards_views_too(tmp_path, ca
     assert code == 1 and "no dataset 'b'" in err
     code, _, err = run_main(capsys, "evaluate", "hb", *h)  # was: "the test split of 'b' has no labeled images"
     assert_one_line_error(code, err, "head 'hb' was trained on dataset 'b', which this home does not hold")
+    with pytest.raises(NotFound, match="which this home does not hold"):  # the mistakes and ROC views: the same
+        scored_split(store, "hb")
     assert run_main(capsys, "extract", str(tmp_path / "b"), "--dataset", "b", "--backbone", "tiny", "--weights",
                     "random:1", *h)[0] == 0  # b again, with other features
     code, _, err = run_main(capsys, "evaluate", "hb", *h)

@@ -145,7 +145,9 @@ def extract(opts: ExtractOptions, store: FeatureStore | None = None,
         except BaseException:
             _forget_if_empty(store, opts.dataset, created)
             raise
-        if _forget_if_empty(store, opts.dataset, created):  # every image failed: a rerun needs no --redefine
+        # every image failed (no vector computed or found: the catalog is asked only then): a rerun needs no
+        # --redefine
+        if not summary.extracted + summary.cached and _forget_if_empty(store, opts.dataset, created):
             summary.warnings.append(f"no image could be used, so dataset {opts.dataset!r} was not registered: fix "
                                     f"what the failures say and extract again")
     return summary

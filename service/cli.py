@@ -69,6 +69,13 @@ def error(args: argparse.Namespace, message: str) -> None:
         print(f"headstart: error: {message}", file=sys.stderr)
 
 
+def warn(args: argparse.Namespace, warnings) -> None:
+    """`headstart: warning:` lines on stderr (with --json, the warnings are in the JSON instead)."""
+    if not getattr(args, "json", False):
+        for warning in warnings:
+            print(f"headstart: warning: {warning}", file=sys.stderr)
+
+
 # commands that keep their work when interrupted, and pick it up when run again
 RESUMABLE = {"extract": "finished batches are saved", "compare": "features extracted so far are saved",
              "finetune": "its last checkpoint is kept"}

@@ -29,20 +29,27 @@ def datasets_rm_parser(dsub: argparse._SubParsersAction, common: argparse.Argume
     r.set_defaults(func=cmd_datasets_rm)
 
 
-def cmd_datasets_rm(args: argparse.Namespace) -> int:
+def remove_dataset(store, name: str, also_prune: bool) -> dict:
+    """`datasets rm` and `DELETE /datasets/{name}`: forget the dataset (extractor.prune.forget_dataset), name the
+    heads trained on it, and with `also_prune` prune the cache."""
     from classifiers.persist import list_heads
     from classifiers.training import heads_dir
     from extractor.prune import forget_dataset, prune
 
-    store = existing_store(args.home)
-    result = forget_dataset(store, args.name)
-    result["heads"] = sorted(m["name"] for m in list_heads(heads_dir(store)) if m.get("dataset") == args.name)
+    result = forget_dataset(store, name)
+    result["heads"] = sorted(m["name"] for m in list_heads(heads_dir(store)) if m.get("dataset") == name)
+    if also_prune:
+        result["pruned"] = prune(store)
+    return result
+
+
+def cmd_datasets_rm(args: argparse.Namespace) -> int:
+    result = remove_dataset(existing_store(args.home), args.name, args.prune)
     lines = [f"forgot dataset {args.name!r}"]
     if result["heads"]:
         lines.append(f"heads trained on it still predict images: {', '.join(result['heads'])} (evaluating them on "
                      f"it needs it extracted again)")
     if args.prune:
-        result["pruned"] = prune(store)
         lines.append(_pruned(result["pruned"]))
     elif result["vectors_only_its"]:
         lines.append(f"{result['vectors_only_its']} cached vectors were its alone; they stay (an extract of the same "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.cli import emit, existing_store
+from service.cli import emit, existing_store, warn
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -31,9 +31,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     rows = compare(existing_store(args.home), args.dataset, args.backbones.split(","), args.sample, args.weights,
                    args.device, progress)
-    if not args.json:
-        for warning in dict.fromkeys(w for r in rows for w in r["warnings"]):
-            print(f"headstart: warning: {warning}", file=sys.stderr)
+    warn(args, dict.fromkeys(w for r in rows for w in r["warnings"]))
     emit(args, {"dataset": args.dataset, "sample": args.sample, "rows": rows},
          "\n".join([f"backbones on {args.dataset} (logreg, C chosen on val; {images_used(rows)}), best first:",
                     *table_lines(rows)]))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from extractor.ray_cluster import ENGINES
 from extractor.store import FeatureStore
-from service.cli import CACHED_BACKBONE, emit, existing_store, table
+from service.cli import CACHED_BACKBONE, emit, existing_store, table, warn
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -158,9 +157,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     lines += [f"  failed: {path}: {reason}" for path, reason in summary.failures[:20]]
     if len(summary.failures) > 20:
         lines.append(f"  ... and {len(summary.failures) - 20} more (see `headstart datasets --json`)")
-    if not args.json:
-        for warning in summary.warnings:
-            print(f"headstart: warning: {warning}", file=sys.stderr)
+    warn(args, summary.warnings)
     emit(args, summary.to_dict(), "\n".join(lines))
     return 1 if summary.failed and summary.extracted + summary.cached == 0 else 0
 
@@ -187,9 +184,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     if len(p["failures"]) > 20:
         lines.append(f"  ... and {len(p['failures']) - 20} more (--json lists them all)")
     lines.append("dry run: no image was read, no model loaded, nothing registered; drop --dry-run to extract")
-    if not args.json:
-        for warning in p["warnings"]:
-            print(f"headstart: warning: {warning}", file=sys.stderr)
+    warn(args, p["warnings"])
     emit(args, p, "\n".join(lines))
     return 0
 
@@ -224,9 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = existing_store(args.home)
     fp_id = store.resolve(args.dataset, args.backbone, args.weights, args.size)
     result = export(store, args.dataset, fp_id, args.out, args.dtype, views=not args.no_views)
-    if not args.json:
-        for warning in result["warnings"]:
-            print(f"headstart: warning: {warning}", file=sys.stderr)
+    warn(args, result["warnings"])
     emit(args, result, f"wrote {result['rows']} x {result['dim']} features ({result['classes']} classes)"
                        + (f" and {result['views']} views" if result["views"] else "") + f" to {result['out']}")
     return 0

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from service.cli import CACHED_BACKBONE, emit, existing_store, table
+from service.cli import CACHED_BACKBONE, emit, existing_store, table, warn
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -89,9 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     lines += [f"  {split:<4} {headline(m[split])}" for split in ("val", "test") if split in m]
     warnings = manifest.get("warnings", []) + [w for split in ("val", "test")
                                                if (w := small_split_warning(split, m.get(split, {})))]
-    if not args.json:
-        for warning in warnings:
-            print(f"headstart: warning: {warning}", file=sys.stderr)
+    warn(args, warnings)
     emit(args, {"name": args.name, "kind": args.head, "backbone": manifest["backbone"],
                 "fingerprint": manifest["fingerprint"]["id"], "classes": manifest["classes"], "metrics": m,
                 "warnings": manifest.get("warnings", []),
@@ -123,9 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     lines += ["  weakest classes:"] + [f"    {label}: f1 {v['f1']:.3f} (n={v['support']})" for label, v in worst]
     lines += ["  " + line for line in confusion_lines(m)]
     lines += [f"  plot: {p}" for p in result["plots"]]
-    if not args.json:
-        for text in result["warnings"]:
-            print(f"headstart: warning: {text}", file=sys.stderr)
+    warn(args, result["warnings"])
     emit(args, result, "\n".join(lines))
     return 0
 

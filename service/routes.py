@@ -245,20 +245,11 @@ async def delete_dataset(request: Request, name: str = PathParam(pattern=NAME),
                          prune: bool = Query(False, description="then delete the cached features no dataset needs")
                          ) -> dict:
     """Forget a dataset (its definition, members and failures), as `headstart datasets rm`: its cached vectors stay
-    until a prune, heads trained on it still predict. 409 while a job for it is queued or running."""
-    s = state(request)
+    until a prune, heads trained on it still predict. 409 while a job for it is queued or running, or an extraction
+    of it runs."""
+    from service.cli_admin import remove_dataset
 
-    def run() -> dict:
-        from extractor.prune import forget_dataset
-        from extractor.prune import prune as prune_cache
-
-        out = forget_dataset(s.store, name)  # 409 while a job for it is queued or running
-        out["heads"] = sorted(m["name"] for m in list_heads(heads_dir(s.store)) if m.get("dataset") == name)
-        if prune:
-            out["pruned"] = prune_cache(s.store)
-        return out
-
-    return await run_in_threadpool(run)
+    return await run_in_threadpool(remove_dataset, state(request).store, name, prune)
 
 
 @router.delete("/heads/{name}", tags=["heads"])

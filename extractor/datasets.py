@@ -72,7 +72,7 @@ class Listing:
     kind: str
     items: list[Item]
     failures: list[tuple[str, str]] = field(default_factory=list)
-    skipped: int = 0  # files whose suffix is not an image's
+    skipped: Counter = field(default_factory=Counter)  # files whose suffix is not an image's, by suffix
     top_level: int = 0  # files directly in the root of a class-folder dataset (not read)
     system_folders: list[str] = field(default_factory=list)  # SYSTEM_FOLDERS found and not read, relative to root
     unsupported: dict[str, int] = field(default_factory=dict)  # photos in formats not read, by suffix
@@ -96,19 +96,27 @@ def unread_photos(unsupported: dict[str, int], verb: str = "") -> str:
            f"convert them {CONVERT}"
 
 
+def skipped_files(skipped: Counter) -> str:
+    """`5 files without an image suffix (.jpg, .png, ...) were skipped (.svg 3, .txt 1, no suffix 1)`."""
+    counts = ", ".join(f"{suffix or 'no suffix'} {n}" for suffix, n in skipped.most_common(5))
+    total = sum(skipped.values())
+    return f"{total} file{'s' * (total != 1)} without an image suffix (.jpg, .png, ...) " \
+           f"{'was' if total == 1 else 'were'} skipped ({counts}{', ...' if len(skipped) > 5 else ''})"
+
+
 def image_files(folder: Path, system: list[Path] | None = None,
-                unread: Counter | None = None) -> tuple[list[Path], int]:
+                unread: Counter | None = None) -> tuple[list[Path], Counter]:
     """Image files below `folder` (by suffix; hidden entries and SYSTEM_FOLDERS skipped, the latter added to
-    `system`), sorted; and how many other files (photos in formats not read counted in `unread` by suffix instead)."""
+    `system`), sorted; and the other files by suffix (photos in formats not read counted in `unread` instead)."""
     found, skipped = image_names(folder, system, unread)
     return [Path(f) for f in found], skipped
 
 
 def image_names(folder: Path, system: list[Path] | None = None,
-                unread: Counter | None = None) -> tuple[list[str], int]:
+                unread: Counter | None = None) -> tuple[list[str], Counter]:
     """image_files as strings: Path(name).suffix and Path / name took nine tenths of listing 100,000 files, and
     Path(string) alone half."""
-    found, skipped = [], 0
+    found, skipped = [], Counter()
     for dirpath, dirnames, filenames in os.walk(folder):
         if system is not None:
             system += [Path(dirpath) / d for d in sorted(dirnames) if d in SYSTEM_FOLDERS]
@@ -122,7 +130,7 @@ def image_names(folder: Path, system: list[Path] | None = None,
             elif unread is not None and suffix in UNREAD_PHOTO_SUFFIXES:
                 unread[suffix] += 1
             else:
-                skipped += 1
+                skipped[suffix] += 1
     return found, skipped
 
 

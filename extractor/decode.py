@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps
 
 from extractor.errors import HeadstartError
@@ -19,8 +20,15 @@ from extractor.errors import HeadstartError
 T = TypeVar("T")
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# The revision of the rules below that decide whether content is an image (raise it with a change that reads, or
+# refuses, some content otherwise). With Pillow's version it is part of Limits.signature: content refused by one
+# decoder is remembered as bad for that decoder only, and tried again once by another.
+DECODE_RULES = 2
 # Our own pixel check (below) is the limit; PIL's warning in between would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# PIL's own notes on damaged files (e.g. 'Corrupt EXIF data' of a cut TIFF) printed PIL's source path into an
+# extract's output, from each worker that met one; such a file is refused or read all the same, so they are dropped.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 # The plugins of the allowed formats, loaded here: a process that imports this module before it forks its decode
 # workers hands them over loaded. Left to Image.open, each fresh worker imported them itself (WebP and TIFF through
 # Image.init(), every plugin Pillow has): ~0.25 s per worker at the start of every run, measured with 2 workers.
@@ -51,7 +59,8 @@ class Limits:
     max_pixels: int = 64_000_000
 
     def signature(self) -> str:
-        return f"bytes<={self.max_bytes},pixels<={self.max_pixels}"
+        """What decided that content is bad: these limits, and the decoder (see DECODE_RULES)."""
+        return f"bytes<={self.max_bytes},pixels<={self.max_pixels},pillow {PIL.__version__},rules {DECODE_RULES}"
 
 
 def read_file(path: Path, limits: Limits, into: memoryview | None = None,
@@ -122,6 +131,21 @@ def _unread_format(data: bytes) -> str | None:
     return UNREAD_BRANDS.get(bytes(data[8:12])) if bytes(data[4:8]) == b"ftyp" else None
 
 
+# the first bytes of each allowed format (WebP: RIFF, then WEBP at byte 8; BMP: BM, then 4 reserved zero bytes at 6)
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _signed_format(data: bytes) -> str | None:
+    """The allowed format whose signature the bytes begin with (what a file cut short still shows), or None."""
+    head = bytes(data[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and head[6:10] == b"\0\0\0\0":
+        return "BMP"
+    return next((fmt for sig, fmt in _SIGNATURES if head.startswith(sig)), None)
+
+
 def open_image(data: bytes, limits: Limits) -> Image.Image:
     """Identify the format from content (allowlist) and check the pixel count from the header only."""
     if not data:
@@ -136,6 +160,9 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         if known := _unread_format(data):
             raise DecodeError(f"a {known} photo, a format headstart does not read: convert it {CONVERT}",
                               status=415) from None
+        if signed := _signed_format(data):
+            raise DecodeError(f"corrupt or truncated {signed} image: its header cannot be read ({len(data)} bytes); "
+                              f"copy or download the file again") from None
         head = data[:8].hex(" ")
         raise DecodeError(
             f"not a supported image (expected {', '.join(ALLOWED_FORMATS)} by content; first bytes {head})",

@@ -186,7 +186,8 @@ def merge(listings: list[Listing], sources: list[dict], by_content: bool = True)
         failures += [(shown(path), reason) for path, reason in listing.failures]
     kinds = {listing.kind for listing in listings}
     merged = Listing(listings[0].root, kinds.pop() if len(kinds) == 1 else "mixed", [], failures,
-                     skipped=sum(x.skipped for x in listings), top_level=sum(x.top_level for x in listings),
+                     skipped=sum((x.skipped for x in listings), Counter()),
+                     top_level=sum(x.top_level for x in listings),
                      system_folders=[f"{source['prefix']}/{f}" if source["prefix"] else f
                                      for listing, source in zip(listings, sources, strict=True)
                                      for f in listing.system_folders],

@@ -46,7 +46,7 @@ def scan_folder(root: Path, unlabeled: bool = False, names: bool = False) -> Lis
         listing.top_level += sum(p.is_file() for p in entries)
     else:
         system += [p for p in folders if p.name in SYSTEM_FOLDERS]
-        items, skipped = [], 0
+        items, skipped = [], Counter()
         for folder in classes:
             files, n_skip = image_files(folder, system, unread)
             skipped += n_skip
@@ -79,7 +79,7 @@ def label_in_name(name: str) -> str | None:
     return label if label and label != stem else None
 
 
-def _named(root: Path, files: list[Path], skipped: int, folders: list[Path]) -> Listing:
+def _named(root: Path, files: list[Path], skipped: Counter, folders: list[Path]) -> Listing:
     """Every image labeled by its file name (--name-labels); a name without a label is a failure. Top-level
     folders that all name splits, not train alone (train/cat.1.jpg beside validation/cat.7.jpg), give the splits."""
     splits = {p.name: split_of(p.name) for p in folders}
@@ -164,7 +164,7 @@ def _scan_split_folders(root: Path, splits: list[Path], system: list[Path], unre
     """data/<split>/<class>/... -> items labeled by their class folder, in the split their top folder names; a
     train folder alone (data/train/<class>) only holds the classes, and its images are split as any. A split folder
     of images without class folders (data/test/1.jpg: unlabeled) is left out, and said."""
-    items, skipped, loose = [], 0, 0
+    items, skipped, loose = [], Counter(), 0
     flat = [p for p in splits if not _subfolders(p)]
     splits = [p for p in splits if p not in flat]
     given = {split_of(p.name) for p in splits} != {"train"}

@@ -203,7 +203,8 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
         dataset=opts.dataset, backbone=opts.backbone, fingerprint=fp_id,
         files=len(members) + len(listing.failures), extracted=extracted,
         cached=len(good) - extracted - (_still_missing(store, opts.dataset, fp_id, bad) if stopped else 0),
-        failed=len(failures), duplicates=len(members) - len(unique), skipped=listing.skipped + listing.top_level,
+        failed=len(failures), duplicates=len(members) - len(unique),
+        skipped=sum(listing.skipped.values()) + listing.top_level,
         seconds=time.monotonic() - start, device="none", stopped=stopped, failures=failures, repaired=repaired)
     if opts.augment and not stopped:
         remote = partial(engine_ray.compute, opts, store, resolved, roots=roots) if opts.engine == "ray" else None

@@ -86,6 +86,8 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
 def listing_warnings(listing: Listing, dataset: str, split: str | None, labels: set[str]) -> list[str]:
     """What the user should know of how the folder (or CSV) was read: its notes, split folders, files not read,
     one class, labels that differ only in case (also what `extract --dry-run` shows)."""
+    from extractor.datasets import skipped_files, unread_photos
+
     out = list(listing.notes)
     if listing.split_folders:
         out.append(_split_folders_note(listing.split_folders, split, listing.kind == "names"))
@@ -93,14 +95,13 @@ def listing_warnings(listing: Listing, dataset: str, split: str | None, labels: 
         out.append(f"{listing.top_level} files at the top level of {listing.root} were not read: a dataset of class "
                    f"subfolders reads the images inside the subfolders (use --unlabeled to read every image)")
     if listing.skipped:
-        out.append(f"{listing.skipped} files without an image suffix (.jpg, .png, ...) were skipped")
+        out.append(skipped_files(listing.skipped))
     if listing.unsupported:
-        from extractor.datasets import unread_photos
-
         out.append(unread_photos(listing.unsupported, "were skipped"))
     if folders := listing.system_folders:
         shown = ", ".join(folders[:5]) + (" ..." if len(folders) > 5 else "")
-        out.append(f"{len(folders)} system folders were not read ({shown}): NAS thumbnails, archive metadata and "
+        were = "s were" if len(folders) > 1 else " was"
+        out.append(f"{len(folders)} system folder{were} not read ({shown}): NAS thumbnails, archive metadata and "
                    f"recycle bins hold no images of the dataset")
     out += _near_labels(labels)
     if len(labels) == 1:

@@ -25,7 +25,7 @@ def test_class_folders_and_unlabeled(tmp_path):
     listing = scan_folder(tmp_path / "data")
     assert listing.kind == "folders"
     assert Counter(i.label for i in listing.items) == {"cat": 3, "dog": 2}
-    assert listing.skipped == 1
+    assert listing.skipped == {".txt": 1}
     flat = scan_folder(tmp_path / "data" / "cat")
     assert flat.kind == "unlabeled" and len(flat.items) == 3 and flat.items[0].label is None
     forced = scan_folder(tmp_path / "data", unlabeled=True)
@@ -63,12 +63,12 @@ def test_photos_in_formats_not_read_are_named_apart_from_other_files(tmp_path, c
     for name in ("cat/IMG_0001.HEIC", "cat/IMG_0002.heic", "dog/DSC_0001.NEF", "dog/notes.txt"):
         (tmp_path / "data" / name).write_bytes(b"x")
     listing = scan_folder(tmp_path / "data")
-    assert len(listing.items) == 4 and listing.skipped == 1 and listing.unsupported == {".heic": 2, ".nef": 1}
+    assert len(listing.items) == 4 and listing.skipped == {".txt": 1} and listing.unsupported == {".heic": 2, ".nef": 1}
     code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
                             "--weights", "random", "--home", str(tmp_path / "home"))
     assert code == 0 and "headstart: warning: 3 photos in formats headstart does not read (.heic 2, .nef 1) were " \
                          "skipped: convert them to JPEG or PNG" in err
-    assert "headstart: warning: 1 files without an image suffix" in err
+    assert "headstart: warning: 1 file without an image suffix (.jpg, .png, ...) was skipped (.txt 1)" in err
 
 
 def test_jfif_files_are_read_as_the_jpegs_they_are(tmp_path):
@@ -77,7 +77,7 @@ def test_jfif_files_are_read_as_the_jpegs_they_are(tmp_path):
     jpeg = next((tmp_path / "data" / "cat").iterdir())
     (tmp_path / "data" / "cat" / "saved.JFIF").write_bytes(jpeg.read_bytes())
     listing = scan_folder(tmp_path / "data")
-    assert len(listing.items) == 5 and listing.skipped == 0
+    assert len(listing.items) == 5 and not listing.skipped
 
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(HeadstartError, match="does not exist"):

@@ -110,6 +110,36 @@ def test_truncated_zero_byte_and_garbage_are_refused_with_reasons(tmp_path):
         decode(b"<html>not an image</html>", LIMITS)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+@pytest.mark.parametrize("keep", [40, 0.5])
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's, dropped by the product (next test)
+def test_a_file_cut_short_is_named_by_its_format(fmt, keep):
+    """Before: a JPEG cut after its first 40 bytes (as an interrupted copy or download leaves it; a WebP cut at
+    half) was 'not a supported image (expected JPEG, PNG, ...; first bytes ff d8 ff e0 ...)', its own format's
+    signature in the message."""
+    noise = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), fmt)
+    with pytest.raises(DecodeError) as caught:
+        preprocess(data[: keep if isinstance(keep, int) else len(data) // 2], 32, LIMITS)
+    assert str(caught.value).startswith(f"corrupt or truncated {fmt} image"), caught.value
+
+
+def test_pil_notes_on_a_damaged_file_are_not_printed(tmp_path):
+    """Before: a TIFF cut after 40 bytes printed PIL's 'UserWarning: Corrupt EXIF data' with PIL's source path
+    into the extract's output, from each worker that met one. (A fresh process: pytest drops the warning filters
+    that modules set while they are collected.)"""
+    import subprocess
+    import sys
+
+    path = tmp_path / "cut.tiff"
+    path.write_bytes(encode(solid(), "TIFF")[:40])
+    code = (f"from pathlib import Path; from extractor.decode import Limits, preprocess, DecodeError\n"
+            f"try: preprocess(Path({str(path)!r}).read_bytes(), 32, Limits())\n"
+            f"except DecodeError as exc: print(exc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("corrupt or truncated TIFF image") and done.stderr == "", done
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height pixels in a few dozen bytes (a decompression bomb's header)."""
     def chunk(kind: bytes, body: bytes) -> bytes:

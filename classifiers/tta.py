@@ -7,8 +7,8 @@ import numpy as np
 
 from extractor import augment
 from extractor.definition import member_files
+from extractor.engine_local import Model
 from extractor.model import LoadedBackbone, Resolved
-from extractor.pipeline import Model
 from extractor.store import FeatureStore
 from extractor.views import compute_views
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from classifiers.mlp import build_net
 from extractor.augment import Recipe, make_views
 from extractor.decode import Limits, decode_job, preprocess
+from extractor.engine_local import collate
 from extractor.model import LoadedBackbone, Resolved, amp_dtype
 from extractor.stages import Stage, run, split
 from extractor.workers import workers_for
@@ -38,12 +39,6 @@ class EpochImages(Dataset):
             views, error = make_views(sha, path, [self.epoch], self.size, self.limits, self.recipe)
             image = views[0] if error is None else None
         return i, image, None if error is None else str(error)
-
-
-def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    good = [(i, a) for i, a, _ in items if a is not None]
-    return ([i for i, _ in good], torch.from_numpy(np.stack([a for _, a in good])) if good else None,
-            [(i, r) for i, a, r in items if a is None])
 
 
 def loader(items: list, order: list[int], size: int, recipe: Recipe | None, epoch: int, batch: int,

@@ -1,4 +1,5 @@
-"""Extraction pipeline: list -> hash -> register -> decode in DataLoader workers -> frozen forward -> shard writer."""
+"""Extraction pipeline: list -> hash -> register -> decode, frozen forward, shard writer (extractor.engine_local, or
+extractor.engine_ray on a Ray cluster) -> commit, views, summary."""
 
 from __future__ import annotations
 
@@ -10,16 +11,15 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from extractor import augment, engine_ray, ray_cluster
-from extractor.decode import DecodeError, Limits, decode_job, preprocess
+from extractor import augment, engine_local, engine_ray, ray_cluster
+from extractor.datasets import Listing
+from extractor.decode import Limits
 from extractor.definition import Wanted, collect
-from extractor.devicedecode import ByteDataset, JpegReader, to_batch
+from extractor.engine_local import Model
 from extractor.errors import HeadstartError, Stopped
-from extractor.model import LoadedBackbone, Resolved, amp_dtype, check_decode, decode_method, resolve, resolve_device
+from extractor.model import Resolved, amp_dtype, check_decode, decode_method, resolve, resolve_device
 from extractor.names import check_name
 from extractor.splits import register
 from extractor.store import FeatureStore, check_dtype
@@ -27,7 +27,7 @@ from extractor.summary import ExtractSummary, Progress, warnings
 from extractor.verify import heal
 from extractor.views import compute_views
 from extractor.weights import head_weights
-from extractor.workers import check_workers, workers_for
+from extractor.workers import check_workers
 
 
 @dataclass
@@ -69,26 +69,6 @@ class ExtractOptions:
     def wanted(self) -> Wanted:
         return Wanted(self.data_dir, self.labels_csv, self.path_column, self.label_column, self.unlabeled,
                       self.redefine, self.add, self.name_labels)
-
-
-class DecodeDataset(Dataset):
-    """Reads, verifies and preprocesses one file per item inside a DataLoader worker."""
-
-    def __init__(self, jobs: list[tuple[str, Path, tuple[int, int] | None]], size: int, limits: Limits) -> None:
-        self.jobs, self.size, self.limits = jobs, size, limits
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, DecodeError | None]:
-        return i, *decode_job(self.jobs[i], self.limits, lambda data: preprocess(data, self.size, self.limits))
-
-
-def collate(items: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, DecodeError]]]:
-    good = [(i, arr) for i, arr, _ in items if arr is not None]
-    bad = [(i, error) for i, arr, error in items if arr is None]
-    batch = torch.from_numpy(np.stack([a for _, a in good])) if good else None
-    return [i for i, _ in good], batch, bad
 
 
 def _resolved(opts: ExtractOptions) -> Resolved:
@@ -163,17 +143,9 @@ def _forget_if_empty(store: FeatureStore, dataset: str, created: bool) -> bool:
 
 def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, progress: Callable | None,
              should_stop: Callable | None) -> ExtractSummary:
-    start = hashing_started = time.monotonic()
-    fp_id = resolved.fingerprint.id
-
-    def hashed(done: int, total: int) -> None:
-        if progress:
-            progress(Progress(done, total, 0, time.monotonic() - hashing_started, phase="hashing"))
-
-    mapper = ray_cluster.RayMap() if opts.engine == "ray" else None
+    start, fp_id = time.monotonic(), resolved.fingerprint.id
     try:
-        listing, sources = collect(store.catalog, opts.dataset, opts.wanted(), opts.confine, hashed, should_stop,
-                                   mapper)
+        listing, sources = _listed(opts, store, progress, should_stop)
     except Stopped:
         return ExtractSummary(opts.dataset, opts.backbone, fp_id, 0, 0, 0, 0, 0, 0, time.monotonic() - start,
                               "none", stopped=True)
@@ -191,34 +163,60 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
     if missing:
         extracted, new_bad, stopped = _compute(opts, store, resolved, files, stats, set(known_bad), model, progress,
                                                should_stop, roots)
-    content_bad = [(sha, str(err)) for sha, err in new_bad.items() if err.content]
-    if content_bad:
-        store.catalog.remember_bad_content(limits_sig, content_bad)
-    bad = {**known_bad, **{sha: str(err) for sha, err in new_bad.items()}}
+    bad = _remember_bad(store, limits_sig, known_bad, new_bad)
     failures = listing.failures + [(m[0], bad[m[1]]) for m in members if m[1] in bad]
     store.catalog.set_failures(opts.dataset, failures)
     unique = {m[1] for m in members}
-    good = unique - bad.keys()
     summary = ExtractSummary(
         dataset=opts.dataset, backbone=opts.backbone, fingerprint=fp_id,
         files=len(members) + len(listing.failures), extracted=extracted,
-        cached=len(good) - extracted - (_still_missing(store, opts.dataset, fp_id, bad) if stopped else 0),
+        cached=len(unique - bad.keys()) - extracted - (stopped and _still_missing(store, opts.dataset, fp_id, bad)),
         failed=len(failures), duplicates=len(members) - len(unique),
         skipped=sum(listing.skipped.values()) + listing.top_level,
         seconds=time.monotonic() - start, device="none", stopped=stopped, failures=failures, repaired=repaired)
     if opts.augment and not stopped:
-        remote = partial(engine_ray.compute, opts, store, resolved, roots=roots) if opts.engine == "ray" else None
-        views, _ = compute_views(
-            store, opts.dataset, resolved, augment.parse(opts.augment), opts.views, files, model, dtype=opts.dtype,
-            batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits, flush_seconds=opts.flush_seconds,
-            shard_rows=opts.shard_rows, skip=set(bad), progress=progress, should_stop=should_stop, remote=remote)
-        summary.views, summary.stopped = views.to_dict(), views.stopped
+        summary.views, summary.stopped = _views(opts, store, resolved, files, model, set(bad), roots, progress,
+                                                should_stop)
     summary.device = model.device_name if opts.engine == "local" else "ray"
     summary.seconds = time.monotonic() - start
     if extracted and not stopped and not opts.augment:  # (views' time would count against the clean vectors)
         store.record_rate(fp_id, extracted, summary.seconds)
     summary.warnings = warnings(opts, store, listing, members, summary)
     return summary
+
+
+def _listed(opts: ExtractOptions, store: FeatureStore, progress: Callable | None,
+            should_stop: Callable | None) -> tuple[Listing, list[dict]]:
+    """The dataset's files and sources, new files hashed (phase `hashing` of the progress); Stopped when asked."""
+    started = time.monotonic()
+
+    def hashed(done: int, total: int) -> None:
+        if progress:
+            progress(Progress(done, total, 0, time.monotonic() - started, phase="hashing"))
+
+    mapper = ray_cluster.RayMap() if opts.engine == "ray" else None
+    return collect(store.catalog, opts.dataset, opts.wanted(), opts.confine, hashed, should_stop, mapper)
+
+
+def _remember_bad(store: FeatureStore, limits_sig: str, known: dict[str, str], new: dict) -> dict[str, str]:
+    """Every content hash that failed, with its reason. Content that failed now is remembered; a file that could
+    not be read, or changed meanwhile, is not: its bytes may be fine."""
+    content_bad = [(sha, str(err)) for sha, err in new.items() if err.content]
+    if content_bad:
+        store.catalog.remember_bad_content(limits_sig, content_bad)
+    return {**known, **{sha: str(err) for sha, err in new.items()}}
+
+
+def _views(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, files: dict[str, Path], model: Model,
+           skip: set[str], roots: list[str], progress: Callable | None,
+           should_stop: Callable | None) -> tuple[dict, bool]:
+    """The --augment views of the train images, after their clean vectors: (views summary, stopped)."""
+    remote = partial(engine_ray.compute, opts, store, resolved, roots=roots) if opts.engine == "ray" else None
+    views, _ = compute_views(
+        store, opts.dataset, resolved, augment.parse(opts.augment), opts.views, files, model, dtype=opts.dtype,
+        batch_size=opts.batch_size, workers=opts.workers, limits=opts.limits, flush_seconds=opts.flush_seconds,
+        shard_rows=opts.shard_rows, skip=skip, progress=progress, should_stop=should_stop, remote=remote)
+    return views.to_dict(), views.stopped
 
 
 @contextmanager
@@ -232,23 +230,6 @@ def _collector_skips_older_objects() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-class Model:
-    """The backbone of one extract call, loaded on first use and shared by the clean and the views passes."""
-
-    def __init__(self, resolved: Resolved, device: str, amp: str) -> None:
-        self.resolved, self.device, self.amp = resolved, device, amp
-        self.loaded: LoadedBackbone | None = None
-
-    def __call__(self) -> LoadedBackbone:
-        if self.loaded is None:
-            self.loaded = LoadedBackbone(self.resolved, self.device, self.amp).setup()
-        return self.loaded
-
-    @property
-    def device_name(self) -> str:
-        return str(self.loaded.device) if self.loaded else "none"
 
 
 def _still_missing(store: FeatureStore, dataset: str, fp_id: str, bad: dict) -> int:
@@ -272,39 +253,4 @@ def _compute(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, path
             return 0, {}, False
         if opts.engine == "ray":
             return engine_ray.compute(opts, store, resolved, jobs, roots, progress, should_stop, writer)
-        workers = workers_for(opts.workers, len(jobs), opts.batch_size)
-        # Workers are forked, also from the threaded service. A forkserver was tried: its workers are children
-        # of the forkserver, so torch's parent watchdog never fires and they outlive a kill -9 of the service
-        # (tests/service/test_api.py checks); it also pickles the whole job list to every worker.
-        if resolved.device_decode:  # the workers sniff JPEG heads; this process reads and the device decodes them
-            dataset, batches = ByteDataset(jobs, resolved.size, opts.limits), list
-        else:
-            dataset, batches = DecodeDataset(jobs, resolved.size, opts.limits), collate
-        loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=workers, collate_fn=batches,
-                            pin_memory=resolve_device(opts.device).type == "cuda" and not resolved.device_decode,
-                            prefetch_factor=4 if workers else None)
-        # The workers start, and decode, while the model loads; forked before the weights are in memory, each fork
-        # is cheaper too (with vgg16 loaded a fork took 11-14 ms here, serially per worker)
-        arriving = iter(loader)
-        try:
-            backbone = model()
-        except BaseException:
-            del arriving  # the workers stop now, not when the traceback goes
-            raise
-        bad: dict[str, DecodeError] = {}
-        done, started, stopped = 0, time.monotonic(), False
-        read = JpegReader(jobs, opts.limits) if resolved.device_decode else None
-        for items in arriving:
-            idx, batch, failed = to_batch(items, resolved.size, backbone.device, opts.limits, read) \
-                if resolved.device_decode else items
-            bad.update((jobs[i][0], error) for i, error in failed)
-            if batch is not None:
-                writer.add([jobs[i][0] for i in idx], backbone.embed(batch))
-            done += len(idx) + len(failed)
-            if progress:
-                progress(Progress(done, len(jobs), len(bad), time.monotonic() - started))
-            if should_stop and should_stop():
-                stopped = True
-                break
-        writer.flush()
-        return writer.written, bad, stopped
+        return engine_local.compute(opts, resolved, jobs, model, progress, should_stop, writer)

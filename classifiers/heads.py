@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -11,6 +12,10 @@ import numpy as np
 
 from classifiers import params
 from extractor.errors import Diverged, HeadstartError, NotFound, Stopped
+
+# scikit-learn's note on labels that look like a regression target printed its source path into `train`'s output;
+# training says it in its own words (extractor.summary at extract, classifiers.training's empty-split warning)
+warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%", category=UserWarning)
 
 
 @dataclass

@@ -101,7 +101,7 @@ def _save(store: FeatureStore, head: Head, name: str, info: dict, training: dict
     if getattr(head, "sweep_", None):  # C=auto: the C chosen on val, and the sweep it came from
         info["chosen"] = {"C": head.chosen_C_, "sweep": head.sweep_}
     info["warnings"] = left_out(store, info["dataset"], info["fingerprint"]["id"], info["backbone"], info["weights"])
-    info["warnings"] += imbalanced(info["train_counts"], head)
+    info["warnings"] += imbalanced(info["train_counts"], head) + empty_splits(info["split_sizes"], info["train_counts"])
     return save(head, info, heads_dir(store), name)
 
 
@@ -121,6 +121,21 @@ def imbalanced(counts: dict[str, int], head: Head) -> list[str]:
             f"({counts[big] / counts[small]:.0f}x); accuracy favours the large classes: read f1_macro, or train with "
             f"class_weight=balanced (--param class_weight=balanced; \"params\": {{\"class_weight\": \"balanced\"}} "
             f"in POST /heads)"]
+
+
+def empty_splits(sizes: dict[str, int], counts: dict[str, int]) -> list[str]:
+    """A warning when val or test holds no image: the head then has no figure of that split (and, without val,
+    no early stopping or C choice). A class's first image goes to train, so classes of one image leave them empty."""
+    empty = [s for s in ("val", "test") if not sizes.get(s)]
+    if not empty:
+        return []
+    single = sum(n == 1 for n in counts.values())
+    why = (f"{single} of the {len(counts)} classes have one image, and a class's first image stays in train (a class "
+           f"needs 3 images or more to reach all three splits)" if single * 2 > len(counts) else
+           "the split gave it no image (--split when extracting sets the shares; a folder named like the split "
+           "fills it when the folders name the splits)")
+    return [f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty, so the head has no "
+            f"{' or '.join(empty)} figures: {why}"]
 
 
 def left_out(store: FeatureStore, dataset: str, fp_id: str, backbone: str, weights: str | None) -> list[str]:

@@ -31,4 +31,4 @@ def preview_extract(store: FeatureStore, dataset: str, wanted: Wanted, split: st
             "classes": dict(labels.most_common()), "unlabeled": sum(item.label is None for item in listing.items),
             "splits": splits, "failed": len(listing.failures),
             "failures": [{"path": p, "reason": r} for p, r in listing.failures],
-            "warnings": listing_warnings(listing, dataset, split, set(labels)), "dry_run": True}
+            "warnings": listing_warnings(listing, dataset, split, labels), "dry_run": True}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,7 +76,7 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
     if summary.repaired:
         out.append(f"{summary.repaired} cached vectors were in shard files that are missing or damaged; they were "
                    f"dropped from the catalog and computed again")
-    out += listing_warnings(listing, opts.dataset, opts.split, {m[2] for m in members if m[2] is not None})
+    out += listing_warnings(listing, opts.dataset, opts.split, Counter(m[2] for m in members if m[2] is not None))
     if summary.extracted == 0 and not summary.stopped:
         stored = {s["dtype"] for s in store.catalog.shards(summary.fingerprint, opts.dataset)}
         if stored and opts.dtype not in stored:
@@ -83,9 +85,10 @@ def warnings(opts: ExtractOptions, store: FeatureStore, listing: Listing, member
     return out
 
 
-def listing_warnings(listing: Listing, dataset: str, split: str | None, labels: set[str]) -> list[str]:
+def listing_warnings(listing: Listing, dataset: str, split: str | None, labels: Counter) -> list[str]:
     """What the user should know of how the folder (or CSV) was read: its notes, split folders, files not read,
-    one class, labels that differ only in case (also what `extract --dry-run` shows)."""
+    one class, labels that differ only in case, name single images or join others (also what `extract --dry-run`
+    shows); `labels`: images by label."""
     from extractor.datasets import skipped_files, unread_photos
 
     out = list(listing.notes)
@@ -103,7 +106,7 @@ def listing_warnings(listing: Listing, dataset: str, split: str | None, labels: 
         were = "s were" if len(folders) > 1 else " was"
         out.append(f"{len(folders)} system folder{were} not read ({shown}): NAS thumbnails, archive metadata and "
                    f"recycle bins hold no images of the dataset")
-    out += _near_labels(labels)
+    out += _near_labels(labels) + _single_image_labels(labels) + _joined_labels(labels)
     if len(labels) == 1:
         out.append(f"dataset {dataset!r} has one class ({next(iter(labels))!r}); training a head needs at least two")
     return out
@@ -121,6 +124,33 @@ def _near_labels(labels: set[str]) -> list[str]:
     shown = "; ".join(near[:5]) + (" ..." if len(near) > 5 else "")
     return [f"labels that differ only in case or spacing are classes of their own: {shown}; if they are one class, "
             f"give them one spelling (rename the folders, or fix the CSV)"]
+
+
+SINGLE_LABELS = 10  # this many labels or more, most of them naming one image each: values of images, not classes
+
+
+def _single_image_labels(labels: Counter) -> list[str]:
+    """A label column of per-image values (a measurement such as 3.142, an id) makes as many classes as images:
+    nothing to learn a class from, and the split keeps a class's first image in train, so val and test stay empty."""
+    single = sum(n == 1 for n in labels.values())
+    if len(labels) < SINGLE_LABELS or single * 2 <= len(labels):
+        return []
+    shown = ", ".join(repr(x) for x in list(labels)[:3])
+    return [f"{len(labels)} classes for {sum(labels.values())} labeled images, {single} of them with one image "
+            f"({shown}, ...): the labels look like values of single images (measurements, ids), not classes; a head "
+            f"learns a class from several images of it, and a class's first image stays in train, so val and test "
+            f"hold few or none; give the label column a class per image (--label-column)"]
+
+
+def _joined_labels(labels: Counter) -> list[str]:
+    """`cat|dog` beside `cat` and `dog`: a multi-label CSV's row, which is a class of its own here."""
+    joined = [x for x in labels if (parts := [p.strip() for p in re.split(r"[|;,]", x)]) and len(parts) > 1
+              and all(p in labels for p in parts)]
+    if not joined:
+        return []
+    shown = ", ".join(repr(x) for x in sorted(joined)[:5]) + (" ..." if len(joined) > 5 else "")
+    return [f"labels that join other labels are classes of their own: {shown}; a head gives each image one class "
+            f"(single-label), so an image of both belongs to one of them or to a dataset of its own"]
 
 
 def _split_folders_note(folders: dict[str, str], asked: str | None, names: bool = False) -> str:

@@ -50,7 +50,7 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("data_dir", type=Path,
                    help="folder of class subfolders (or of split folders of them: train/cat), or of images")
     p.add_argument("--dataset", required=True, help="name to record the dataset under")
-    p.add_argument("--labels", type=Path, help="CSV of path (or id) and label columns")
+    p.add_argument("--labels", "--labels-csv", type=Path, help="CSV of path (or id) and label columns")
     p.add_argument("--path-column", help="CSV column with the file path or id")
     p.add_argument("--label-column", help="CSV column with the label")
     p.add_argument("--unlabeled", action="store_true", help="treat every image below DATA_DIR as unlabeled")

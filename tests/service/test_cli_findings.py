@@ -460,3 +460,55 @@ def test_predict_a_folder_of_class_folders_says_how_many_it_got_right(trained, c
     code, out, _ = run_main(capsys, "predict", "lr", str(mixed), "--json", "--home", home)
     rows = json.loads(out)
     assert {r["true_label"] for r in rows if "true_label" in r} == {"red", "green"} and len(rows) == 7
+
+
+def _csv_dataset(root, labels: list[str]):
+    """Images 0.jpg .. N-1.jpg with a labels.csv giving image i the label labels[i]."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(len(labels)):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / f"{i}.jpg")
+    (root / "labels.csv").write_text("file,label\n" + "".join(f"{i}.jpg,{x}\n" for i, x in enumerate(labels)))
+    return root
+
+
+def test_labels_naming_single_images_are_said_at_extract_and_at_train(tmp_path, capsys):
+    """Before: a label column of per-image values (measurements such as 3.142, or ids) became as many classes as
+    images without a word at extract; train put every image in train (a class's first image goes there), printed
+    scikit-learn's UserWarning with its source path, and no figure at all, without saying why. `--labels-csv` (the
+    API's name) was an unrecognized argument."""
+    data = _csv_dataset(tmp_path / "data", [f"{0.137 * i:.3f}" for i in range(24)])
+    home = ["--home", str(tmp_path / "home")]
+    code, _, err = run_main(capsys, "extract", str(data), "--labels-csv", str(data / "labels.csv"), "--dataset", "d",
+                            "--backbone", "tiny", "--weights", "random", *home)
+    assert code == 0 and "headstart: warning: 24 classes for 24 labeled images, 24 of them with one image ('0.000'," \
+                         in err and "look like values of single images" in err, err
+    done = run_cli("train", "--dataset", "d", "--name", "h", *home)  # its own process: warning filters as shipped
+    assert done.returncode == 0, done.stderr
+    assert "UserWarning" not in done.stderr and "headstart: warning: the val and test splits are empty, so the head " \
+        "has no val or test figures: 24 of the 24 classes have one image" in done.stderr, done.stderr
+    code, _, err = run_main(capsys, "extract", str(data), "--dataset", "d", "--dry-run", *home)
+    assert code == 0 and "24 classes for 24 labeled images" in err, err
+
+
+def test_multi_label_rows_and_a_split_left_empty_are_said(tmp_path, capsys):
+    """A multi-label CSV's `cat|dog` beside `cat` and `dog` is a class of its own here: said at extract. A split
+    asked to be empty is said at train (before: no test line, no word)."""
+    labels = ["cat", "dog", "cat|dog"] * 8
+    data = _csv_dataset(tmp_path / "data", labels)
+    home = ["--home", str(tmp_path / "home")]
+    code, _, err = run_main(capsys, "extract", str(data), "--labels", str(data / "labels.csv"), "--dataset", "m",
+                            "--backbone", "tiny", "--weights", "random", *home)
+    assert code == 0 and "headstart: warning: labels that join other labels are classes of their own: 'cat|dog';" \
+                         in err and "classes for" not in err, err
+    assert run_main(capsys, "extract", str(data), "--labels", str(data / "labels.csv"), "--dataset", "p",
+                    "--split", "0.8,0.2,0", "--backbone", "tiny", "--weights", "random", *home)[0] == 0
+    code, out, err = run_main(capsys, "train", "--dataset", "p", "--name", "hp", *home)
+    assert code == 0 and "  val " in out and "  test" not in out, out
+    assert "headstart: warning: the test split is empty, so the head has no test figures: the split gave it no " \
+           "image (--split when extracting sets the shares" in err, err
+    code, _, err = run_main(capsys, "train", "--dataset", "m", "--name", "hm", *home)
+    assert code == 0 and "empty" not in err, err

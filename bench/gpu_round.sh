@@ -1,6 +1,6 @@
 #!/bin/bash
-# The GPU round of issue 14, for a machine with a CUDA GPU: `bench/gpu_round.sh tests` runs the CUDA tests (under
-# 4 min), `bench/gpu_round.sh bench` bench_feed and bench_extract for vgg16@150 with each decode mode (under 9 min):
+# The GPU round of issue 14, for a machine with a CUDA GPU: `bench/gpu_round.sh tests` runs the CUDA tests and
+# bench_predict_files (under 6 min), `bench/gpu_round.sh bench` bench_feed and bench_extract for vgg16@150 with each decode mode (under 9 min):
 # each fits one device call. Each step has its own time limit and writes its own file under $OUT (default
 # gpu-round/), so a step that runs out leaves the others.
 # Packages the machine's python3 lacks travel as wheels in .whl/ (see the device notes); without .whl/ the
@@ -21,6 +21,8 @@ if [ "${1:-}" = tests ]; then
   timeout 220 python3 -m pytest -q -p no:cacheprovider -rs tests/test_devices.py tests/extractor/test_devicedecode.py \
     2>&1 | tail -40 > "$OUT/cuda-tests.txt"
   tail -5 "$OUT/cuda-tests.txt"
+  timeout 120 python3 bench/bench_predict_files.py --images 480 --rounds 2 > "$OUT/predict-files.txt" 2>&1
+  tail -12 "$OUT/predict-files.txt"
 else
   for decode in cpu gpu; do
     timeout 80 python3 bench/bench_feed.py --decode "$decode" --device cuda --images 480 --repeat 2 \

@@ -147,6 +147,13 @@ class Predictor:
         except DecodeError as exc:
             return exc
 
+    def decode_many(self, items: list[bytes]) -> list[np.ndarray | DecodeError]:
+        """Each item's input for the backbone, or its DecodeError; decoded on a few threads."""
+        if not items:
+            return []
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1, len(items))) as pool:
+            return list(pool.map(self._prepare_or_error, items))
+
     def predict_bytes(self, items: list[bytes], k: int = 5, batch_size: int = 32, tta: int = 0) -> list[dict]:
         """Per item the top-k labels or that item's decode error; decoding runs on a few threads."""
         if k < 1:
@@ -155,9 +162,7 @@ class Predictor:
             raise HeadstartError(f"batch size {batch_size}: expected an integer >= 1")
         results: list[dict] = [{} for _ in items]
         good, arrays = [], []
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            decoded = list(pool.map(self._prepare_or_error, items))
-        for i, array in enumerate(decoded):
+        for i, array in enumerate(self.decode_many(items)):
             if isinstance(array, DecodeError):
                 results[i] = {"error": str(array)}
             else:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import hashlib
 import sys
 from pathlib import Path
 
 from extractor.durable import cannot_write, output_file, publish
-from extractor.errors import CacheDamaged, HeadstartError
+from extractor.errors import HeadstartError
 from service.cli import emit, existing_store
 
 CSV_COLUMNS = ("image", "prediction", "probability", "top_k", "true_label", "split", "cached", "error")
@@ -160,37 +159,9 @@ def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta:
              "cached": True} for r in rows]
 
 
-def from_files(store, predictor, paths: list[Path], k: int, batch_size: int, tta: int = 0) -> list[dict]:
-    """Files read once; those whose content is cached under the head's fingerprint skip the forward pass (not
-    with `tta`: test-time views of a file are computed)."""
-    from extractor.decode import DecodeError, read_file
-
-    rows, readable, datas = [], [], []
-    for path in paths:
-        rows.append({"image": str(path)})
-        try:
-            datas.append(read_file(path, predictor.limits))
-            readable.append(rows[-1])
-        except DecodeError as exc:
-            rows[-1]["error"] = str(exc)
-    shas = [hashlib.sha256(d).hexdigest() for d in datas]
-    where = store.catalog.vector_locations(predictor.fingerprint, shas) if not tta else {}
-    hits = [i for i, sha in enumerate(shas) if sha in where]
-    try:
-        vectors = store.read_rows([where[shas[i]] for i in hits], predictor.resolved.fingerprint.dim)
-        for i, top in zip(hits, predictor.predict_vectors(vectors, k) if hits else [], strict=True):
-            readable[i].update(top=top, cached=True)
-    except CacheDamaged:  # a damaged shard: compute these too (the next extract repairs the cache)
-        hits = []
-    misses = [i for i in range(len(datas)) if i not in set(hits)]
-    answers = predictor.predict_bytes([datas[i] for i in misses], k, batch_size, tta) if misses else []
-    for i, answer in zip(misses, answers, strict=True):
-        readable[i].update(answer, **({"cached": False} if "top" in answer else {}))
-    return rows
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from classifiers.predict import Predictor
+    from classifiers.predict_files import predict_files
     from classifiers.training import heads_dir
 
     _check(args)
@@ -205,12 +176,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return 1
         if args.dataset:
             out.add(from_dataset(store, predictor, args.dataset, args.split, args.top_k, args.tta))
-        for start in range(0, len(paths), args.batch_size):  # a chunk at a time: memory does not grow with the count
-            chunk = paths[start:start + args.batch_size]
-            rows = from_files(store, predictor, chunk, args.top_k, args.batch_size, args.tta)
-            for path, row in zip(chunk, rows, strict=True):
+        done = 0
+        for rows in predict_files(store, predictor, paths, args.top_k, args.batch_size, args.tta):
+            for path, row in zip(paths[done:done + len(rows)], rows, strict=True):
                 if path in truth:
                     row["true_label"] = truth[path]
+            done += len(rows)
             out.add(rows)
     except BaseException:
         out.discard()

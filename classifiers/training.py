@@ -130,8 +130,8 @@ def empty_splits(sizes: dict[str, int], counts: dict[str, int]) -> list[str]:
     if not empty:
         return []
     single = sum(n == 1 for n in counts.values())
-    why = (f"{single} of the {len(counts)} classes have one image, and a class's first image stays in train (a class "
-           f"needs 3 images or more to reach all three splits)" if single * 2 > len(counts) else
+    why = (f"{single} of the {len(counts)} classes have a single train image: a class's first image goes to train, "
+           f"and with the default shares it needs 4 images to reach all three splits" if single * 2 > len(counts) else
            "the split gave it no image (--split when extracting sets the shares; a folder named like the split "
            "fills it when the folders name the splits)")
     return [f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty, so the head has no "

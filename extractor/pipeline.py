@@ -167,12 +167,11 @@ def _extract(opts: ExtractOptions, store: FeatureStore, resolved: Resolved, prog
     failures = listing.failures + [(m[0], bad[m[1]]) for m in members if m[1] in bad]
     store.catalog.set_failures(opts.dataset, failures)
     unique = {m[1] for m in members}
+    left = _still_missing(store, opts.dataset, fp_id, bad) if stopped else 0
     summary = ExtractSummary(
-        dataset=opts.dataset, backbone=opts.backbone, fingerprint=fp_id,
-        files=len(members) + len(listing.failures), extracted=extracted,
-        cached=len(unique - bad.keys()) - extracted - (stopped and _still_missing(store, opts.dataset, fp_id, bad)),
-        failed=len(failures), duplicates=len(members) - len(unique),
-        skipped=sum(listing.skipped.values()) + listing.top_level,
+        dataset=opts.dataset, backbone=opts.backbone, fingerprint=fp_id, files=len(members) + len(listing.failures),
+        extracted=extracted, cached=len(unique - bad.keys()) - extracted - left, failed=len(failures),
+        duplicates=len(members) - len(unique), skipped=sum(listing.skipped.values()) + listing.top_level,
         seconds=time.monotonic() - start, device="none", stopped=stopped, failures=failures, repaired=repaired)
     if opts.augment and not stopped:
         summary.views, summary.stopped = _views(opts, store, resolved, files, model, set(bad), roots, progress,

@@ -144,7 +144,7 @@ def _single_image_labels(labels: Counter) -> list[str]:
 
 def _joined_labels(labels: Counter) -> list[str]:
     """`cat|dog` beside `cat` and `dog`: a multi-label CSV's row, which is a class of its own here."""
-    joined = [x for x in labels if (parts := [p.strip() for p in re.split(r"[|;,]", x)]) and len(parts) > 1
+    joined = [x for x in labels if len(parts := [p.strip() for p in re.split(r"[|;,]", x)]) > 1
               and all(p in labels for p in parts)]
     if not joined:
         return []

@@ -145,8 +145,8 @@ def test_a_dataset_partly_without_vectors_is_said_by_predict_and_train(tmp_path,
         "were left out: run `headstart extract DIR --dataset m --backbone tiny --weights random:0` to include them, "
         "then train again"), err
     assert said[1:] == ["the val and test splits are empty, so the head has no val or test figures: 2 of the 2 "
-                        "classes have one image, and a class's first image stays in train (a class needs 3 images "
-                        "or more to reach all three splits)"]  # the 2 images left
+                        "classes have a single train image: a class's first image goes to train, and with the "
+                        "default shares it needs 4 images to reach all three splits"]  # the 2 images left
     assert run_main(capsys, "extract", str(tmp_path / "more" / "x"), "--dataset", "m", "--backbone", "tiny",
                     "--weights", "random", *home)[0] == 0
     code, out, err = run_main(capsys, "predict", "h", "--dataset", "m", *home)
@@ -493,7 +493,7 @@ def test_labels_naming_single_images_are_said_at_extract_and_at_train(tmp_path, 
     done = run_cli("train", "--dataset", "d", "--name", "h", *home)  # its own process: warning filters as shipped
     assert done.returncode == 0, done.stderr
     assert "UserWarning" not in done.stderr and "headstart: warning: the val and test splits are empty, so the head " \
-        "has no val or test figures: 24 of the 24 classes have one image" in done.stderr, done.stderr
+        "has no val or test figures: 24 of the 24 classes have a single train image" in done.stderr, done.stderr
     code, _, err = run_main(capsys, "extract", str(data), "--dataset", "d", "--dry-run", *home)
     assert code == 0 and "24 classes for 24 labeled images" in err, err
 

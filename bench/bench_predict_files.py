@@ -63,7 +63,7 @@ def main() -> None:
         by_class = [sorted((tmp / "photos" / f"class_{c}").glob("*.jpg")) for c in (0, 1)]
         store, predictor = head_on(tmp, by_class[0][:8] + by_class[1][:8], args.backbone)
         paths = sorted(by_class[0][8:] + by_class[1][8:])
-        arrays = [a for a in predictor.decode_many([p.read_bytes() for p in paths])]
+        arrays = predictor.decode_many([p.read_bytes() for p in paths])
         forward_only(predictor, arrays[:args.batch_size], 1, args.batch_size)  # warm-up
         best = {"sequential": float("inf"), "ahead": float("inf"), "forward": float("inf")}
         answers = {}

@@ -79,11 +79,9 @@ def predict_files(store: FeatureStore, predictor: Predictor, paths: list[Path], 
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     if ahead is None:
         ahead = resolve_device(predictor.device).type == "cuda"
-    if not ahead:
+    if not ahead or len(chunks) < 2:  # (one chunk: nothing to overlap)
         for chunk in chunks:
             yield finish(predictor, prepare(store, predictor, chunk, k, tta), k, batch_size, tta)
-        return
-    if not chunks:
         return
     with ThreadPoolExecutor(1, thread_name_prefix="predict-read") as ahead:
         pending = ahead.submit(prepare, store, predictor, chunks[0], k, tta)

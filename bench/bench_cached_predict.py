@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 from bench.synthetic import synthetic_table  # noqa: E402
 from classifiers import review  # noqa: E402
 from classifiers.evaluation import evaluate_head  # noqa: E402
-from classifiers.persist import load  # noqa: E402
+from classifiers.persist import heads_dir, load  # noqa: E402
 from classifiers.predict import cached_predictions, top_k_rows  # noqa: E402
-from classifiers.training import heads_dir, train_head  # noqa: E402
+from classifiers.training import train_head  # noqa: E402
 
 
 def row_top_k(proba, classes, k: int) -> list[dict]:

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_extract import make_jpegs  # noqa: E402
 from classifiers import predict_files as pf  # noqa: E402
+from classifiers.persist import heads_dir  # noqa: E402
 from classifiers.predict import Predictor  # noqa: E402
-from classifiers.training import heads_dir, train_head  # noqa: E402
+from classifiers.training import train_head  # noqa: E402
 from extractor.pipeline import ExtractOptions, extract  # noqa: E402
 from extractor.store import FeatureStore  # noqa: E402
 

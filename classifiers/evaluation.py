@@ -9,9 +9,9 @@ import numpy as np
 from classifiers import plots, streaming
 from classifiers.heads import Head
 from classifiers.metrics import evaluate, small_split_warning
-from classifiers.persist import head_dir, load
+from classifiers.persist import head_dir, heads_dir, load
 from classifiers.predict import extract_first
-from classifiers.training import SPLIT_NAMES, heads_dir, split_arrays
+from classifiers.training import SPLIT_NAMES, split_arrays
 from extractor.durable import cannot_write, output_folder
 from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore

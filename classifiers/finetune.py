@@ -20,8 +20,8 @@ from classifiers.heads import Monitor
 from classifiers.metrics import evaluate
 from classifiers.mlp import MLPHead
 from classifiers.params import FinetuneParams, check
-from classifiers.persist import check_name, save
-from classifiers.training import heads_dir, require_labels, split_arrays
+from classifiers.persist import check_name, heads_dir, save
+from classifiers.training import require_labels, split_arrays
 from classifiers.tuner import Tuner, loader
 from extractor import augment
 from extractor.decode import Limits

@@ -52,6 +52,12 @@ class CentroidParams(Params):
                                       description="a number > 0 and <= 10000, or null to fit it on val")
 
 
+# each head kind's parameters, in the order help lists them, and the kinds that also take `device` (where they run):
+# what the CLI's help needs without importing the heads (the dense head imports torch); test_heads checks the classes
+HEADS: dict[str, type[Params]] = {"logreg": LogRegParams, "mlp": MLPParams, "centroid": CentroidParams}
+ON_DEVICE = frozenset({"mlp"})
+
+
 class FinetuneParams(Params):
     """Fine-tuning: the ladder's recipe by default (last two stages, low learning rate, classic augmentation)."""
 

@@ -23,6 +23,11 @@ from extractor.locks import Busy, FileLock
 FORMAT = "headstart-head/1"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
+
+
+def heads_dir(store) -> Path:
+    """Where a store's heads live: `heads/` in its home."""
+    return store.home / "heads"
 CURRENT = "CURRENT"
 REQUIRED = {"format": str, "name": str, "kind": str, "params": dict, "classes": list, "dim": int,
             "fingerprint": dict, "weights": str, "backbone": str, "dataset": str, "metrics": dict,

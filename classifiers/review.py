@@ -14,9 +14,9 @@ import numpy as np
 from classifiers.evaluation import check_target, eval_splits
 from classifiers.heads import Head
 from classifiers.metrics import roc_columns
-from classifiers.persist import load
+from classifiers.persist import heads_dir, load
 from classifiers.predict import PREDICT_CHUNK
-from classifiers.training import NO_LABELS, heads_dir
+from classifiers.training import NO_LABELS
 from extractor.errors import HeadstartError, NotFound
 from extractor.store import FeatureStore
 

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 from classifiers import streaming
 from classifiers.heads import Head, Monitor, device_param, get_head_class
 from classifiers.metrics import evaluate
-from classifiers.persist import check_name, save
+from classifiers.persist import check_name, heads_dir, save
 from classifiers.views import pick_recipe, view_arrays
 from extractor.augment import check_views
 from extractor.errors import HeadstartError
 from extractor.store import FeatureStore, FeatureTable
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def heads_dir(store: FeatureStore) -> Path:
-    return store.home / "heads"
 
 
 NO_LABELS = "this dataset has no labels; heads need labeled images (class subfolders or --labels CSV when extracting)"

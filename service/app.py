@@ -11,8 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from classifiers.persist import clean_leftovers
-from classifiers.training import heads_dir
+from classifiers.persist import clean_leftovers, heads_dir
 from extractor.errors import HeadstartError, TooBusy
 from extractor.model import resolve_device
 from extractor.store import FeatureStore

@@ -32,8 +32,7 @@ def datasets_rm_parser(dsub: argparse._SubParsersAction, common: argparse.Argume
 def remove_dataset(store, name: str, also_prune: bool) -> dict:
     """`datasets rm` and `DELETE /datasets/{name}`: forget the dataset (extractor.prune.forget_dataset), name the
     heads trained on it, and with `also_prune` prune the cache."""
-    from classifiers.persist import list_heads
-    from classifiers.training import heads_dir
+    from classifiers.persist import heads_dir, list_heads
     from extractor.prune import forget_dataset, prune
 
     result = forget_dataset(store, name)
@@ -79,8 +78,7 @@ def _pruned(report: dict) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from classifiers.persist import clean_leftovers, list_heads
-    from classifiers.training import heads_dir
+    from classifiers.persist import clean_leftovers, heads_dir, list_heads
     from extractor.verify import verify
 
     store = existing_store(args.home)

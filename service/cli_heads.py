@@ -57,12 +57,12 @@ def _stream_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _head_params_help() -> str:
-    from classifiers.heads import defaults, registry
+    from classifiers.params import HEADS, ON_DEVICE
 
     lines = ["head parameters (--param KEY=VALUE) and their defaults:"]
-    for kind, cls in registry().items():
-        lines.append(f"  {kind}: " + ", ".join(f"{k}={_plain(v)}" for k, v in defaults(cls).items())
-                     + (", device=auto" if cls.on_device else ""))
+    for kind, model in HEADS.items():
+        lines.append(f"  {kind}: " + ", ".join(f"{k}={_plain(v)}" for k, v in model().model_dump().items())
+                     + (", device=auto" if kind in ON_DEVICE else ""))
     return "\n".join(lines)
 
 
@@ -130,8 +130,7 @@ def _score(value: float | None) -> str:
 
 
 def cmd_heads(args: argparse.Namespace) -> int:
-    from classifiers.persist import list_heads
-    from classifiers.training import heads_dir
+    from classifiers.persist import heads_dir, list_heads
 
     rows = []
     for m in list_heads(heads_dir(existing_store(args.home))):
@@ -153,8 +152,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
 
 
 def cmd_heads_rm(args: argparse.Namespace) -> int:
-    from classifiers.persist import delete
-    from classifiers.training import heads_dir
+    from classifiers.persist import delete, heads_dir
 
     delete(heads_dir(existing_store(args.home)), args.name)
     emit(args, {"deleted": args.name}, f"deleted head {args.name!r}")
@@ -162,8 +160,7 @@ def cmd_heads_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_heads_rollback(args: argparse.Namespace) -> int:
-    from classifiers.persist import rollback
-    from classifiers.training import heads_dir
+    from classifiers.persist import heads_dir, rollback
 
     m = rollback(heads_dir(existing_store(args.home)), args.name)
     emit(args, {"name": args.name, "created": m["created"], "metrics": m["metrics"]},

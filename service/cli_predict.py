@@ -160,9 +160,9 @@ def from_dataset(store, predictor, dataset: str, split: str | None, k: int, tta:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from classifiers.persist import heads_dir
     from classifiers.predict import Predictor
     from classifiers.predict_files import predict_files
-    from classifiers.training import heads_dir
 
     _check(args)
     store = existing_store(args.home)

@@ -11,9 +11,8 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from classifiers.persist import delete, head_dir, list_heads, read_manifest, rollback
+from classifiers.persist import delete, head_dir, heads_dir, list_heads, read_manifest, rollback
 from classifiers.predict import top_k
-from classifiers.training import heads_dir
 from extractor.backbones import describe
 from extractor.decode import DecodeError, Limits
 from service import thumbnails, work

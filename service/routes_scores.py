@@ -9,10 +9,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from classifiers.evaluation import evaluate_head
-from classifiers.persist import load
+from classifiers.persist import heads_dir, load
 from classifiers.predict import cached_predictions
 from classifiers.review import mistakes, roc_points
-from classifiers.training import heads_dir
 from service.routes import HEAD_NAME, state
 from service.schemas import ERROR_RESPONSES, NAME
 

@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from classifiers.finetune import Request, finetune
-from classifiers.persist import HeadCorrupt, head_dir, load
-from classifiers.training import heads_dir
+from classifiers.persist import HeadCorrupt, head_dir, heads_dir, load
 from extractor.decode import Limits, preprocess
 from extractor.model import LoadedBackbone, resolve
 from extractor.pipeline import ExtractOptions, extract

@@ -28,6 +28,14 @@ def make(kind: str, **extra):
     return get_head_class(kind)(**{**FAST.get(kind, {}), **extra})
 
 
+def test_the_light_table_of_parameters_matches_the_heads():
+    """The CLI's help reads params.HEADS and ON_DEVICE instead of importing the heads: they must say the same."""
+    from classifiers.params import HEADS, ON_DEVICE
+
+    assert list(HEADS) == list(registry())
+    assert all(HEADS[kind] is cls.Params and (kind in ON_DEVICE) == cls.on_device for kind, cls in registry().items())
+
+
 @pytest.mark.parametrize("kind", sorted(registry()))
 @pytest.mark.parametrize("n_classes", [2, 120])
 def test_contract_shapes_probabilities_and_round_trip(kind, n_classes, tmp_path):

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from classifiers import predict_files as pf
+from classifiers.persist import heads_dir
 from classifiers.predict import Predictor
-from classifiers.training import heads_dir, train_head
+from classifiers.training import train_head
 from extractor.pipeline import ExtractOptions, extract
 from extractor.store import FeatureStore
 from tests.conftest import make_folder

@@ -126,8 +126,9 @@ def test_device_decode_refusals_are_one_line(tmp_path, capsys):
 
 
 def test_a_head_on_device_decoded_features_predicts_with_the_same_pixels(tmp_path):
+    from classifiers.persist import heads_dir
     from classifiers.predict import Predictor
-    from classifiers.training import heads_dir, train_head
+    from classifiers.training import train_head
 
     make_folder(tmp_path / "data", {"a": 6, "b": 6})
     store = FeatureStore(tmp_path / "home")

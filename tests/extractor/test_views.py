@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from classifiers.metrics import evaluate
-from classifiers.persist import load
-from classifiers.training import heads_dir, split_arrays, train_head
+from classifiers.persist import heads_dir, load
+from classifiers.training import split_arrays, train_head
 from extractor.augment import parse, view
 from extractor.errors import HeadstartError
 from extractor.pipeline import ExtractOptions, extract

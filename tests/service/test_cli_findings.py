@@ -68,8 +68,8 @@ def test_predict_a_dataset_with_test_time_views_and_in_chunks(trained, capsys, m
     """--tta N on --dataset: each row's top-k from the probabilities averaged over its N cached test-time views (the
     same as evaluate --tta scores), computed once; rows come in path order whatever the chunk size."""
     from classifiers import predict as predict_module
+    from classifiers.persist import heads_dir
     from classifiers.predict import Predictor
-    from classifiers.training import heads_dir
     from classifiers.tta import dataset_proba
     from extractor.store import FeatureStore
 
@@ -516,3 +516,29 @@ def test_multi_label_rows_and_a_split_left_empty_are_said(tmp_path, capsys):
            "image (--split when extracting sets the shares" in err, err
     code, _, err = run_main(capsys, "train", "--dataset", "m", "--name", "hm", *home)
     assert code == 0 and "empty" not in err, err
+
+
+LIGHT_COMMANDS = (["--help"], ["train", "--help"], ["datasets"], ["heads"], ["backbones"], ["backbones", "--all"],
+                  ["verify"], ["prune", "--dry-run"], ["datasets", "rm", "nope"], ["heads", "rm", "nope"])
+LIGHT_CHECK = """
+import contextlib, io, sys
+from service.cli import main
+for args in {commands!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main([*args, "--home", {home!r}] if args[-1] != "--help" else args)
+        except SystemExit:
+            pass
+    heavy = sorted({{"torch", "torchvision", "sklearn", "scipy"}} & set(sys.modules))
+    if heavy:
+        sys.exit(f"{{' '.join(args)}} imported {{', '.join(heavy)}}")
+"""
+
+
+def test_commands_that_compute_nothing_import_no_torch_or_sklearn(trained):
+    """Listing, help, verify and removal read files only: before, each imported torch (the head parameters' help,
+    through the dense head) or scikit-learn (the heads' folder, through training), ~1.6 s of every command."""
+    root, home = trained
+    proc = subprocess.run([sys.executable, "-c", LIGHT_CHECK.format(commands=LIGHT_COMMANDS, home=home)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

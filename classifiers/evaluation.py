@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers import plots, streaming
+from classifiers import streaming
 from classifiers.heads import Head
 from classifiers.metrics import evaluate, small_split_warning
 from classifiers.persist import head_dir, heads_dir, load
@@ -146,6 +146,8 @@ def _tta_proba(store: FeatureStore, head: Head, manifest: dict, name: str, datas
 
 
 def _plots(head: Head, name: str, result: dict, y: np.ndarray, proba: np.ndarray, plots_dir: Path) -> list[str]:
+    from classifiers import plots  # matplotlib: only when plots are asked for
+
     title = f"{name} on {result['dataset']} ({result['split']})"
     try:
         written = [plots.confusion(result["metrics"], plots_dir / f"{name}-confusion.png", title),

@@ -216,16 +216,17 @@ class CentroidHead(Head):
 
 
 def registry() -> dict[str, type[Head]]:
-    from classifiers.mlp import MLPHead
-
-    return {cls.kind: cls for cls in (LogRegHead, MLPHead, CentroidHead)}
+    return {kind: get_head_class(kind) for kind in params.HEADS}
 
 
 def get_head_class(kind: str) -> type[Head]:
-    heads = registry()
-    if kind not in heads:
-        raise NotFound(f"unknown head {kind!r}; expected one of: {', '.join(sorted(heads))}")
-    return heads[kind]
+    if kind not in params.HEADS:
+        raise NotFound(f"unknown head {kind!r}; expected one of: {', '.join(sorted(params.HEADS))}")
+    if kind == "mlp":  # imports torch: only when a dense head is asked for
+        from classifiers.mlp import MLPHead
+
+        return MLPHead
+    return {"logreg": LogRegHead, "centroid": CentroidHead}[kind]
 
 
 def defaults(cls: type[Head]) -> dict[str, Any]:

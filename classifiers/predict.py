@@ -13,7 +13,7 @@ from classifiers.persist import head_dir, load, read_manifest
 from extractor.backbones import PREPROCESS_METHOD
 from extractor.decode import DecodeError, Limits, preprocess
 from extractor.errors import HeadstartError
-from extractor.model import LoadedBackbone, Resolved, resolve
+from extractor.model import LoadedBackbone, Resolved, resolve  # resolving imports no torch; loading does
 from extractor.store import FeatureStore
 
 

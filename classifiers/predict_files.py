@@ -77,8 +77,8 @@ def predict_files(store: FeatureStore, predictor: Predictor, paths: list[Path], 
     decode ahead. With the forward on the CPU it is not done: the forward already keeps every core busy, and
     decoding beside it measured 0.97-1.03x of decoding before it (bench/bench_predict_files.py, 2 cores)."""
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    if ahead is None:
-        ahead = resolve_device(predictor.device).type == "cuda"
+    if ahead is None:  # (no files: no device to ask about)
+        ahead = len(chunks) > 1 and resolve_device(predictor.device).type == "cuda"
     if not ahead or len(chunks) < 2:  # (one chunk: nothing to overlap)
         for chunk in chunks:
             yield finish(predictor, prepare(store, predictor, chunk, k, tta), k, batch_size, tta)

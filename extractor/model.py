@@ -1,11 +1,13 @@
-"""A loaded frozen backbone: uint8 batches in, feature vectors out (inference_mode, channels_last, AMP on CUDA)."""
+"""A loaded frozen backbone: uint8 batches in, feature vectors out (inference_mode, channels_last, AMP on CUDA).
+Resolving a backbone to its fingerprint imports no torch (predicting from the cache needs none): the functions
+that compute import it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from extractor.backbones import (
     PREPROCESS_METHOD,
@@ -18,6 +20,9 @@ from extractor.backbones import (
 )
 from extractor.errors import HeadstartError
 from extractor.weights import WeightsChoice, identity, init_random, load_into, load_state_dict, parse_weights
+
+if TYPE_CHECKING:
+    import torch
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 
@@ -73,6 +78,8 @@ def decode_method(decode: str, device: str) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -95,6 +102,8 @@ def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
         raise HeadstartError(f"amp {amp!r}: expected one of {', '.join(AMP_CHOICES)}")
     if device.type != "cuda" or amp == "off":
         return None
+    import torch
+
     if amp == "fp16":
         return torch.float16
     if amp == "bf16" or torch.cuda.is_bf16_supported():
@@ -116,6 +125,8 @@ class LoadedBackbone:
         return self.resolved.fingerprint
 
     def setup(self) -> "LoadedBackbone":
+        import torch
+
         spec, choice = self.resolved.spec, self.resolved.weights
         from extractor.zoo import meta
 
@@ -144,6 +155,8 @@ class LoadedBackbone:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float batch -> float32 features on the device."""
+        import torch
+
         if self.model is None:
             self.setup()
         with torch.inference_mode():
@@ -156,10 +169,14 @@ class LoadedBackbone:
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         """NHWC uint8 batch -> (N, dim) float32 numpy vectors."""
+        import torch
+
         if self.model is None:
             self.setup()
         with torch.inference_mode():
             return self.forward(self.normalize(batch)).cpu().numpy()
 
     def embed_arrays(self, images: list[np.ndarray]) -> np.ndarray:
+        import torch
+
         return self.embed(torch.from_numpy(np.stack(images)))

@@ -14,15 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extractor.catalog import Catalog
-from extractor.decode import CONVERT
 from extractor.errors import HeadstartError, Stopped
+from extractor.formats import CONVERT, PHONE_FORMATS
 
 # Listing only: which files are candidates. Whether a file *is* an image is decided by its content.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ""}
-# photos in formats not read (phones' HEIC, AVIF, JPEG XL, cameras' RAW, layered files): counted apart from other
-# files, so that the user hears they are photos to convert, not stray files
-UNREAD_PHOTO_SUFFIXES = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf",
-                         ".rw2", ".psd"}
+# phones' formats, read where their decoder is (extractor.decode.PHONE_FORMATS: HEIF always, AVIF with libavif)
+PHONE_SUFFIXES = {".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", "",
+                  *(s for s, fmt in PHONE_SUFFIXES.items() if fmt in PHONE_FORMATS)}
+# photos in formats not read (JPEG XL, cameras' RAW, layered files): counted apart from other files, so that the
+# user hears they are photos to convert, not stray files
+UNREAD_PHOTO_SUFFIXES = {".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".psd",
+                         *(s for s, fmt in PHONE_SUFFIXES.items() if fmt not in PHONE_FORMATS)}
 
 
 @dataclass

@@ -1,41 +1,22 @@
-"""Safe image decoding: content-sniffed allowlist, byte and pixel limits, EXIF orientation, any mode to RGB."""
+"""Safe image decoding: content-sniffed allowlist (extractor.formats), byte and pixel limits, EXIF orientation, any
+mode to RGB."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import PIL
 from PIL import Image, ImageOps
 
+from extractor import formats
 from extractor.errors import HeadstartError
 
 T = TypeVar("T")
-
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-# The revision of the rules below that decide whether content is an image (raise it with a change that reads, or
-# refuses, some content otherwise). With Pillow's version it is part of Limits.signature: content refused by one
-# decoder is remembered as bad for that decoder only, and tried again once by another.
-DECODE_RULES = 2
-# Our own pixel check (below) is the limit; PIL's warning in between would only be noise.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-# PIL's own notes on damaged files (e.g. 'Corrupt EXIF data' of a cut TIFF) printed PIL's source path into an
-# extract's output, from each worker that met one; such a file is refused or read all the same, so they are dropped.
-warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-# The plugins of the allowed formats, loaded here: a process that imports this module before it forks its decode
-# workers hands them over loaded. Left to Image.open, each fresh worker imported them itself (WebP and TIFF through
-# Image.init(), every plugin Pillow has): ~0.25 s per worker at the start of every run, measured with 2 workers.
-Image.preinit()
-for _plugin in ("Bmp", "Gif", "Jpeg", "Png", "Tiff", "WebP"):
-    importlib.import_module(f"PIL.{_plugin}ImagePlugin")
-
 
 class DecodeError(HeadstartError):
     """One file could not become an image; the message is the recorded reason.
@@ -59,8 +40,8 @@ class Limits:
     max_pixels: int = 64_000_000
 
     def signature(self) -> str:
-        """What decided that content is bad: these limits, and the decoder (see DECODE_RULES)."""
-        return f"bytes<={self.max_bytes},pixels<={self.max_pixels},pillow {PIL.__version__},rules {DECODE_RULES}"
+        """What decided that content is bad: these limits, and the decoders (see formats.DECODE_RULES)."""
+        return f"bytes<={self.max_bytes},pixels<={self.max_pixels},{formats.decoders()}"
 
 
 def read_file(path: Path, limits: Limits, into: memoryview | None = None,
@@ -120,32 +101,6 @@ def decode_job(job: tuple[str, Path, tuple[int, int] | None], limits: Limits,
         return None, DecodeError(f"unexpected decode error: {type(exc).__name__}: {exc}")
 
 
-# what to do with photos in formats not read (here per file; extractor.datasets counts them in folders)
-CONVERT = "to JPEG or PNG (a photo app's export, or a converter such as ImageMagick)"
-# ISO-BMFF brands of phone photo formats that are not read (the `ftyp` box at byte 4 names them)
-UNREAD_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"mif1": "HEIF",
-                 b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
-
-
-def _unread_format(data: bytes) -> str | None:
-    return UNREAD_BRANDS.get(bytes(data[8:12])) if bytes(data[4:8]) == b"ftyp" else None
-
-
-# the first bytes of each allowed format (WebP: RIFF, then WEBP at byte 8; BMP: BM, then 4 reserved zero bytes at 6)
-_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-
-
-def _signed_format(data: bytes) -> str | None:
-    """The allowed format whose signature the bytes begin with (what a file cut short still shows), or None."""
-    head = bytes(data[:12])
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head[:2] == b"BM" and head[6:10] == b"\0\0\0\0":
-        return "BMP"
-    return next((fmt for sig, fmt in _SIGNATURES if head.startswith(sig)), None)
-
-
 def open_image(data: bytes, limits: Limits) -> Image.Image:
     """Identify the format from content (allowlist) and check the pixel count from the header only."""
     if not data:
@@ -153,20 +108,12 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise DecodeError(f"file is {len(data)} bytes, above the {limits.max_bytes}-byte limit", status=413)
     try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=formats.ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb refused: {exc}") from None
     except Exception:
-        if known := _unread_format(data):
-            raise DecodeError(f"a {known} photo, a format headstart does not read: convert it {CONVERT}",
-                              status=415) from None
-        if signed := _signed_format(data):
-            raise DecodeError(f"corrupt or truncated {signed} image: its header cannot be read ({len(data)} bytes); "
-                              f"copy or download the file again") from None
-        head = data[:8].hex(" ")
-        raise DecodeError(
-            f"not a supported image (expected {', '.join(ALLOWED_FORMATS)} by content; first bytes {head})",
-            status=415) from None
+        reason, status = formats.refusal(data)
+        raise DecodeError(reason, status=status) from None
     width, height = img.size
     if width * height > limits.max_pixels:
         raise DecodeError(
@@ -205,6 +152,9 @@ def _wide_to_l(img: Image.Image) -> Image.Image:
 _COST = {"1": 5, "L": 2, "P": 5, "RGB": 4, "CMYK": 8, "YCbCr": 8, "LAB": 8, "HSV": 8, "I;16": 4, "I;16L": 4,
          "I;16B": 4, "I;16N": 4, "I": 6, "F": 6}
 _ALPHA_COST = 21  # RGBA decode + RGBA copy + white background + composite + RGB, 4 bytes each
+# HEIF and AVIF decoders fill their own YCbCr and RGB planes before Pillow copies the pixels: measured 4.7 (HEIC)
+# and 5.5 (AVIF) bytes a pixel above an RGB PNG's peak, 3000x2400
+_CODEC_PLANES = 6
 
 
 def decode_cost(img: Image.Image) -> int:
@@ -217,7 +167,7 @@ def decode_cost(img: Image.Image) -> int:
         rotated = img.getexif().get(0x0112, 1) not in (None, 1)
     except Exception:  # a broken EXIF block is not our estimate's problem
         rotated = False
-    per_pixel += 4 if rotated else 0
+    per_pixel += (4 if rotated else 0) + (_CODEC_PLANES if img.format in formats.PHONE_FORMATS else 0)
     blocks = BLOCK_PIXELS * 17 if img.mode.startswith("I") or img.mode == "F" else 0  # _wide_to_l's temporaries
     return int(width * height * per_pixel * 1.2) + blocks + (8 << 20)
 

@@ -16,7 +16,7 @@ from extractor.errors import HeadstartError, Stopped
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "id", "image_id", "img")
 LABEL_COLUMNS = ("label", "class", "breed", "category", "target", "y")
-GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif")
+GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".heic", ".avif")
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, csv_path: Path) -> str:

@@ -60,13 +60,13 @@ def test_photos_in_formats_not_read_are_named_apart_from_other_files(tmp_path, c
     from tests.conftest import run_main
 
     make_folder(tmp_path / "data", {"cat": 2, "dog": 2})
-    for name in ("cat/IMG_0001.HEIC", "cat/IMG_0002.heic", "dog/DSC_0001.NEF", "dog/notes.txt"):
+    for name in ("cat/IMG_0001.JXL", "cat/IMG_0002.jxl", "dog/DSC_0001.NEF", "dog/notes.txt"):
         (tmp_path / "data" / name).write_bytes(b"x")
     listing = scan_folder(tmp_path / "data")
-    assert len(listing.items) == 4 and listing.skipped == {".txt": 1} and listing.unsupported == {".heic": 2, ".nef": 1}
+    assert len(listing.items) == 4 and listing.skipped == {".txt": 1} and listing.unsupported == {".jxl": 2, ".nef": 1}
     code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
                             "--weights", "random", "--home", str(tmp_path / "home"))
-    assert code == 0 and "headstart: warning: 3 photos in formats headstart does not read (.heic 2, .nef 1) were " \
+    assert code == 0 and "headstart: warning: 3 photos in formats headstart does not read (.jxl 2, .nef 1) were " \
                          "skipped: convert them to JPEG or PNG" in err
     assert "headstart: warning: 1 file without an image suffix (.jpg, .png, ...) was skipped (.txt 1)" in err
 
@@ -205,15 +205,15 @@ def test_register_records_split_once(tmp_path):
     assert Counter(m[3] for m in redone) == {"train": 8, "val": 1, "test": 1}
 
 
-def test_a_folder_of_heic_photos_only_says_to_convert_them(tmp_path, capsys):
+def test_a_folder_of_raw_photos_only_says_to_convert_them(tmp_path, capsys):
     from tests.conftest import assert_one_line_error, run_main
 
     (tmp_path / "data" / "cat").mkdir(parents=True)
     for i in range(3):
-        (tmp_path / "data" / "cat" / f"IMG_{i}.HEIC").write_bytes(b"x")
+        (tmp_path / "data" / "cat" / f"IMG_{i}.CR2").write_bytes(b"x")
     code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "d", "--backbone", "tiny",
                             "--weights", "random", "--home", str(tmp_path / "home"))
-    assert_one_line_error(code, err, "it holds 3 photos in formats headstart does not read (.heic 3): convert them")
+    assert_one_line_error(code, err, "it holds 3 photos in formats headstart does not read (.cr2 3): convert them")
 
 
 def test_labels_differing_only_in_case_or_spacing_are_pointed_out(tmp_path, capsys):

@@ -239,21 +239,21 @@ def test_changed_file_between_hash_and_decode_is_not_cached_under_the_old_key(tm
 def test_content_refused_by_one_decoder_is_tried_again_by_another(tmp_path, monkeypatch):
     """Content that failed to decode is remembered and not read again, but before, for good: a file a later Pillow
     (or headstart) reads, or refuses for another reason, kept the old verdict and its old words."""
-    import extractor.decode as decode
+    import extractor.formats as formats
 
     make_folder(tmp_path / "data", {"a": 2, "b": 2})
     target = tmp_path / "data" / "a" / "a_0000.jpg"
     target.write_bytes(target.read_bytes()[:40])  # cut short
     store = FeatureStore(tmp_path / "home")
-    monkeypatch.setattr(decode, "_signed_format", lambda data: None)  # an older decoder's verdict
+    monkeypatch.setattr(formats, "_signed_format", lambda data: None)  # an older decoder's verdict
     old = dict(extract(opts(tmp_path / "data"), store).failures)["a/a_0000.jpg"]
     assert old.startswith("not a supported image")
     monkeypatch.undo()
     assert dict(extract(opts(tmp_path / "data"), store).failures)["a/a_0000.jpg"] == old  # remembered: not read
-    monkeypatch.setattr(decode, "DECODE_RULES", decode.DECODE_RULES + 1)
+    monkeypatch.setattr(formats, "DECODE_RULES", formats.DECODE_RULES + 1)
     new = dict(extract(opts(tmp_path / "data"), store).failures)["a/a_0000.jpg"]
     assert new.startswith("corrupt or truncated JPEG image")
-    monkeypatch.setattr(decode.PIL, "__version__", "0.0-other")
+    monkeypatch.setattr(formats.PIL, "__version__", "0.0-other")
     assert dict(extract(opts(tmp_path / "data"), store).failures)["a/a_0000.jpg"] == new  # read again, same verdict
     assert len(store.catalog.bad_content(Limits().signature())) == 1
 

@@ -28,6 +28,17 @@ def sample(served: Server, label: str) -> bytes:
     return next((out / label).iterdir()).read_bytes()
 
 
+def as_heic(data: bytes) -> bytes:
+    import io
+
+    import pillow_heif  # test-only: the HEIC encoder
+    from PIL import Image
+
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(Image.open(io.BytesIO(data))).save(buf, format="HEIF", quality=90)
+    return buf.getvalue()
+
+
 def test_extract_train_predict_loop(served):
     banner = served.log.read_text().splitlines()[0]  # the first line a user sees names the page and the docs
     assert f"the page at {served.url}/ui" in banner and f"the API docs at {served.url}/docs" in banner, banner
@@ -42,11 +53,12 @@ def test_extract_train_predict_loop(served):
     assert trained.status_code == 201, trained.text
     assert trained.json()["metrics"]["test"]["accuracy"] >= 0.9 and trained.json()["warnings"] == []
     files = [("files", ("g.jpg", sample(served, "green"), "image/jpeg")),
-             ("files", ("r.jpg", sample(served, "red"), "image/jpeg"))]
+             ("files", ("r.jpg", sample(served, "red"), "image/jpeg")),
+             ("files", ("IMG_0001.HEIC", as_heic(sample(served, "blue")), "image/heic"))]  # an iPhone's photo
     predicted = c.post("/predict", data={"head": "colors-lr", "top_k": "2"}, files=files)
     assert predicted.status_code == 200, predicted.text
     results = predicted.json()["results"]
-    assert [r["top"][0]["label"] for r in results] == ["green", "red"] and len(results[0]["top"]) == 2
+    assert [r["top"][0]["label"] for r in results] == ["green", "red", "blue"] and len(results[0]["top"]) == 2
     assert sum(t["probability"] for t in results[0]["top"]) <= 1.0 + 1e-6
 
 

@@ -58,10 +58,10 @@ def test_predict_checks_paths_before_loading_anything(trained, capsys, monkeypat
     code, out, err = run_main(capsys, "predict", "lr", str(root / "nope.jpg"), "--json", "--home", home)
     assert code == 1 and json.loads(out) == [{"image": str(root / "nope.jpg"), "error": "no such file or folder"}]
     (root / "phone").mkdir(exist_ok=True)
-    (root / "phone" / "IMG_1.HEIC").write_bytes(b"x")  # before: "holds no image files" about a folder of photos
+    (root / "phone" / "IMG_1.DNG").write_bytes(b"x")  # before: "holds no image files" about a folder of photos
     code, out, err = run_main(capsys, "predict", "lr", str(root / "phone"), "--home", home)
     assert code == 1 and "holds no image files headstart reads; 1 photos in formats headstart does not read " \
-                         "(.heic 1): convert them to JPEG or PNG" in err, err
+                         "(.dng 1): convert them to JPEG or PNG" in err, err
 
 
 def test_predict_a_dataset_with_test_time_views_and_in_chunks(trained, capsys, monkeypatch):

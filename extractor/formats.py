@@ -1,0 +1,85 @@
+"""Which content is an image: the allowed formats and their Pillow plugins (loaded at import), the revision of
+these rules, and the one-line reason for bytes that open as none of them (a format not read, a file cut short)."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import pi_heif
+import PIL
+from PIL import Image, features
+
+# Phones' formats: HEIC/HEIF (iPhones' default) through pi-heif, libheif with its HEVC decoder only (LGPL; no
+# encoder), whose Pillow format is HEIF; AVIF through Pillow's own plugin, where its build has libavif.
+pi_heif.register_heif_opener()
+PHONE_FORMATS = ("HEIF", "AVIF") if features.check("avif") else ("HEIF",)
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", *PHONE_FORMATS)
+# The revision of the rules here that decide whether content is an image (raise it with a change that reads, or
+# refuses, some content otherwise). With the decoders' versions it is part of Limits.signature: content refused by one
+# decoder is remembered as bad for that decoder only, and tried again once by another. 3: HEIC/HEIF and AVIF read.
+DECODE_RULES = 3
+# Our own pixel check (extractor.decode) is the limit; PIL's warning in between would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# PIL's own notes on damaged files (e.g. 'Corrupt EXIF data' of a cut TIFF) printed PIL's source path into an
+# extract's output, from each worker that met one; such a file is refused or read all the same, so they are dropped.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+# The plugins of the allowed formats, loaded here: a process that imports this module before it forks its decode
+# workers hands them over loaded. Left to Image.open, each fresh worker imported them itself (WebP and TIFF through
+# Image.init(), every plugin Pillow has): ~0.25 s per worker at the start of every run, measured with 2 workers.
+Image.preinit()
+for _plugin in ("Bmp", "Gif", "Jpeg", "Png", "Tiff", "WebP", *(["Avif"] if "AVIF" in PHONE_FORMATS else [])):
+    importlib.import_module(f"PIL.{_plugin}ImagePlugin")
+
+
+def decoders() -> str:
+    """Which decoders, under which rules, judge content here (a part of decode.Limits.signature)."""
+    return f"pillow {PIL.__version__},pi-heif {pi_heif.__version__},rules {DECODE_RULES}"
+
+
+# what to do with photos in formats not read (here per file; extractor.datasets counts them in folders)
+CONVERT = "to JPEG or PNG (a photo app's export, or a converter such as ImageMagick)"
+# ISO-BMFF brands of phone photo formats (the `ftyp` box at byte 4 names them): the name a message gives, and the
+# Pillow format that reads it
+BRANDS = {b"heic": ("HEIC", "HEIF"), b"heix": ("HEIC", "HEIF"), b"heim": ("HEIC", "HEIF"), b"heis": ("HEIC", "HEIF"),
+          b"mif1": ("HEIF", "HEIF"), b"msf1": ("HEIF", "HEIF"), b"avif": ("AVIF", "AVIF"), b"avis": ("AVIF", "AVIF")}
+JPEG_XL = (b"\xff\x0a", b"\0\0\0\x0cJXL \r\n\x87\n")  # a bare codestream, or in its container
+
+
+def _phone_format(data: bytes) -> tuple[str, bool] | None:
+    """(the name of the phone photo format the bytes begin with, whether it is read), or None."""
+    if bytes(data[:12]).startswith(JPEG_XL):
+        return "JPEG XL", False
+    if bytes(data[4:8]) != b"ftyp" or (brand := BRANDS.get(bytes(data[8:12]))) is None:
+        return None
+    return brand[0], brand[1] in ALLOWED_FORMATS
+
+
+# the first bytes of each allowed format (WebP: RIFF, then WEBP at byte 8; BMP: BM, then 4 reserved zero bytes at 6)
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _signed_format(data: bytes) -> str | None:
+    """The allowed format whose signature the bytes begin with (what a file cut short still shows), or None."""
+    head = bytes(data[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and head[6:10] == b"\0\0\0\0":
+        return "BMP"
+    return next((fmt for sig, fmt in _SIGNATURES if head.startswith(sig)), None)
+
+
+
+
+def refusal(data: bytes) -> tuple[str, int]:
+    """(why bytes that open as no allowed format are refused, the HTTP status that goes with it)."""
+    phone = _phone_format(data)
+    if phone and not phone[1]:
+        return (f"a{'n' * phone[0].startswith('A')} {phone[0]} photo, a format headstart does not read: convert it "
+                f"{CONVERT}", 415)
+    if signed := phone and phone[0] or _signed_format(data):
+        return (f"corrupt or truncated {signed} image: its header cannot be read ({len(data)} bytes); copy or "
+                f"download the file again", 422)
+    return f"not a supported image (expected {', '.join(ALLOWED_FORMATS)} by content; first bytes " \
+           f"{bytes(data[:8]).hex(' ')})", 415

@@ -44,16 +44,7 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     scored = check_target(store, name, manifest, dataset, splits)
     notes = overlap_warning(store, name, manifest, scored) if dataset != own else []
     streaming.check_stream(stream)
-    if not tta and stream != "never":
-        located = streaming.locate(store, dataset, fp_id)
-        parts = [streaming.predict(head, located[s]) for s in splits]
-        proba, y = np.concatenate([p for p, _ in parts]), np.concatenate([lab for _, lab in parts])
-    else:
-        table = store.table(dataset, fp_id)
-        arrays = split_arrays(table)
-        X = np.concatenate([arrays[s][0] for s in splits])
-        y = np.concatenate([arrays[s][1] for s in splits])
-        proba = head.predict_proba(X) if len(X) else None
+    proba, y, table = _scores(store, head, dataset, fp_id, splits, stream if not tta else "never")
     if len(y) == 0:
         raise HeadstartError(f"the {split} split of {dataset!r} has no labeled images", cli="choose another --split",
                              api="choose another split")
@@ -71,6 +62,20 @@ def evaluate_head(store: FeatureStore, name: str, split: str | None = None, plot
     if plots_dir is not None:
         result["plots"] = _plots(head, name, result, y, proba, plots_dir)
     return result
+
+
+def _scores(store: FeatureStore, head: Head, dataset: str, fp_id: str, splits: tuple[str, ...], stream: str):
+    """(probabilities, labels, the table read whole or None) of the labeled images of `splits`: block by block
+    unless `stream` is never."""
+    if stream != "never":
+        located = streaming.locate(store, dataset, fp_id)
+        parts = [streaming.predict(head, located[s]) for s in splits]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([lab for _, lab in parts]), None
+    table = store.table(dataset, fp_id)
+    arrays = split_arrays(table)
+    X = np.concatenate([arrays[s][0] for s in splits])
+    y = np.concatenate([arrays[s][1] for s in splits])
+    return (head.predict_proba(X) if len(X) else None), y, table
 
 
 def check_target(store: FeatureStore, name: str, manifest: dict, dataset: str, splits: tuple[str, ...]) -> list[str]:

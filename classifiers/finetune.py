@@ -22,7 +22,7 @@ from classifiers.mlp import MLPHead
 from classifiers.params import FinetuneParams, check
 from classifiers.persist import check_name, heads_dir, save
 from classifiers.training import require_labels, split_arrays
-from classifiers.tuner import Tuner, loader
+from classifiers.tuner import Tuner, loader, start_tuner
 from extractor import augment
 from extractor.decode import Limits
 from extractor.definition import member_files
@@ -116,20 +116,7 @@ def finetune(store: FeatureStore, req: Request, monitor: Monitor | None = None,
               "params": p.model_dump()}
     ckpt = Checkpoint(store.home, req.name, config)
     state = ckpt.load(req.restart)
-    warm = None if state else _warm_start(data, classes, p, req.device)
-    mean, scale = (state["mean"], state["scale"]) if state else (torch.from_numpy(warm.mean_),
-                                                                  torch.from_numpy(warm.scale_))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(p.seed)  # the head's initial weights (when not warm-started) are seeded too
-        tuner = Tuner(resolved, p.unfreeze, req.device, len(classes), p.hidden, p.dropout, mean.numpy(),
-                      scale.numpy())
-    if state:
-        tuner.load(state["model"])
-    elif p.warm_start:
-        tuner.head.load_state_dict(warm.net.state_dict())
-    optimizer = torch.optim.Adam(tuner.parameter_groups(p.lr, p.head_lr))
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
+    tuner, optimizer, mean, scale = start_tuner(resolved, p, req.device, data, classes, state)
     run = Run(tuner, optimizer, items, resolved.size, recipe, p, req, monitor, progress)
     history, best = (state["history"], state["best"]) if state else ([], None)
     try:
@@ -145,18 +132,6 @@ def finetune(store: FeatureStore, req: Request, monitor: Monitor | None = None,
     manifest = _finish(store, req, tuner, classes, p, fp_id, history, best, run.failures, table)
     ckpt.remove()
     return manifest
-
-
-def _warm_start(data: dict, classes: list[str], p: FinetuneParams, device: str) -> MLPHead:
-    """A dense head fitted on the cached features first (seconds), so that fine-tuning starts from a good head
-    (with warm_start); its standardisation of the features is used either way."""
-    X, y = data["train"]
-    head = MLPHead(device=device, hidden=list(p.hidden), dropout=p.dropout, seed=p.seed,
-                   epochs=30 if p.warm_start else 1)
-    head.fit(X, y, *data["val"])
-    if list(head.classes_) != classes:
-        raise HeadstartError("internal: warm-start classes differ")
-    return head
 
 
 class Run:

@@ -68,12 +68,7 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
     X, y = data["train"]
     if len(X) == 0:
         raise HeadstartError(f"dataset {dataset!r} has no labeled training images with {backbone} features")
-    used = None
-    if check_views(views):
-        recipe = pick_recipe(store, dataset, fp_id, augment, backbone)
-        Xv, yv = view_arrays(store, table, dataset, fp_id, recipe, views, backbone)
-        used = {"recipe": recipe.name, "canonical": recipe.text, "per_image": views, "rows": int(len(Xv))}
-        X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
+    X, y, used = _with_views(store, table, dataset, fp_id, (X, y), views, augment, backbone)
     start = time.perf_counter()
     head.fit(X, y, *data["val"])
     fit_seconds = time.perf_counter() - start
@@ -86,6 +81,18 @@ def train_head(store: FeatureStore, dataset: str, backbone: str, kind: str, name
             "split_sizes": {s: int(len(data[s][0])) for s in SPLIT_NAMES}, "views": used,
             "train_counts": {str(c): int(n) for c, n in zip(names, counts, strict=True)}}
     return _save(store, head, name, info, {"streamed": False, "solver": IN_MEMORY_SOLVERS.get(head.kind, head.kind)})
+
+
+def _with_views(store: FeatureStore, table: FeatureTable, dataset: str, fp_id: str, train: tuple, views: int,
+                augment: str | None, backbone: str) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """(X, y) of train, with each image's cached views 0..views-1 appended when asked for; and what was used."""
+    X, y = train
+    if not check_views(views):
+        return X, y, None
+    recipe = pick_recipe(store, dataset, fp_id, augment, backbone)
+    Xv, yv = view_arrays(store, table, dataset, fp_id, recipe, views, backbone)
+    used = {"recipe": recipe.name, "canonical": recipe.text, "per_image": views, "rows": int(len(Xv))}
+    return np.concatenate([X, Xv]), np.concatenate([y, yv]), used
 
 
 def _save(store: FeatureStore, head: Head, name: str, info: dict, training: dict) -> dict:

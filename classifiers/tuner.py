@@ -1,6 +1,7 @@
 """The model being fine-tuned: a backbone whose last N stages train, under the dense head; and the data of one
 epoch, read, verified, decoded and augmented in DataLoader workers (view `epoch` of each image: a pure function
-of its content, the recipe and the epoch, so a resumed run sees the same pixels)."""
+of its content, the recipe and the epoch, so a resumed run sees the same pixels); and its start, fresh (its head
+warm-started on the cached features) or from a checkpoint."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from classifiers.mlp import build_net
+from classifiers.mlp import MLPHead, build_net
+from classifiers.params import FinetuneParams
 from extractor.augment import Recipe, make_views
 from extractor.decode import Limits, decode_job, preprocess
 from extractor.engine_local import collate
+from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, Resolved, amp_dtype
 from extractor.stages import Stage, run, split
 from extractor.workers import workers_for
@@ -119,3 +122,34 @@ class Tuner:
 
 def stage_names(stages: list[Stage]) -> list[str]:
     return [s[0] for s in stages]
+
+
+def start_tuner(resolved: Resolved, p: FinetuneParams, device: str, data: dict, classes: list[str], state: dict | None):
+    """(tuner, optimizer, mean, scale): from the checkpoint's `state` when resuming, else fresh (seeded), its head
+    warm-started on the cached features unless asked not to."""
+    warm = None if state else warm_start(data, classes, p, device)
+    mean, scale = (state["mean"], state["scale"]) if state else (torch.from_numpy(warm.mean_),
+                                                                  torch.from_numpy(warm.scale_))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p.seed)  # the head's initial weights (when not warm-started) are seeded too
+        tuner = Tuner(resolved, p.unfreeze, device, len(classes), p.hidden, p.dropout, mean.numpy(), scale.numpy())
+    if state:
+        tuner.load(state["model"])
+    elif p.warm_start:
+        tuner.head.load_state_dict(warm.net.state_dict())
+    optimizer = torch.optim.Adam(tuner.parameter_groups(p.lr, p.head_lr))
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+    return tuner, optimizer, mean, scale
+
+
+def warm_start(data: dict, classes: list[str], p: FinetuneParams, device: str) -> MLPHead:
+    """A dense head fitted on the cached features first (seconds), so that fine-tuning starts from a good head
+    (with warm_start); its standardisation of the features is used either way."""
+    X, y = data["train"]
+    head = MLPHead(device=device, hidden=list(p.hidden), dropout=p.dropout, seed=p.seed,
+                   epochs=30 if p.warm_start else 1)
+    head.fit(X, y, *data["val"])
+    if list(head.classes_) != classes:
+        raise HeadstartError("internal: warm-start classes differ")
+    return head

@@ -197,19 +197,12 @@ class ThreadMap:
                 pool.shutdown(cancel_futures=True)
 
 
-def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bool = False,
-               progress: Callable[[int, int], None] | None = None,
-               should_stop: Callable[[], bool] | None = None, mapper: ThreadMap | None = None) -> None:
-    """Set each item's sha256, reusing hashes of files whose size and mtime did not change.
-
-    With `confine`, files whose real path (symlinks followed) leaves the root are failures, never read.
-    `progress(hashed, to_hash)` is called as files are read (at most ~10 times a second, and at the end);
-    `should_stop` is asked as often, and a True answer raises Stopped (hashes read so far are remembered).
-    `mapper` runs the hashing (threads here by default; the Ray engine's runs it as tasks on the cluster).
-    """
+def _known_hashes(listing: Listing, catalog: Catalog,
+                  confine: bool) -> tuple[list[Item], list[tuple[Item, Path, int, int]]]:
+    """(items whose hash the catalog has for their unchanged size and mtime, set now; (item, path, size, mtime) of
+    the others, to read). Files that cannot be stat'ed, or leave the root under `confine`, become failures."""
     cache = catalog.cached_hashes(str(listing.root))
-    todo: list[tuple[Item, Path, int, int]] = []
-    fresh, keep = [], []
+    keep, todo = [], []
     for item in listing.items:
         path = item.file or listing.root / item.rel
         if confine and not path.resolve().is_relative_to(listing.root):
@@ -226,6 +219,21 @@ def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bo
             keep.append(item)
         else:
             todo.append((item, path, st.st_size, st.st_mtime_ns))
+    return keep, todo
+
+
+def hash_items(listing: Listing, catalog: Catalog, threads: int = 4, confine: bool = False,
+               progress: Callable[[int, int], None] | None = None,
+               should_stop: Callable[[], bool] | None = None, mapper: ThreadMap | None = None) -> None:
+    """Set each item's sha256, reusing hashes of files whose size and mtime did not change.
+
+    With `confine`, files whose real path (symlinks followed) leaves the root are failures, never read.
+    `progress(hashed, to_hash)` is called as files are read (at most ~10 times a second, and at the end);
+    `should_stop` is asked as often, and a True answer raises Stopped (hashes read so far are remembered).
+    `mapper` runs the hashing (threads here by default; the Ray engine's runs it as tasks on the cluster).
+    """
+    keep, todo = _known_hashes(listing, catalog, confine)
+    fresh = []
     mapper = mapper or ThreadMap(threads)
     chunks = [[str(e[1]) for e in todo[i:i + mapper.chunk]] for i in range(0, len(todo), mapper.chunk)]
     results = mapper(hash_paths, chunks)

@@ -189,7 +189,12 @@ def run(jobs: list[tuple], home: Path, resolved, opts, roots: list[str], actor: 
                                                "amp": opts.amp, "threads": threads, "recipe": recipe,
                                                "decode": "gpu" if resolved.device_decode else "cpu",
                                                "limits": opts.limits})
-    batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+    yield from _shards(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0), recipe)
+
+
+def _shards(batches, recipe: str) -> Iterator[tuple[str, list[str], int, list[tuple[str, DecodeError]], list[int]]]:
+    """The actors' reports, one per shard, as run() yields them; an actor's fatal error is raised here. Closing
+    this stops the Ray work."""
     try:
         for out in batches:
             for file, shas, size, bad, fatal, views in zip(out["file"], out["shas"], out["bytes"], out["bad"],

@@ -64,14 +64,7 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="say how DATA_DIR would be read (classes, counts, splits, warnings); read no image, load no "
                         "model, register nothing")
     _backbone_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: usable cores - 1)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", default="auto", help="mixed precision on CUDA: auto, off, bf16, fp16")
-    p.add_argument("--decode", default="auto", choices=("auto", "cpu", "gpu"),
-                   help="where JPEGs are decoded: cpu (Pillow in the workers), gpu (nvJPEG on the device; its own "
-                        "features), auto (the path measured faster: cpu today)")
-    p.add_argument("--dtype", default="float32", help="storage: float32 or float16")
+    _compute_args(p)
     p.add_argument("--augment", metavar="RECIPE",
                    help="also cache augmented views of every train image: classic, crop, or terms like "
                         "flip,rotate=30,shift=0.1,zoom=0.2,crop=0.5 (needs --views)")
@@ -83,6 +76,24 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="refuse larger images (e.g. 64M, 100M, 2G)")
     p.add_argument("--max-bytes", type=count("--max-bytes", 1024), default=64 * 1024 * 1024,
                    help="refuse larger files (e.g. 64M = 64 MiB)")
+    _engine_args(p)
+    p.set_defaults(func=cmd_extract)
+
+
+def _compute_args(p: argparse.ArgumentParser) -> None:
+    """extract's batch, workers, device, precision, decoding and storage options."""
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: usable cores - 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="auto", help="mixed precision on CUDA: auto, off, bf16, fp16")
+    p.add_argument("--decode", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="where JPEGs are decoded: cpu (Pillow in the workers), gpu (nvJPEG on the device; its own "
+                        "features), auto (the path measured faster: cpu today)")
+    p.add_argument("--dtype", default="float32", help="storage: float32 or float16")
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    """Where extract's work runs (local, or a Ray cluster), and how often it saves."""
     p.add_argument("--engine", default=os.environ.get("HEADSTART_ENGINE") or "local", choices=ENGINES,
                    help="where the work runs: local (this machine), or ray (tasks and GPU actors on a Ray cluster; "
                         "the data folder and the home on a path every node sees). Default $HEADSTART_ENGINE or local")
@@ -92,7 +103,6 @@ def _extract_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--actors", type=int, help="forward actors with --engine ray (default: one per GPU, else 1)")
     p.add_argument("--shard-rows", type=int, help=argparse.SUPPRESS)
     p.add_argument("--flush-seconds", type=float, default=60.0, help="save finished vectors at least this often")
-    p.set_defaults(func=cmd_extract)
 
 
 def count(option: str, unit: int = 1000):

@@ -49,17 +49,8 @@ def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
             return True
         return runner.should_stop(job_id)
 
-    summary = run_extract(opts, runner.store, progress=progress, should_stop=should_stop).to_dict()
-    labels = {"backbone": request["backbone"], "engine": s.engine}
-    runner.metrics.inc("headstart_images_extracted_total", labels, summary["extracted"])
-    runner.metrics.inc("headstart_extract_seconds_total", labels, summary["seconds"])
-    if summary["extracted"]:
-        runner.metrics.set("headstart_extract_images_per_second", summary["extracted"] / max(summary["seconds"], 1e-9),
-                           labels)
-    summary["failures"] = summary["failures"][:MAX_FAILURES_SHOWN]  # `failed` counts them all
-    for item in summary["failures"]:
-        item["path"] = runner.scrub(item["path"])
-    summary["warnings"] = [runner.scrub(w) for w in summary["warnings"]]
+    summary = _recorded(runner, request, run_extract(opts, runner.store, progress=progress,
+                                                     should_stop=should_stop).to_dict())
     if summary["stopped"]:
         if timed_out:
             return "failed", summary, (f"stopped after {s.extract_max_seconds:g} s, the limit of "
@@ -72,6 +63,21 @@ def extract(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | 
         return "failed", summary, (f"none of the {summary['failed']} images could be used; first: "
                                    f"{first['path']}: {first['reason']}")
     return "succeeded", summary, None
+
+
+def _recorded(runner: JobRunner, request: dict, summary: dict) -> dict:
+    """An extract's summary counted in the metrics, then cut to what a job shows, its paths scrubbed."""
+    labels = {"backbone": request["backbone"], "engine": runner.settings.engine}
+    runner.metrics.inc("headstart_images_extracted_total", labels, summary["extracted"])
+    runner.metrics.inc("headstart_extract_seconds_total", labels, summary["seconds"])
+    if summary["extracted"]:
+        runner.metrics.set("headstart_extract_images_per_second", summary["extracted"] / max(summary["seconds"], 1e-9),
+                           labels)
+    summary["failures"] = summary["failures"][:MAX_FAILURES_SHOWN]  # `failed` counts them all
+    for item in summary["failures"]:
+        item["path"] = runner.scrub(item["path"])
+    summary["warnings"] = [runner.scrub(w) for w in summary["warnings"]]
+    return summary
 
 
 def train(runner: JobRunner, job_id: str, request: dict) -> tuple[str, dict | None, str | None]:

@@ -30,20 +30,19 @@ def heic(img: Image.Image, orientation: int = 1, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def avif(img: Image.Image, orientation: int = 1) -> bytes:
-    exif = Image.Exif()
-    exif[ORIENTATION] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "AVIF", quality=95, exif=exif.tobytes())
-    return buf.getvalue()
+def by_pillow(fmt: str):
+    """An encoder of `fmt` through Pillow, with an EXIF orientation (AVIF and JPEG keep it in EXIF)."""
+    def encode(img: Image.Image, orientation: int = 1) -> bytes:
+        exif = Image.Exif()
+        exif[ORIENTATION] = orientation
+        buf = io.BytesIO()
+        img.save(buf, fmt, quality=95, exif=exif.tobytes())
+        return buf.getvalue()
+
+    return encode
 
 
-def jpeg(img: Image.Image, orientation: int = 1) -> bytes:
-    exif = Image.Exif()
-    exif[ORIENTATION] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=95, exif=exif.tobytes())
-    return buf.getvalue()
+avif, jpeg = by_pillow("AVIF"), by_pillow("JPEG")
 
 
 def marked() -> Image.Image:

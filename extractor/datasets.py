@@ -18,7 +18,7 @@ from extractor.errors import HeadstartError, Stopped
 from extractor.formats import CONVERT, PHONE_FORMATS
 
 # Listing only: which files are candidates. Whether a file *is* an image is decided by its content.
-# phones' formats, read where their decoder is (extractor.decode.PHONE_FORMATS: HEIF always, AVIF with libavif)
+# phones' formats, read where their decoder is (extractor.formats.PHONE_FORMATS: HEIF always, AVIF with libavif)
 PHONE_SUFFIXES = {".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", "",
                   *(s for s, fmt in PHONE_SUFFIXES.items() if fmt in PHONE_FORMATS)}

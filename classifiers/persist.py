@@ -23,15 +23,15 @@ from extractor.locks import Busy, FileLock
 FORMAT = "headstart-head/1"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+REQUIRED = {"format": str, "name": str, "kind": str, "params": dict, "classes": list, "dim": int,
+            "fingerprint": dict, "weights": str, "backbone": str, "dataset": str, "metrics": dict,
+            "created": str, "weights_sha256": str}
 
 
 def heads_dir(store) -> Path:
     """Where a store's heads live: `heads/` in its home."""
     return store.home / "heads"
-CURRENT = "CURRENT"
-REQUIRED = {"format": str, "name": str, "kind": str, "params": dict, "classes": list, "dim": int,
-            "fingerprint": dict, "weights": str, "backbone": str, "dataset": str, "metrics": dict,
-            "created": str, "weights_sha256": str}
 
 
 class HeadCorrupt(HeadstartError):

@@ -77,16 +77,15 @@ def predict_files(store: FeatureStore, predictor: Predictor, paths: list[Path], 
     decode ahead. With the forward on the CPU it is not done: the forward already keeps every core busy, and
     decoding beside it measured 0.97-1.03x of decoding before it (bench/bench_predict_files.py, 2 cores)."""
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    if ahead is None:  # (no files: no device to ask about)
-        ahead = len(chunks) > 1 and resolve_device(predictor.device).type == "cuda"
-    if not ahead or len(chunks) < 2:  # (one chunk: nothing to overlap)
+    # one chunk or none: nothing to overlap (and no device to ask about)
+    if len(chunks) < 2 or not (ahead if ahead is not None else resolve_device(predictor.device).type == "cuda"):
         for chunk in chunks:
             yield finish(predictor, prepare(store, predictor, chunk, k, tta), k, batch_size, tta)
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="predict-read") as ahead:
-        pending = ahead.submit(prepare, store, predictor, chunks[0], k, tta)
+    with ThreadPoolExecutor(1, thread_name_prefix="predict-read") as reader:
+        pending = reader.submit(prepare, store, predictor, chunks[0], k, tta)
         for n in range(len(chunks)):
             ready = pending.result()
             if n + 1 < len(chunks):
-                pending = ahead.submit(prepare, store, predictor, chunks[n + 1], k, tta)
+                pending = reader.submit(prepare, store, predictor, chunks[n + 1], k, tta)
             yield finish(predictor, ready, k, batch_size, tta)

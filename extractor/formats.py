@@ -70,8 +70,6 @@ def _signed_format(data: bytes) -> str | None:
     return next((fmt for sig, fmt in _SIGNATURES if head.startswith(sig)), None)
 
 
-
-
 def refusal(data: bytes) -> tuple[str, int]:
     """(why bytes that open as no allowed format are refused, the HTTP status that goes with it)."""
     phone = _phone_format(data)

@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,18 @@ def shown(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def composed(text: str) -> str:
+    """`text` in Unicode's composed form (NFC). macOS writes names decomposed (é as e + a combining accent, Hangul
+    as its jamo) and keeps them so when they are copied or zipped: a class folder from a Mac and one made elsewhere,
+    or a CSV typed elsewhere naming a Mac's files, print alike but differ as strings."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def label_of(name: str) -> str:
+    """A folder or file name as a label: shown, composed. Two folders that print alike give one label."""
+    return composed(shown(name))
 
 
 _ESCAPED = re.compile(r"\\x([89a-f][0-9a-f])")

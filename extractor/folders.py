@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from extractor.datasets import SYSTEM_FOLDERS, Item, Listing, existing_dir, image_files, shown
+from extractor.datasets import SYSTEM_FOLDERS, Item, Listing, existing_dir, image_files, label_of
 
 # top-level folder names that mean a split, as tutorials and public datasets lay them out (data/train/cat,
 # data/validation/cat): such a folder is a split of class folders, never a class
@@ -50,7 +50,7 @@ def scan_folder(root: Path, unlabeled: bool = False, names: bool = False) -> Lis
         for folder in classes:
             files, n_skip = image_files(folder, system, unread)
             skipped += n_skip
-            items += [Item.at(root, f, shown(folder.name)) for f in files]
+            items += [Item.at(root, f, label_of(folder.name)) for f in files]
         listing = Listing(root, "folders", items, skipped=skipped, top_level=sum(p.is_file() for p in entries))
         listing.notes += _sibling_splits(root) + _one_level_down(classes, items)
         if named := [p for p in classes if split_of(p.name)]:
@@ -95,7 +95,7 @@ def _named(root: Path, files: list[Path], skipped: Counter, folders: list[Path])
                                        "number, as cat.12.jpg or american_bulldog_10.jpg; rename the file, or move it "
                                        "out of the folder"))
         else:
-            item.label = shown(label)
+            item.label = label_of(label)
             items.append(item)
     return Listing(root, "names", items, failures, skipped=skipped, split_folders=splits)
 
@@ -124,7 +124,7 @@ def _one_level_down(classes: list[Path], items: list) -> list[str]:
     splits = all(split_of(name) for name in inner)  # cats_and_dogs_filtered/train/cats, as the zip unpacks
     if len(inner) < 2 and not (inner and splits):
         return []
-    folder = next(p for p in classes if shown(p.name) == items[0].label)
+    folder = next(p for p in classes if label_of(p.name) == items[0].label)
     listed = ", ".join(inner[:4]) + (" ..." if len(inner) > 4 else "")
     return [f"all the images are inside {folder.name}/, one class, and the folders in it ({listed}) look like "
             f"{'splits of class folders' if splits else 'the classes'}: to read those, extract {folder} instead "
@@ -175,7 +175,7 @@ def _scan_split_folders(root: Path, splits: list[Path], system: list[Path], unre
         for folder in (p for p in inside if p.name not in SYSTEM_FOLDERS):
             files, n_skip = image_files(folder, system, unread)
             skipped += n_skip
-            items += [replace(Item.at(root, f, shown(folder.name)),
+            items += [replace(Item.at(root, f, label_of(folder.name)),
                               split=split_of(split.name) if given else None) for f in files]
     listing = Listing(root, "folders", items, skipped=skipped, split_folders={
         p.name: split_of(p.name) for p in splits})

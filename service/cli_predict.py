@@ -46,21 +46,26 @@ def _check(args: argparse.Namespace) -> None:
 
 def expand(items: list[Path], classes: set[str] | None = None) -> tuple[list[Path], list[dict], dict[Path, str]]:
     """Files as given and every image below given folders; rows for paths that do not exist or hold none; and the
-    true label of images below a given folder's subfolder named as one of `classes` (new photos sorted by class)."""
+    true label of images below a given folder's subfolder named as one of `classes` (new photos sorted by class;
+    matched as labels are, composed: a head's classes from before labels were composed match too)."""
+    import os
     from collections import Counter
 
-    from extractor.datasets import image_files, shown, unread_photos
+    from extractor.datasets import composed, image_names, label_of, unread_photos
 
     found, problems, truth = [], [], {}
+    known = {composed(c): c for c in classes or ()}
     for item in items:
         if item.is_dir():
             unread: Counter = Counter()
-            images, _ = image_files(item, unread=unread)
+            names, _ = image_names(item, unread=unread)
+            images = [Path(name) for name in names]
             found += images
-            for image in images:
-                parts = image.relative_to(item).parts
-                if len(parts) > 1 and shown(parts[0]) in (classes or ()):
-                    truth[image] = shown(parts[0])
+            top = os.path.join(str(item), "")  # by string: 1.20 s for 200,000 images, 1.74 s by Path.relative_to
+            for name, image in zip(names, images, strict=True):
+                first, below, _ = name[len(top):].partition(os.sep)
+                if below and (label := known.get(label_of(first))) is not None:
+                    truth[image] = label
             if not images:
                 also = f"; {unread_photos(unread)}" if unread else " (.jpg, .png, .webp, ...)"
                 problems.append({"image": str(item), "error": f"folder holds no image files headstart reads{also}"})

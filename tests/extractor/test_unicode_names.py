@@ -79,3 +79,14 @@ def test_a_file_listed_in_both_forms_is_one_member(tmp_path):
     listing = scan_csv(tmp_path / "data", tmp_path / "labels.csv")
     assert [(item.file, item.label) for item in listing.items] == [(path, "a")]
     assert len(listing.failures) == 1 and "listed again in the CSV with label 'b'" in listing.failures[0][1]
+
+
+def test_predict_finds_true_labels_in_class_folders_of_either_form(tmp_path):
+    from service.cli_predict import expand
+
+    make_folder(tmp_path / "new", {nfd(CAFE): 2, nfc(KIMCHI): 2, "other": 1})
+    files, problems, truth = expand([tmp_path / "new"], {nfc(CAFE), nfc(KIMCHI)})
+    assert len(files) == 5 and not problems
+    assert sorted(truth.values()) == [nfc(CAFE)] * 2 + [nfc(KIMCHI)] * 2
+    # a head trained before labels were composed has the folder's own form as its class: its class is the truth
+    assert sorted(expand([tmp_path / "new"], {nfd(CAFE)})[2].values()) == [nfd(CAFE)] * 2

@@ -114,6 +114,8 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
     except Exception:
         reason, status = formats.refusal(data)
         raise DecodeError(reason, status=status) from None
+    if img.format == "PPM" and bytes(data[:2]) in formats.PLAIN_NETPBM:
+        raise DecodeError(formats.PLAIN_NETPBM_REFUSED, status=415)
     width, height = img.size
     if width * height > limits.max_pixels:
         raise DecodeError(

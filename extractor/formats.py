@@ -14,11 +14,13 @@ from PIL import Image, features
 # encoder), whose Pillow format is HEIF; AVIF through Pillow's own plugin, where its build has libavif.
 pi_heif.register_heif_opener()
 PHONE_FORMATS = ("HEIF", "AVIF") if features.check("avif") else ("HEIF",)
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", *PHONE_FORMATS)
+# PPM: binary Netpbm (PBM, PGM, PPM; datasets such as GTSRB ship it), the plain-text forms refused (open_image)
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", *PHONE_FORMATS)
 # The revision of the rules here that decide whether content is an image (raise it with a change that reads, or
 # refuses, some content otherwise). With the decoders' versions it is part of Limits.signature: content refused by one
 # decoder is remembered as bad for that decoder only, and tried again once by another. 3: HEIC/HEIF and AVIF read.
-DECODE_RULES = 3
+# 4: binary Netpbm read.
+DECODE_RULES = 4
 # Our own pixel check (extractor.decode) is the limit; PIL's warning in between would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # PIL's own notes on damaged files (e.g. 'Corrupt EXIF data' of a cut TIFF) printed PIL's source path into an
@@ -28,7 +30,7 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 # workers hands them over loaded. Left to Image.open, each fresh worker imported them itself (WebP and TIFF through
 # Image.init(), every plugin Pillow has): ~0.25 s per worker at the start of every run, measured with 2 workers.
 Image.preinit()
-for _plugin in ("Bmp", "Gif", "Jpeg", "Png", "Tiff", "WebP", *(["Avif"] if "AVIF" in PHONE_FORMATS else [])):
+for _plugin in ("Bmp", "Gif", "Jpeg", "Png", "Ppm", "Tiff", "WebP", *(["Avif"] if "AVIF" in PHONE_FORMATS else [])):
     importlib.import_module(f"PIL.{_plugin}ImagePlugin")
 
 
@@ -44,6 +46,11 @@ CONVERT = "to JPEG or PNG (a photo app's export, or a converter such as ImageMag
 BRANDS = {b"heic": ("HEIC", "HEIF"), b"heix": ("HEIC", "HEIF"), b"heim": ("HEIC", "HEIF"), b"heis": ("HEIC", "HEIF"),
           b"mif1": ("HEIF", "HEIF"), b"msf1": ("HEIF", "HEIF"), b"avif": ("AVIF", "AVIF"), b"avis": ("AVIF", "AVIF")}
 JPEG_XL = (b"\xff\x0a", b"\0\0\0\x0cJXL \r\n\x87\n")  # a bare codestream, or in its container
+# Plain-text Netpbm: Pillow decodes its text in Python, 7.8 s for a 64 MiB P3 here (a binary one of as many pixels
+# takes milliseconds), too slow to take from anyone who can send a file; rare in datasets besides.
+PLAIN_NETPBM = (b"P1", b"P2", b"P3")
+PLAIN_NETPBM_REFUSED = ("a plain-text (ASCII) Netpbm image (PBM, PGM or PPM), a form headstart does not read: convert "
+                        "it to binary Netpbm or PNG (netpbm's pnmtopnm, or ImageMagick)")
 
 
 def _phone_format(data: bytes) -> tuple[str, bool] | None:

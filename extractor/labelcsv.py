@@ -15,8 +15,9 @@ from extractor.datasets import IMAGE_SUFFIXES, Item, Listing, composed, existing
 from extractor.errors import HeadstartError, Stopped
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "id", "image_id", "img")
-LABEL_COLUMNS = ("label", "class", "breed", "category", "target", "y")
-GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".heic", ".avif")
+LABEL_COLUMNS = ("label", "class", "breed", "category", "target", "y", "classid", "class_id")
+GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".heic", ".avif",
+                  ".ppm", ".pgm")
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, csv_path: Path) -> str:

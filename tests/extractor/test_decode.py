@@ -236,7 +236,8 @@ def _phone(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["float-tiff", "png16", "rgba-png", "rgb-png", "heic", "rgba-heic", "avif"])
+@pytest.mark.parametrize("kind", ["float-tiff", "png16", "rgba-png", "rgb-png", "heic", "rgba-heic", "avif", "rgb-ppm",
+                                  "pgm16"])
 def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, kind):
     import subprocess
     import sys
@@ -250,9 +251,13 @@ def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, 
            "rgb-png": lambda: Image.new("RGB", side[::-1], (10, 20, 30)),
            "heic": lambda: Image.new("RGB", side[::-1], (10, 20, 30)),
            "rgba-heic": lambda: Image.new("RGBA", side[::-1], (10, 20, 30, 128)),
-           "avif": lambda: Image.new("RGB", side[::-1], (10, 20, 30))}[kind]()
+           "avif": lambda: Image.new("RGB", side[::-1], (10, 20, 30)),
+           "rgb-ppm": lambda: Image.new("RGB", side[::-1], (10, 20, 30)),
+           "pgm16": lambda: Image.fromarray(np.full(side, 1000, np.uint16))}[kind]()
     if kind.endswith(("heic", "avif")):  # their decoders' own planes (before: ~0.65 of the peak was counted)
         data = _phone(img, "AVIF" if kind == "avif" else "HEIF")
+    elif kind in ("rgb-ppm", "pgm16"):
+        data = _encoded(img, "PPM")
     else:
         data = _encoded(img, "TIFF", compression="tiff_adobe_deflate") if kind == "float-tiff" else _encoded(img, "PNG")
     (tmp_path / "img").write_bytes(data)

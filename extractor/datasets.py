@@ -16,7 +16,7 @@ from pathlib import Path
 
 from extractor.catalog import Catalog
 from extractor.errors import HeadstartError, Stopped
-from extractor.formats import CONVERT, PHONE_FORMATS
+from extractor.formats import ARCHIVE_PROBE, CONVERT, PHONE_FORMATS, archive
 
 # Listing only: which files are candidates. Whether a file *is* an image is decided by its content.
 # phones' formats, read where their decoder is (extractor.formats.PHONE_FORMATS: HEIF always, AVIF with libavif)
@@ -154,12 +154,25 @@ def image_names(folder: Path, system: list[Path] | None = None,
 def existing_dir(root: Path) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise HeadstartError(f"data folder {root} does not exist or is not a folder; give a folder of images")
+        raise HeadstartError(f"data folder {root} {_not_a_folder(root)}")
     root = root.resolve()
     if shown(str(root)) != str(root):
         raise HeadstartError(f"data folder {shown(str(root))}: its path is not UTF-8 text (\\x.. marks the bytes); "
                              f"rename the folders named so (e.g. convmv -f cp1252 -t utf-8 --notest)")
     return root
+
+
+def _not_a_folder(path: Path) -> str:
+    """What a data folder that is not one is, and what to do (a dataset downloaded as an archive is given as it came;
+    an image is given where its folder should be)."""
+    try:
+        with open(path, "rb") as fh:
+            packed = archive(fh.read(ARCHIVE_PROBE))
+    except OSError:
+        return "does not exist or cannot be read; give a folder of images"
+    if packed:
+        return f"is {packed[0]}, not a folder: unpack it ({packed[1]} {path}) and give the folder it unpacks to"
+    return "is a file, not a folder: give the folder of images it is in (predict takes single images)"
 
 
 _BUFFERS = threading.local()

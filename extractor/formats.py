@@ -77,8 +77,28 @@ def _signed_format(data: bytes) -> str | None:
     return next((fmt for sig, fmt in _SIGNATURES if head.startswith(sig)), None)
 
 
+# archives datasets are downloaded as: (first bytes, at which offset, what it is, how to unpack it)
+_ARCHIVES = ((b"PK\x03\x04", 0, "a zip archive", "unzip"), (b"PK\x05\x06", 0, "a zip archive", "unzip"),
+             (b"ustar", 257, "a tar archive", "tar -xf"), (b"\x1f\x8b", 0, "a gzip-compressed file", "tar -xf"),
+             (b"BZh", 0, "a bzip2-compressed file", "tar -xf"),
+             (b"\x28\xb5\x2f\xfd", 0, "a zstd-compressed file", "tar -xf"),
+             (b"\xfd7zXZ\x00", 0, "an xz-compressed file", "tar -xf"),
+             (b"7z\xbc\xaf\x27\x1c", 0, "a 7z archive", "7z x"), (b"Rar!\x1a\x07", 0, "a RAR archive", "unrar x"))
+ARCHIVE_PROBE = 262  # bytes that tell every archive above
+
+
+def archive(data: bytes) -> tuple[str, str] | None:
+    """(what archive the bytes begin as, the command that unpacks it), or None."""
+    for magic, at, kind, command in _ARCHIVES:
+        if bytes(data[at:at + len(magic)]) == magic:
+            return kind, command
+    return None
+
+
 def refusal(data: bytes) -> tuple[str, int]:
     """(why bytes that open as no allowed format are refused, the HTTP status that goes with it)."""
+    if packed := archive(data):
+        return f"{packed[0]}, not an image: unpack it ({packed[1]}), and give the images inside", 415
     phone = _phone_format(data)
     if phone and not phone[1]:
         return (f"a{'n' * phone[0].startswith('A')} {phone[0]} photo, a format headstart does not read: convert it "

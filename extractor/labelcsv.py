@@ -13,6 +13,7 @@ from pathlib import Path
 
 from extractor.datasets import IMAGE_SUFFIXES, Item, Listing, composed, existing_dir, image_names
 from extractor.errors import HeadstartError, Stopped
+from extractor.formats import ARCHIVE_PROBE, archive
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "id", "image_id", "img")
 LABEL_COLUMNS = ("label", "class", "breed", "category", "target", "y", "classid", "class_id")
@@ -43,6 +44,8 @@ def _read_csv_text(csv_path: Path) -> tuple[str, str | None]:
         data = csv_path.read_bytes()
     except OSError as exc:
         raise HeadstartError(f"cannot read labels file {csv_path}: {exc.strerror or exc}") from None
+    if (packed := archive(data[:ARCHIVE_PROBE])) or data.startswith(OLE2):
+        raise HeadstartError(_not_text(csv_path, packed))
     try:
         return data.decode("utf-8-sig"), None
     except UnicodeDecodeError as exc:
@@ -55,6 +58,19 @@ def _read_csv_text(csv_path: Path) -> tuple[str, str | None]:
         return text, (f"{csv_path} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); it was read as "
                       f"Windows-1252, Excel's CSV encoding: if labels look wrong, save it as UTF-8 "
                       f"(Excel: 'CSV UTF-8')")
+
+
+OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # the container of Excel's .xls
+SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")  # zip (or OLE2) files
+
+
+def _not_text(csv_path: Path, packed: tuple[str, str] | None) -> str:
+    """A labels file given as the workbook it was typed in, or as the archive it came in."""
+    if packed is None or csv_path.suffix.lower() in SPREADSHEETS:
+        return f"labels file {csv_path} is a spreadsheet workbook, not a CSV: save it as CSV (Excel: 'CSV UTF-8'; " \
+               f"LibreOffice: 'Text CSV') and give that file"
+    return f"labels file {csv_path} is {packed[0]}, not a CSV: unpack it ({packed[1]} {csv_path}) and give the CSV " \
+           f"inside"
 
 
 def _separator(header: str) -> str:

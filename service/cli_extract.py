@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 from extractor.ray_cluster import ENGINES
-from extractor.store import FeatureStore
+from extractor.store import FeatureStore, default_home
 from service.cli import CACHED_BACKBONE, emit, existing_store, table, warn
 
 
@@ -178,7 +179,10 @@ def _dry_run(args: argparse.Namespace) -> int:
 
     wanted = Wanted(args.data_dir, args.labels, args.path_column, args.label_column, args.unlabeled, args.redefine,
                     args.add, args.name_labels)
-    p = preview_extract(FeatureStore(args.home), args.dataset, wanted, args.split, args.seed)
+    home = Path(args.home).expanduser() if args.home else default_home()
+    with tempfile.TemporaryDirectory() as empty:  # where there is no home yet, a dry run makes none
+        store = FeatureStore(home if (home / "catalog.sqlite").is_file() else empty)
+        p = preview_extract(store, args.dataset, wanted, args.split, args.seed)
     labeled = f"{len(p['classes'])} classes" + (f", {p['unlabeled']} images unlabeled" if p["unlabeled"] else "")
     lines = [f"{p['dataset']}{' (exists)' if p['exists'] else ''}: {p['images']} images from "
              f"{'; '.join(p['sources'])}: {labeled if p['classes'] else 'unlabeled'}"]

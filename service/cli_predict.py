@@ -44,6 +44,9 @@ def _check(args: argparse.Namespace) -> None:
         raise HeadstartError("--split chooses a split of --dataset; pass --dataset NAME too")
 
 
+URL_SCHEMES = ("http:/", "https:/", "ftp:/", "s3:/", "gs:/")
+
+
 def expand(items: list[Path], classes: set[str] | None = None) -> tuple[list[Path], list[dict], dict[Path, str]]:
     """Files as given and every image below given folders; rows for paths that do not exist or hold none; and the
     true label of images below a given folder's subfolder named as one of `classes` (new photos sorted by class;
@@ -71,6 +74,10 @@ def expand(items: list[Path], classes: set[str] | None = None) -> tuple[list[Pat
                 problems.append({"image": str(item), "error": f"folder holds no image files headstart reads{also}"})
         elif item.exists():
             found.append(item)
+        elif str(item).startswith(URL_SCHEMES):  # Path made https://x of https:/x
+            url = str(item).replace(":/", "://", 1)
+            problems.append({"image": url, "error": f"a URL, and headstart reads files on this machine: download it "
+                                                    f"first (curl -O {url}) and give the file"})
         else:
             problems.append({"image": str(item), "error": "no such file or folder"})
     return found, problems, truth

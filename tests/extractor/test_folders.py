@@ -244,7 +244,11 @@ def test_a_dry_run_says_how_the_folder_is_read_and_touches_nothing(tmp_path, cap
         "splits: given by the folders, train 9, val 4",
         "dry run: no image was read, no model loaded, nothing registered; drop --dry-run to extract"]
     assert "the top-level folders name the splits, train/ (train), validation/ (val)" in err
-    assert FeatureStore(home).catalog.dataset_names() == []
+    assert not home.exists()  # no home is made (before: an empty one)
+    FeatureStore(home)
+    code, _, err = run_main(capsys, "extract", str(tmp_path / "data"), "--dataset", "pets", "--dry-run",
+                            "--home", str(home))
+    assert code == 0 and FeatureStore(home).catalog.dataset_names() == []
     code, out, _ = run_main(capsys, "extract", str(tmp_path / "data" / "train"), "--dataset", "p2", "--dry-run",
                             "--split", "0.5,0.25,0.25", "--seed", "7", "--json", "--home", str(home))
     answer = json.loads(out)

@@ -11,9 +11,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from extractor.csvtext import read_text
 from extractor.datasets import IMAGE_SUFFIXES, Item, Listing, composed, existing_dir, image_names
 from extractor.errors import HeadstartError, Stopped
-from extractor.formats import ARCHIVE_PROBE, archive
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "id", "image_id", "img")
 LABEL_COLUMNS = ("label", "class", "breed", "category", "target", "y", "classid", "class_id")
@@ -35,42 +35,6 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
     raise HeadstartError(
         f"{csv_path}: cannot tell the {what} column among {', '.join(columns)}; "
         f"pass --{what}-column NAME")
-
-
-def _read_csv_text(csv_path: Path) -> tuple[str, str | None]:
-    """The CSV's text, and a note when it is not UTF-8: Excel on Windows saves "CSV" in the system's code page
-    (Windows-1252 in Western Europe and the Americas), so such a file is read as Windows-1252."""
-    try:
-        data = csv_path.read_bytes()
-    except OSError as exc:
-        raise HeadstartError(f"cannot read labels file {csv_path}: {exc.strerror or exc}") from None
-    if (packed := archive(data[:ARCHIVE_PROBE])) or data.startswith(OLE2):
-        raise HeadstartError(_not_text(csv_path, packed))
-    try:
-        return data.decode("utf-8-sig"), None
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        try:
-            text = data.decode("cp1252")
-        except UnicodeDecodeError:
-            raise HeadstartError(f"{csv_path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-                                 f"save it as UTF-8 (Excel: 'CSV UTF-8')") from None
-        return text, (f"{csv_path} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); it was read as "
-                      f"Windows-1252, Excel's CSV encoding: if labels look wrong, save it as UTF-8 "
-                      f"(Excel: 'CSV UTF-8')")
-
-
-OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # the container of Excel's .xls
-SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")  # zip (or OLE2) files
-
-
-def _not_text(csv_path: Path, packed: tuple[str, str] | None) -> str:
-    """A labels file given as the workbook it was typed in, or as the archive it came in."""
-    if packed is None or csv_path.suffix.lower() in SPREADSHEETS:
-        return f"labels file {csv_path} is a spreadsheet workbook, not a CSV: save it as CSV (Excel: 'CSV UTF-8'; " \
-               f"LibreOffice: 'Text CSV') and give that file"
-    return f"labels file {csv_path} is {packed[0]}, not a CSV: unpack it ({packed[1]} {csv_path}) and give the CSV " \
-           f"inside"
 
 
 def _separator(header: str) -> str:
@@ -169,9 +133,9 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_c
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise HeadstartError(f"labels file {csv_path} does not exist; give a CSV with path and label columns")
-    text, note = _read_csv_text(csv_path)
+    text, note = read_text(csv_path)
     notes = [note] if note else []
-    separator = _separator(text.partition("\n")[0])
+    separator = _separator(text.partition("\n")[0].partition("\r")[0])  # (a CR alone: classic Mac)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, skipinitialspace=separator == " ")
     columns = list(reader.fieldnames or [])
     if not columns:

@@ -1,5 +1,6 @@
 """Which content is an image: the allowed formats and their Pillow plugins (loaded at import), the revision of
-these rules, and the one-line reason for bytes that open as none of them (a format not read, a file cut short)."""
+these rules, and the one-line reason for bytes that open as none of them (a format not read, a file cut short, an
+archive)."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def listing_warnings(listing: Listing, dataset: str, split: str | None, labels: 
     return out
 
 
-def _near_labels(labels: set[str]) -> list[str]:
+def _near_labels(labels: Counter) -> list[str]:
     """Labels that differ only in case or spacing (`Cat` and `cat`, `golden retriever` and `golden_retriever`, as
     hand-made CSVs and folders merged from two sources have them): two classes, most likely meant as one."""
     groups: dict[str, list[str]] = {}

@@ -8,20 +8,23 @@ import functools
 import io
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from extractor.csvtext import read_text
 from extractor.datasets import IMAGE_SUFFIXES, Item, Listing, composed, existing_dir, image_names
 from extractor.errors import HeadstartError, Stopped
+from extractor.onehot import class_columns, is_mark, named_on_one_hot, row_class
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "id", "image_id", "img")
-LABEL_COLUMNS = ("label", "class", "breed", "category", "target", "y", "classid", "class_id")
+LABEL_COLUMNS = ("label", "labels", "class", "class_name", "breed", "category", "target", "y", "diagnosis", "dx",
+                 "classid", "class_id")
 GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".heic", ".avif",
                   ".ppm", ".pgm")
 
 
-def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, csv_path: Path) -> str:
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, csv_path: Path,
+          required: bool = True) -> str | None:
     if wanted:
         if wanted not in columns:
             raise HeadstartError(f"{csv_path}: no column {wanted!r}; columns are {', '.join(columns)}")
@@ -32,6 +35,8 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
             return lowered[name]
     if len(columns) == 2:
         return columns[0] if what == "path" else columns[1]
+    if not required:
+        return None
     raise HeadstartError(
         f"{csv_path}: cannot tell the {what} column among {', '.join(columns)}; "
         f"pass --{what}-column NAME")
@@ -136,33 +141,55 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_c
     text, note = read_text(csv_path)
     notes = [note] if note else []
     separator = _separator(text.partition("\n")[0].partition("\r")[0])  # (a CR alone: classic Mac)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, skipinitialspace=separator == " ")
-    columns = list(reader.fieldnames or [])
+    columns = list(_rows(text, separator).fieldnames or [])
     if not columns:
         raise HeadstartError(f"{csv_path} is empty; expected a header row with path and label columns")
-    recorded: tuple[str | None, str | None] = (None, None)  # a headerless file's columns have no names to record
-    if _headerless(root, columns, path_column, label_column):
-        notes.append(f"{csv_path} has no header row (its first row names a file, {columns[0].strip()}): its two "
-                     f"columns were read as path and label")
-        reader = csv.DictReader(io.StringIO(text, newline=""), ["path", "label"], delimiter=separator,
-                                skipinitialspace=separator == " ")
-        path_col, label_col = "path", "label"
-    else:
-        path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
-        label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path)
-        recorded = (path_col, label_col)
+    rows, path_col, label_col, classes, recorded = _columns(root, csv_path, text, separator, columns, path_column,
+                                                            label_column, notes)
     items, failures, seen, plain = [], [], {}, _plain_files(root)
-    for i, row in enumerate(reader):
+    for i, row in enumerate(rows):
         if should_stop and i % 10_000 == 0 and should_stop():
             raise Stopped()
-        _csv_row(root, (row.get(path_col) or "").strip(), composed((row.get(label_col) or "").strip()), items,
-                 failures, seen, plain)
+        label, why = row_class(row, classes) if classes else ((row.get(label_col) or "").strip(), None)
+        _csv_row(root, (row.get(path_col) or "").strip(), composed(label), items, failures, seen, plain, why)
     if not items and not failures:
         raise HeadstartError(f"{csv_path} has a header but no rows; expected one row per image "
-                             f"({path_col},{label_col})")
+                             f"({path_col},{label_col or ','.join(classes)})")
+    if label_column and all(is_mark(label) for label in {item.label for item in items}):
+        notes += named_on_one_hot(list(_rows(text, separator)), columns, path_col, label_col, csv_path.name)
     missing = [value for value, reason in failures if reason == NOT_IN_FOLDER]
     return Listing(root, "csv", items, failures, columns=recorded,
                    notes=notes + _unlisted(root, csv_path, seen, missing))
+
+
+def _rows(text: str, separator: str, names: list[str] | None = None) -> csv.DictReader:
+    return csv.DictReader(io.StringIO(text, newline=""), names, delimiter=separator, skipinitialspace=separator == " ")
+
+
+def _columns(root: Path, csv_path: Path, text: str, separator: str, columns: list[str], path_column: str | None,
+             label_column: str | None, notes: list[str]) -> tuple[Iterable[dict], str, str | None, list[str], tuple]:
+    """(the rows, the path column, the label column, the class columns of a one-hot file, the columns to record): a
+    headerless file's two columns are path and label (said in `notes`; nothing to record: they have no names); else
+    the columns named or found by name; else, the file's 0/1 columns when it is one-hot (said in `notes`; the label
+    column is then None, found again at the next run)."""
+    if _headerless(root, columns, path_column, label_column):
+        notes.append(f"{csv_path} has no header row (its first row names a file, {columns[0].strip()}): its two "
+                     f"columns were read as path and label")
+        return _rows(text, separator, ["path", "label"]), "path", "label", [], (None, None)
+    path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
+    label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path, required=False)
+    if label_col is not None:
+        return _rows(text, separator), path_col, label_col, [], (path_col, label_col)
+    rows = list(_rows(text, separator))
+    if not (classes := class_columns(rows, columns, path_col, csv_path)):
+        counts = ", ".join(f"{c} ({_values(len({row.get(c) for row in rows}))})" for c in columns if c != path_col)
+        raise HeadstartError(f"{csv_path}: cannot tell the label column among {counts}; pass --label-column NAME")
+    notes.append(f"{csv_path.name} is one-hot: each row's class is the column holding 1 among {', '.join(classes)}")
+    return rows, path_col, None, classes, (path_col, None)
+
+
+def _values(n: int) -> str:
+    return f"{n:,} value" if n == 1 else f"{n:,} values"
 
 
 def _unlisted(root: Path, csv_path: Path, listed: dict, missing: list[str]) -> list[str]:
@@ -202,10 +229,12 @@ def _folder_of(unlisted: list[str], missing: list[str]) -> str | None:
 
 
 def _csv_row(root: Path, value: str, label: str, items: list[Item], failures: list, seen: dict,
-             plain: dict[str, str] | None = None) -> None:
+             plain: dict[str, str] | None = None, why: str | None = None) -> None:
     found = _locate(root, value, plain) if value else None
     if found is None:
         failures.append((value or "(empty)", NOT_IN_FOLDER))
+    elif why:
+        failures.append((value, why))
     elif not label:
         failures.append((value, "empty label in the CSV"))
     elif (rel := str(found)[len(_prefix(root)[1]):]) not in seen:

@@ -54,12 +54,13 @@ def _separator(header: str) -> str:
     return ","
 
 
-def _headerless(root: Path, columns: list[str], path_column: str | None, label_column: str | None) -> bool:
+def _headerless(root: Path, columns: list[str], path_column: str | None, label_column: str | None,
+                plain: dict[str, str]) -> bool:
     """Whether the first row is data, not a header: two columns, none named as a header would (path, label, ...),
-    the first naming a file in the folder (a label list written without a header row)."""
+    the first naming a file in the folder (a label list written without a header row), looked up as rows are."""
     return not path_column and not label_column and len(columns) == 2 and \
         not {c.lower().strip() for c in columns} & {*PATH_COLUMNS, *LABEL_COLUMNS} and \
-        _locate(root, columns[0].strip()) is not None
+        _locate(root, columns[0].strip(), plain) is not None
 
 
 NOT_IN_FOLDER = "listed in the CSV but not found inside the data folder"
@@ -144,9 +145,10 @@ def scan_csv(root: Path, csv_path: Path, path_column: str | None = None, label_c
     columns = list(_rows(text, separator).fieldnames or [])
     if not columns:
         raise HeadstartError(f"{csv_path} is empty; expected a header row with path and label columns")
-    rows, path_col, label_col, classes, recorded = _columns(root, csv_path, text, separator, columns, path_column,
-                                                            label_column, notes)
-    items, failures, seen, plain = [], [], {}, _plain_files(root)
+    plain = _plain_files(root)
+    rows, path_col, label_col, classes, recorded = _columns(root, csv_path, text, separator, columns,
+                                                            (path_column, label_column), notes, plain)
+    items, failures, seen = [], [], {}
     for i, row in enumerate(rows):
         if should_stop and i % 10_000 == 0 and should_stop():
             raise Stopped()
@@ -166,13 +168,15 @@ def _rows(text: str, separator: str, names: list[str] | None = None) -> csv.Dict
     return csv.DictReader(io.StringIO(text, newline=""), names, delimiter=separator, skipinitialspace=separator == " ")
 
 
-def _columns(root: Path, csv_path: Path, text: str, separator: str, columns: list[str], path_column: str | None,
-             label_column: str | None, notes: list[str]) -> tuple[Iterable[dict], str, str | None, list[str], tuple]:
+def _columns(root: Path, csv_path: Path, text: str, separator: str, columns: list[str],
+             named: tuple[str | None, str | None], notes: list[str],
+             plain: dict[str, str]) -> tuple[Iterable[dict], str, str | None, list[str], tuple]:
     """(the rows, the path column, the label column, the class columns of a one-hot file, the columns to record): a
     headerless file's two columns are path and label (said in `notes`; nothing to record: they have no names); else
     the columns named or found by name; else, the file's 0/1 columns when it is one-hot (said in `notes`; the label
-    column is then None, found again at the next run)."""
-    if _headerless(root, columns, path_column, label_column):
+    column is then None, found again at the next run). `named`: the path and label columns the user named."""
+    path_column, label_column = named
+    if _headerless(root, columns, path_column, label_column, plain):
         notes.append(f"{csv_path} has no header row (its first row names a file, {columns[0].strip()}): its two "
                      f"columns were read as path and label")
         return _rows(text, separator, ["path", "label"]), "path", "label", [], (None, None)

@@ -73,6 +73,18 @@ def test_a_csv_finds_files_whatever_form_either_side_has(tmp_path):
     assert [item.rel for item in listing.items] == [f.name for f in files]  # as the folder has them
 
 
+def test_a_headerless_list_whose_first_file_is_named_on_a_mac_has_no_header(tmp_path):
+    """The header check looks its first value up as the rows are: before, a composed value naming a decomposed file
+    was not found there, so the first row was taken for a header and its image not read."""
+    written = make_folder(tmp_path / "data", {"x": 2})
+    files = [path.rename(tmp_path / "data" / nfd(f"crème_{i}.jpg")) for i, path in enumerate(written)]
+    (tmp_path / "labels.csv").write_text(f"{nfc('crème_0.jpg')},{CAFE}\n{nfc('crème_1.jpg')},{KIMCHI}\n")
+    listing = scan_csv(tmp_path / "data", tmp_path / "labels.csv")
+    assert [(item.file, item.label) for item in listing.items] == [(files[0], CAFE), (files[1], KIMCHI)]
+    assert listing.notes == [f"{tmp_path / 'labels.csv'} has no header row (its first row names a file, "
+                             f"{nfc('crème_0.jpg')}): its two columns were read as path and label"]
+
+
 def test_a_file_listed_in_both_forms_is_one_member(tmp_path):
     path = make_folder(tmp_path / "data", {"x": 1})[0].rename(tmp_path / "data" / nfd("crème.jpg"))
     (tmp_path / "labels.csv").write_text(f"path,label\n{nfd('crème.jpg')},a\n{nfc('crème.jpg')},b\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from extractor.decode import DecodeError, Limits, preprocess
 from extractor.errors import HeadstartError
 from extractor.model import LoadedBackbone, Resolved, resolve  # resolving imports no torch; loading does
 from extractor.store import FeatureStore
+from extractor.workers import usable_cores
 
 
 def backbone_for(manifest: dict, version_dir: Path | None = None) -> Resolved:
@@ -148,10 +148,11 @@ class Predictor:
             return exc
 
     def decode_many(self, items: list[bytes]) -> list[np.ndarray | DecodeError]:
-        """Each item's input for the backbone, or its DecodeError; decoded on a few threads."""
+        """Each item's input for the backbone, or its DecodeError; decoded on a few threads (at most 8, and no more
+        than the cores this process may use: a pinned container's, not the host's)."""
         if not items:
             return []
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1, len(items))) as pool:
+        with ThreadPoolExecutor(min(8, usable_cores(), len(items))) as pool:
             return list(pool.map(self._prepare_or_error, items))
 
     def predict_bytes(self, items: list[bytes], k: int = 5, batch_size: int = 32, tta: int = 0) -> list[dict]:

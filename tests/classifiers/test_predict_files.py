@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from classifiers import predict as predict_module
 from classifiers import predict_files as pf
 from classifiers.persist import heads_dir
 from classifiers.predict import Predictor
@@ -72,3 +75,22 @@ def test_the_next_chunk_is_decoded_while_the_current_one_is_in_the_forward(serve
     kinds = [e[0] for e in events]
     assert kinds.index("prepare", 1) < kinds.index("finish end"), events  # chunk 2 read during chunk 1's forward
     assert all(name.startswith("predict-read") for kind, name in events if kind == "prepare")
+
+
+@pytest.mark.parametrize("cores", [{0}, {0, 1, 2}])
+def test_decode_threads_follow_the_affinity_mask(served, monkeypatch, cores):
+    """A container pinned to fewer cores than the host has decodes on those cores, as extraction's workers do
+    (before: os.cpu_count(), the host's count)."""
+    _, predictor, paths = served
+    started = []
+
+    class Recording(ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            started.append(max_workers)
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: cores)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(predict_module, "ThreadPoolExecutor", Recording)
+    arrays = predictor.decode_many([path.read_bytes() for path in paths[4:9]])
+    assert started == [len(cores)] and len(arrays) == 5

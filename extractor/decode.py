@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from extractor import formats
+from extractor import dicom, formats
 from extractor.errors import HeadstartError
 
 T = TypeVar("T")
@@ -111,6 +111,8 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         img = Image.open(io.BytesIO(data), formats=formats.ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb refused: {exc}") from None
+    except dicom.Refused as exc:
+        raise DecodeError(str(exc), status=exc.status) from None
     except Exception:
         reason, status = formats.refusal(data)
         raise DecodeError(reason, status=status) from None
@@ -164,7 +166,7 @@ def decode_cost(img: Image.Image) -> int:
     its mode and size (after a JPEG draft), transparency, and whether EXIF orientation makes a rotated copy."""
     width, height = img.size
     alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
-    per_pixel = _ALPHA_COST if alpha else _COST.get(img.mode, 8)
+    per_pixel = img.cost_per_pixel if img.format == "DICOM" else _ALPHA_COST if alpha else _COST.get(img.mode, 8)
     try:
         rotated = img.getexif().get(0x0112, 1) not in (None, 1)
     except Exception:  # a broken EXIF block is not our estimate's problem

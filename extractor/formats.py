@@ -11,17 +11,20 @@ import pi_heif
 import PIL
 from PIL import Image, features
 
+from extractor import dicom  # noqa: F401  (registers its plugin)
+
 # Phones' formats: HEIC/HEIF (iPhones' default) through pi-heif, libheif with its HEVC decoder only (LGPL; no
 # encoder), whose Pillow format is HEIF; AVIF through Pillow's own plugin, where its build has libavif.
 pi_heif.register_heif_opener()
 PHONE_FORMATS = ("HEIF", "AVIF") if features.check("avif") else ("HEIF",)
-# PPM: binary Netpbm (PBM, PGM, PPM; datasets such as GTSRB ship it), the plain-text forms refused (open_image)
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", *PHONE_FORMATS)
+# PPM: binary Netpbm (PBM, PGM, PPM; datasets such as GTSRB ship it), the plain-text forms refused (open_image).
+# DICOM: extractor.dicom's plugin, last (its magic is at byte 128: tried once the others have said no).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", *PHONE_FORMATS, "DICOM")
 # The revision of the rules here that decide whether content is an image (raise it with a change that reads, or
 # refuses, some content otherwise). With the decoders' versions it is part of Limits.signature: content refused by one
 # decoder is remembered as bad for that decoder only, and tried again once by another. 3: HEIC/HEIF and AVIF read.
-# 4: binary Netpbm read.
-DECODE_RULES = 4
+# 4: binary Netpbm read. 5: DICOM read.
+DECODE_RULES = 5
 # Our own pixel check (extractor.decode) is the limit; PIL's warning in between would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # PIL's own notes on damaged files (e.g. 'Corrupt EXIF data' of a cut TIFF) printed PIL's source path into an

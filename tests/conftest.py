@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -95,3 +96,35 @@ def actor_pids() -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", syntax: str = "1.2.840.10008.1.2.1",
+                encapsulated: bytes | None = None, **elements) -> bytes:
+    """A DICOM file (preamble, DICM, file meta) of one frame of `pixels` (rows x columns, x 3 for colour), stored
+    as they are (Explicit VR Little Endian) or as the `encapsulated` frame under `syntax`; `elements` are set on
+    the dataset (WindowCenter, RescaleSlope, NumberOfFrames, ...)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
+    if pixels.ndim == 3:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = 12 if pixels.dtype == np.uint16 else 8
+    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, 0
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    ds.PixelData = encapsulate([encapsulated]) if encapsulated is not None else pixels.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -217,6 +217,7 @@ PEAK_PROBE = """
 import sys
 from pathlib import Path
 from extractor.decode import Limits, preprocess
+import pydicom.encaps, pydicom.pixels  # (17 MB, imported once a process on its first DICOM file: not a decode's cost)
 def hwm():
     return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM")).split()[1])
 data = Path(sys.argv[1]).read_bytes()
@@ -237,7 +238,7 @@ def _phone(img: Image.Image, fmt: str) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["float-tiff", "png16", "rgba-png", "rgb-png", "heic", "rgba-heic", "avif", "rgb-ppm",
-                                  "pgm16"])
+                                  "pgm16", "dicom16", "dicom8", "dicom-rgb", "dicom-jpeg-rgb"])
 def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, kind):
     import subprocess
     import sys
@@ -253,11 +254,13 @@ def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, 
            "rgba-heic": lambda: Image.new("RGBA", side[::-1], (10, 20, 30, 128)),
            "avif": lambda: Image.new("RGB", side[::-1], (10, 20, 30)),
            "rgb-ppm": lambda: Image.new("RGB", side[::-1], (10, 20, 30)),
-           "pgm16": lambda: Image.fromarray(np.full(side, 1000, np.uint16))}[kind]()
+           "pgm16": lambda: Image.fromarray(np.full(side, 1000, np.uint16))}.get(kind, lambda: None)()
     if kind.endswith(("heic", "avif")):  # their decoders' own planes (before: ~0.65 of the peak was counted)
         data = _phone(img, "AVIF" if kind == "avif" else "HEIF")
     elif kind in ("rgb-ppm", "pgm16"):
         data = _encoded(img, "PPM")
+    elif kind.startswith("dicom"):
+        data = _dicom(kind, side)
     else:
         data = _encoded(img, "TIFF", compression="tiff_adobe_deflate") if kind == "float-tiff" else _encoded(img, "PNG")
     (tmp_path / "img").write_bytes(data)
@@ -265,6 +268,20 @@ def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, 
     peak = int(subprocess.run([sys.executable, "-c", PEAK_PROBE, str(tmp_path / "img")], cwd=REPO, check=True,
                               capture_output=True, text=True).stdout)
     assert peak < cost < 2 * peak, (kind, peak, cost)  # bounds what the decode really took, not wildly above it
+
+
+def _dicom(kind: str, side: tuple[int, int]) -> bytes:
+    from tests.conftest import dicom_bytes
+
+    noise = np.random.default_rng(0).integers(0, 255, (*side, 3), dtype=np.uint8)  # (compresses as X-rays do not)
+    if kind == "dicom16":
+        return dicom_bytes(noise[..., 0].astype(np.uint16) * 16, WindowCenter=2048, WindowWidth=4096)
+    if kind == "dicom8":
+        return dicom_bytes(noise[..., 0])
+    if kind == "dicom-rgb":
+        return dicom_bytes(noise, photometric="RGB")
+    return dicom_bytes(noise, photometric="YBR_FULL_422", syntax="1.2.840.10008.1.2.4.50",
+                       encapsulated=_encoded(Image.fromarray(noise), "JPEG", quality=90))
 
 
 def test_jpeg_cost_counts_its_reduced_decode():
@@ -275,7 +292,8 @@ def test_jpeg_cost_counts_its_reduced_decode():
 
 def test_importing_decode_loads_every_allowed_plugin_so_forked_workers_import_nothing():
     """Decode workers are forked from a process that imported extractor.decode: opening any allowed format there
-    must not import Pillow plugins (each worker did, ~0.25 s at the start of every run)."""
+    must not import Pillow plugins (each worker did, ~0.25 s at the start of every run). DICOM is left out: its
+    plugin imports pydicom on the first DICOM file (~0.25 s), so runs without one never pay it."""
     import subprocess
     import sys
 
@@ -286,7 +304,7 @@ def test_importing_decode_loads_every_allowed_plugin_so_forked_workers_import_no
         "from PIL import Image\n"
         "assert set(f.ALLOWED_FORMATS) <= set(Image.OPEN), sorted(Image.OPEN)\n"
         "files = []\n"
-        "for fmt in set(f.ALLOWED_FORMATS) - {'HEIF'}:\n"
+        "for fmt in set(f.ALLOWED_FORMATS) - {'HEIF', 'DICOM'}:\n"
         "    buf = io.BytesIO(); Image.new('RGB', (8, 8)).save(buf, fmt); files.append(buf.getvalue())\n"
         "import pillow_heif\n"  # (the encoder of HEIF: pi-heif only reads)
         "buf = io.BytesIO(); pillow_heif.from_pillow(Image.new('RGB', (8, 8))).save(buf, format='HEIF')\n"

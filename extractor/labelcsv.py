@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -23,8 +24,9 @@ GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
                   ".ppm", ".pgm", ".dcm")
 
 
-def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, csv_path: Path,
-          required: bool = True) -> str | None:
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
+          csv_path: Path) -> str | None:
+    """The column named, or the first of `candidates` (any case), or a two-column file's own; else None."""
     if wanted:
         if wanted not in columns:
             raise HeadstartError(f"{csv_path}: no column {wanted!r}; columns are {', '.join(columns)}")
@@ -35,11 +37,19 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
             return lowered[name]
     if len(columns) == 2:
         return columns[0] if what == "path" else columns[1]
-    if not required:
-        return None
-    raise HeadstartError(
-        f"{csv_path}: cannot tell the {what} column among {', '.join(columns)}; "
-        f"pass --{what}-column NAME")
+    return None
+
+
+SAMPLE_ROWS = 20  # rows looked at to find the path column by its values
+
+
+def _naming_files(root: Path, rows: Iterable[dict], columns: list[str], plain: dict[str, str]) -> str | None:
+    """The one column whose values name files in the folder on at least half of the first rows (NIH's `Image
+    Index`, ISIC's `image_name`, RSNA's `patientId`), or None when no column or several do."""
+    sample = list(itertools.islice(rows, SAMPLE_ROWS))
+    found = [c for c in columns
+             if 2 * sum(_locate(root, (row.get(c) or "").strip(), plain) is not None for row in sample) >= len(sample)]
+    return found[0] if len(found) == 1 and sample else None
 
 
 def _separator(header: str) -> str:
@@ -180,8 +190,12 @@ def _columns(root: Path, csv_path: Path, text: str, separator: str, columns: lis
         notes.append(f"{csv_path} has no header row (its first row names a file, {columns[0].strip()}): its two "
                      f"columns were read as path and label")
         return _rows(text, separator, ["path", "label"]), "path", "label", [], (None, None)
-    path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path)
-    label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path, required=False)
+    path_col = _pick(columns, path_column, PATH_COLUMNS, "path", csv_path) or \
+        _naming_files(root, _rows(text, separator), columns, plain)
+    if path_col is None:
+        raise HeadstartError(f"{csv_path}: cannot tell the path column among {', '.join(columns)}; pass --path-column "
+                             f"NAME")
+    label_col = _pick(columns, label_column, LABEL_COLUMNS, "label", csv_path)
     if label_col is not None:
         return _rows(text, separator), path_col, label_col, [], (path_col, label_col)
     rows = list(_rows(text, separator))

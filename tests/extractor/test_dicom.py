@@ -172,8 +172,8 @@ def test_an_xray_dataset_as_it_ships_is_extracted_trained_and_scored(tmp_path, c
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     home = ["--home", str(tmp_path / "home")]
     code, out, err = run_main(capsys, "extract", str(data), "--dataset", "xray", "--labels",
-                              str(tmp_path / "labels.csv"), "--path-column", "patientId", "--backbone", "tiny",
-                              "--weights", "random", "--json", *home)
+                              str(tmp_path / "labels.csv"), "--backbone", "tiny", "--weights", "random", "--json",
+                              *home)  # patientId: the column whose values name files (tests/extractor/test_csv_columns)
     assert code == 0, err
     result = json.loads(out)
     assert result["extracted"] == 12 and result["failed"] == 0

@@ -67,7 +67,7 @@ def _judged(ds) -> str:
     bits = int(ds.get("BitsAllocated", 0))
     grey = samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2") and bits in (8, 16)
     colour = samples == 3 and photometric in COLOUR and bits == 8
-    if not (grey or colour) or syntax == JPEG_BASELINE and bits != 8:
+    if not (grey or colour) or (syntax == JPEG_BASELINE and bits != 8):
         raise Refused(f"a DICOM image of {samples} sample(s) per pixel, {photometric or 'no photometric'}, {bits} "
                       f"bits: headstart reads greyscale (MONOCHROME1/2, 8 or 16 bits) and 8-bit RGB: {CONVERT}")
     return "L" if grey else "RGB"
@@ -82,10 +82,15 @@ class DicomImageFile(ImageFile.ImageFile):
             raise SyntaxError("not a DICOM file")
         self.fp.seek(0)
         self._dataset = _header(self.fp)
-        self._mode = _judged(self._dataset)
-        self._size = (int(self._dataset.Columns), int(self._dataset.Rows))
+        try:
+            self._mode = _judged(self._dataset)
+            self._size = (int(self._dataset.Columns), int(self._dataset.Rows))
+            self.cost_per_pixel = _cost(self._dataset, self._mode)
+        except Refused:
+            raise
+        except Exception as exc:  # a value of the wrong kind (Rows 'abc'): damaged, not a format we do not know
+            raise Refused(f"corrupt DICOM file: {exc}; copy or export it again", 422) from None
         self.tile = []
-        self.cost_per_pixel = _cost(self._dataset, self._mode)
 
     def load(self):
         if self._im is None:
@@ -130,9 +135,10 @@ def _cost(ds, mode: str) -> int:
 
 
 def as_stored(ds) -> bool:
-    """Whether greyscale values are shown as stored: 8 bits, no window, no rescale, not inverted."""
-    return _window(ds) is None and int(ds.get("BitsStored", 8)) <= 8 and ds.PhotometricInterpretation == "MONOCHROME2" \
-        and float(ds.get("RescaleSlope", 1) or 1) == 1 and float(ds.get("RescaleIntercept", 0) or 0) == 0
+    """Whether greyscale values are shown as stored: 8 bits unsigned, no window, no rescale, not inverted."""
+    return _window(ds) is None and int(ds.get("BitsStored", 8)) <= 8 and int(ds.get("PixelRepresentation", 0)) == 0 \
+        and ds.PhotometricInterpretation == "MONOCHROME2" and float(ds.get("RescaleSlope", 1) or 1) == 1 \
+        and float(ds.get("RescaleIntercept", 0) or 0) == 0
 
 
 def render(ds, pixels: np.ndarray) -> np.ndarray:

@@ -144,6 +144,20 @@ def test_pydicoms_notes_on_a_damaged_file_are_not_printed(tmp_path):
     assert done.stdout.startswith("corrupt or truncated DICOM image") and done.stderr == "", done
 
 
+def test_signed_8_bit_values_are_rendered_not_wrapped():
+    stored = np.array([[-100, 0, 27]], np.int8)
+    shown = grey(dicom_bytes(stored.view(np.uint8), PixelRepresentation=1))
+    assert shown.tolist() == [[0, 201, 255]]  # stretched from -100 to 27 (before: -100 read as 156)
+
+
+def test_a_header_value_of_the_wrong_kind_is_a_damaged_file():
+    data = dicom_bytes(np.zeros((4, 4), np.uint8), NumberOfFrames=2).replace(b"IS\x02\x002 ", b"IS\x02\x00x ")
+    assert b"IS\x02\x00x " in data
+    with pytest.raises(DecodeError) as refused:
+        decode(data, LIMITS)
+    assert refused.value.status == 422 and str(refused.value).startswith("corrupt DICOM file: ")
+
+
 def test_the_pixel_limit_is_judged_from_the_header_before_any_pixel():
     data = dicom_bytes(np.zeros((4, 4), np.uint16))  # pixels of 4x4, a header saying 10000x10000
     big = data.replace(b"(\x00\x10\x00US\x02\x00\x04\x00", b"(\x00\x10\x00US\x02\x00\x10\x27")

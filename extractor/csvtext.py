@@ -62,7 +62,6 @@ def _single_byte(data: bytes) -> str | None:
     return "cp1252" if windows >= 0 else None
 
 
-
 def _wordlike(text: str) -> int:
     """How much the non-ASCII letters of `text` look like letters of words: 2 for one inside or at the start of a
     word of ASCII letters in its case (café, CAFÉ, Äpfel), 1 for a letter alone, 0 otherwise."""

@@ -22,7 +22,7 @@ from extractor.formats import ARCHIVE_PROBE, CONVERT, PHONE_FORMATS, archive
 # phones' formats, read where their decoder is (extractor.formats.PHONE_FORMATS: HEIF always, AVIF with libavif)
 PHONE_SUFFIXES = {".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", "",
-                  ".ppm", ".pgm", ".pbm", ".pnm", ".dcm", ".dicom",
+                  ".ppm", ".pgm", ".pbm", ".pnm", ".dcm", ".dicom", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx",
                   *(s for s, fmt in PHONE_SUFFIXES.items() if fmt in PHONE_FORMATS)}
 # photos in formats not read (JPEG XL, cameras' RAW, layered files): counted apart from other files, so that the
 # user hears they are photos to convert, not stray files

@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from extractor import dicom, formats
+from extractor import dicom, formats, j2k
 from extractor.errors import HeadstartError
 
 T = TypeVar("T")
@@ -159,21 +159,34 @@ _ALPHA_COST = 21  # RGBA decode + RGBA copy + white background + composite + RGB
 # HEIF and AVIF decoders fill their own YCbCr and RGB planes before Pillow copies the pixels: peaks measured at
 # 3000x2400, 8.7 (HEIC) and 9.5 (AVIF) bytes a pixel against an RGB PNG's 4.2
 _CODEC_PLANES = 6
+# OpenJPEG decodes each component into a 32-bit plane of its own (at the reduced size), Pillow copies them into its
+# image, and the planes are freed before the conversion to RGB: peaks measured at 3000x2400, full size, 18.5 (RGB),
+# 23.4 (RGBA), 7.8 (16-bit grey) and 5.8 (8-bit grey) bytes a pixel. Pillow's decoder and OpenJPEG each hold a copy
+# of the codestream: at a reduced level, where the planes are small, those make the peak (2.0x the file's bytes).
+_J2K_PLANE = 5
+_J2K_IMAGE = {"L": 1, "P": 1, "I;16": 2}  # bytes a pixel of Pillow's image (4 for the others)
 
 
 def decode_cost(img: Image.Image) -> int:
     """Bytes that decoding this opened (not yet loaded) image needs at its peak, from its header alone:
-    its mode and size (after a JPEG draft), transparency, and whether EXIF orientation makes a rotated copy."""
-    width, height = img.size
+    its mode and size (after a JPEG draft or a JPEG 2000 reduction), transparency, and whether EXIF orientation makes
+    a rotated copy."""
+    width, height = j2k.reduced(img.size, img._reduce) if img.format == "JPEG2000" else img.size
     alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
     per_pixel = img.cost_per_pixel if img.format == "DICOM" else _ALPHA_COST if alpha else _COST.get(img.mode, 8)
     try:
         rotated = img.getexif().get(0x0112, 1) not in (None, 1)
     except Exception:  # a broken EXIF block is not our estimate's problem
         rotated = False
+    stream = 0
+    if img.format == "JPEG2000":
+        per_pixel = max(per_pixel, _J2K_IMAGE.get(img.mode, 4) + _J2K_PLANE * len(img.getbands()))
+        stream = 2 * img.tile[0].args[4] if img.tile else 0  # the tile's arguments end with the stream's length
+    elif img.format == "DICOM":
+        stream = img.stream_bytes
     per_pixel += (4 if rotated else 0) + (_CODEC_PLANES if img.format in formats.PHONE_FORMATS else 0)
     blocks = BLOCK_PIXELS * 17 if img.mode.startswith("I") or img.mode == "F" else 0  # _wide_to_l's temporaries
-    return int(width * height * per_pixel * 1.2) + blocks + (8 << 20)
+    return int(width * height * per_pixel * 1.2) + blocks + stream + (8 << 20)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -196,8 +209,8 @@ def decode(data: bytes, limits: Limits, target: int | None = None) -> Image.Imag
     img = open_image(data, limits)
     fmt = img.format
     try:
-        if target and fmt == "JPEG":
-            img.draft("RGB", (target, target))
+        if target:
+            _draft(img, data, target)
         img.load()
         img = ImageOps.exif_transpose(img, in_place=True) or img  # in place: no copy when upright
         return to_rgb(img)
@@ -215,9 +228,20 @@ def probe(data: bytes, size: int, limits: Limits, full: bool = False) -> int:
     if full:
         width, height = img.size
         return decode_cost(img) + width * height * 3 * 4
-    if img.format == "JPEG":
-        img.draft("RGB", (size, size))
+    _draft(img, data, size)
     return decode_cost(img)
+
+
+def _draft(img: Image.Image, data: bytes, size: int) -> None:
+    """Decode no larger than needed, still at least `size` a side: a JPEG at a reduced DCT scale, a JPEG 2000 at a
+    reduced wavelet level (a damaged header is left to the decode to report)."""
+    if img.format == "JPEG" or img.format == "DICOM":  # (DICOM: its JPEG 2000 frames only)
+        img.draft("RGB", (size, size))
+    elif img.format == "JPEG2000":
+        try:
+            img.reduce = j2k.reduction(j2k.codestream(data), size)
+        except ValueError:
+            pass
 
 
 def preprocess(data: bytes, size: int, limits: Limits) -> np.ndarray:
@@ -228,8 +252,7 @@ def preprocess(data: bytes, size: int, limits: Limits) -> np.ndarray:
     img = open_image(data, limits)
     fmt = img.format
     try:
-        if fmt == "JPEG":
-            img.draft("RGB", (size, size))
+        _draft(img, data, size)
         img.load()
         img = ImageOps.exif_transpose(img, in_place=True) or img
         if img.mode.startswith("I") or img.mode == "F":

@@ -4,11 +4,11 @@ pixels are rendered to 8 bits as a viewer first shows them: the stored values re
 windowed by the file's first window (WindowCenter/WindowWidth; none: 8-bit values as stored, wider ones stretched
 from the darkest pixel to the brightest), MONOCHROME1 inverted (0 is white there). Colour is read as RGB.
 
-Read: one frame, greyscale or RGB, 8 or 16 bits, uncompressed or JPEG Baseline. The JPEG frame is decoded by
-Pillow's JPEG decoder and must have the size the header says. Other compressions (JPEG Lossless, JPEG-LS,
-JPEG 2000, RLE, deflate) are refused with what to do: their decoders are not in this image (pydicom would need
-pylibjpeg or GDCM), or would inflate a crafted file without bound. pydicom (pure Python) parses the header; it is
-imported on the first DICOM file only (~0.25 s)."""
+Read: one frame, greyscale or RGB, 8 or 16 bits, uncompressed, JPEG Baseline or JPEG 2000. A compressed frame is
+decoded by Pillow (its JPEG decoder; OpenJPEG, at a reduced wavelet level when drafted, as JPEG 2000 files are) and
+must have the size the header says. Other compressions (JPEG Lossless, JPEG-LS, RLE, deflate) are refused with what
+to do: their decoders are not in this image (pydicom would need pylibjpeg or GDCM), or would inflate a crafted file
+without bound. pydicom (pure Python) parses the header; it is imported on the first DICOM file only (~0.25 s)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
+from extractor import j2k
+
 # pydicom's notes on damaged files ('End of file reached before delimiter ...'), with its source lines, from each
 # decode worker that met one: such a file is refused or read all the same, so they are dropped (as PIL's are)
 warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
@@ -25,7 +27,9 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
 MAGIC = b"DICM"  # after a 128-byte preamble
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422"}
+JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}  # lossless only, and lossy or lossless
+READ = UNCOMPRESSED | JPEG_2000 | {JPEG_BASELINE}
+COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"}  # the last two: JPEG 2000's, decoded as RGB
 BLOCK_PIXELS = 1 << 20  # rendered this many at a time
 CONVERT = "convert it to uncompressed DICOM (GDCM: gdcmconv --raw IN OUT) or to PNG"
 
@@ -53,7 +57,7 @@ def _judged(ds) -> str:
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     if not syntax:
         raise Refused("corrupt DICOM file: its header names no transfer syntax; copy or export it again", 422)
-    if syntax not in UNCOMPRESSED and syntax != JPEG_BASELINE:
+    if syntax not in READ:
         import pydicom.uid
 
         raise Refused(f"a DICOM image stored as {pydicom.uid.UID(syntax).name}, which headstart does not read: "
@@ -66,7 +70,8 @@ def _judged(ds) -> str:
     samples, photometric = int(ds.get("SamplesPerPixel", 1)), str(ds.get("PhotometricInterpretation", ""))
     bits = int(ds.get("BitsAllocated", 0))
     grey = samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2") and bits in (8, 16)
-    colour = samples == 3 and photometric in COLOUR and bits == 8
+    colour = samples == 3 and photometric in COLOUR and bits == 8 and (photometric.startswith("YBR_F") or
+                                                                        photometric == "RGB" or syntax in JPEG_2000)
     if not (grey or colour) or (syntax == JPEG_BASELINE and bits != 8):
         raise Refused(f"a DICOM image of {samples} sample(s) per pixel, {photometric or 'no photometric'}, {bits} "
                       f"bits: headstart reads greyscale (MONOCHROME1/2, 8 or 16 bits) and 8-bit RGB: {CONVERT}")
@@ -86,11 +91,41 @@ class DicomImageFile(ImageFile.ImageFile):
             self._mode = _judged(self._dataset)
             self._size = (int(self._dataset.Columns), int(self._dataset.Rows))
             self.cost_per_pixel = _cost(self._dataset, self._mode)
+            self.stream_bytes = _stream_bytes(self._dataset, self.fp)
         except Refused:
             raise
         except Exception as exc:  # a value of the wrong kind (Rows 'abc'): damaged, not a format we do not know
             raise Refused(f"corrupt DICOM file: {exc}; copy or export it again", 422) from None
-        self.tile = []
+        self.tile, self._reduce, self._frame = [], 0, None
+
+    def draft(self, mode, size):
+        """A JPEG 2000 frame decodes at its most reduced level still at least `size`; a damaged one is left to load
+        to report."""
+        if self._dataset.file_meta.TransferSyntaxUID in JPEG_2000 and not self._reduce and size:
+            try:
+                self._reduce = j2k.reduction(self._codestream(), min(size))
+            except Exception:
+                return None
+            self._size = j2k.reduced(self._size, self._reduce)
+        return None
+
+    def _compressed_frame(self) -> bytes:
+        import pydicom
+        from pydicom.encaps import generate_frames
+
+        if self._frame is None:
+            self.fp.seek(0)
+            self._frame = next(generate_frames(pydicom.dcmread(self.fp).PixelData, number_of_frames=1))
+        return self._frame
+
+    def _codestream(self) -> j2k.Codestream:
+        """The frame's JPEG 2000 header, checked against the DICOM header's size (the pixel limit was judged on it)."""
+        stream = j2k.codestream(self._compressed_frame())
+        full = (int(self._dataset.Columns), int(self._dataset.Rows))
+        if stream.size != full:
+            raise ValueError(f"its JPEG 2000 frame is {stream.size[0]}x{stream.size[1]}, the header says "
+                             f"{full[0]}x{full[1]}")
+        return stream
 
     def load(self):
         if self._im is None:
@@ -103,11 +138,11 @@ class DicomImageFile(ImageFile.ImageFile):
         planar or YBR colour; read from the bytes straight into one array), a JPEG frame by Pillow after checking it
         has the header's size; greyscale rendered (`render`) unless 8-bit values are to be shown as stored."""
         import pydicom
-        from pydicom.encaps import generate_frames
 
+        if self._dataset.file_meta.TransferSyntaxUID in JPEG_2000:
+            return self._jpeg_2000()
         if self._dataset.file_meta.TransferSyntaxUID == JPEG_BASELINE:
-            frame = next(generate_frames(pydicom.dcmread(self.fp).PixelData, number_of_frames=1))
-            image = Image.open(io.BytesIO(frame), formats=("JPEG",))
+            image = Image.open(io.BytesIO(self._compressed_frame()), formats=("JPEG",))
             if image.size != self.size:
                 raise ValueError(f"its JPEG frame is {image.size[0]}x{image.size[1]}, the header says "
                                  f"{self.size[0]}x{self.size[1]}")
@@ -122,6 +157,37 @@ class DicomImageFile(ImageFile.ImageFile):
                 return Image.fromarray(pixels.astype(np.uint8, copy=False), self.mode)
         return Image.fromarray(render(self._dataset, pixels), "L")
 
+    def _jpeg_2000(self) -> Image.Image:
+        """The JPEG 2000 frame at the drafted level. Pillow widened its samples to the 8 or 16 bits of its mode and
+        shifted signed ones up by half their range: greyscale is narrowed back to the stored values (the shift is
+        folded into the render's intercept) before it is rendered."""
+        stream = self._codestream()
+        image = Image.open(io.BytesIO(self._compressed_frame()), formats=("JPEG2000",))
+        if (image.mode in ("L", "I;16")) != (self.mode == "L"):
+            raise ValueError(f"its JPEG 2000 frame is {image.mode}, the header says "
+                             f"{self._dataset.PhotometricInterpretation}")
+        if stream.precision > 16:
+            raise ValueError(f"its JPEG 2000 frame has {stream.precision}-bit samples, the header says at most 16")
+        image.reduce = self._reduce
+        image.load()
+        if self.mode == "RGB":
+            return image.convert("RGB") if image.mode != "RGB" else image
+        offset = 1 << (stream.precision - 1) if stream.signed else 0
+        shift = (16 if image.mode == "I;16" else 8) - stream.precision
+        if image.mode == "L" and not offset and not shift and as_stored(self._dataset):
+            return image
+        pixels = np.asarray(image)
+        return Image.fromarray(render(self._dataset, pixels >> shift if shift else pixels, offset), "L")
+
+
+def _stream_bytes(ds, fp) -> int:
+    """Bytes a JPEG 2000 frame's decode holds beyond its pixels: the frame read out of the file, and the copies
+    Pillow's decoder and OpenJPEG each make of it (the file's own size stands for the frame's)."""
+    if ds.file_meta.TransferSyntaxUID not in JPEG_2000:
+        return 0
+    fp.seek(0, io.SEEK_END)
+    return 3 * fp.tell()
+
 
 def _cost(ds, mode: str) -> int:
     """Peak bytes a pixel of `_rendered` (for extractor.decode.decode_cost), measured at 3000x2400: pydicom's
@@ -129,6 +195,8 @@ def _cost(ds, mode: str) -> int:
     input; Pillow's JPEG decode and, when rendered, its array and output."""
     if ds.file_meta.TransferSyntaxUID == JPEG_BASELINE:
         return 5 if mode == "RGB" else 2 if as_stored(ds) else 4
+    if ds.file_meta.TransferSyntaxUID in JPEG_2000:  # OpenJPEG's 32-bit plane a sample (see extractor.decode)
+        return 19 if mode == "RGB" else int(ds.BitsAllocated) // 8 + 5 + (0 if as_stored(ds) else 3)
     if mode == "RGB":
         return 7
     return int(ds.BitsAllocated) // 8 + (1 if as_stored(ds) else 2)
@@ -141,10 +209,12 @@ def as_stored(ds) -> bool:
         and float(ds.get("RescaleIntercept", 0) or 0) == 0
 
 
-def render(ds, pixels: np.ndarray) -> np.ndarray:
-    """Greyscale pixels to 8 bits as a viewer first shows them (see the module's docstring), a block of rows at a
-    time: the float temporaries stay small (a 64-megapixel X-ray in float32 would be 256 MB)."""
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+def render(ds, pixels: np.ndarray, offset: int = 0) -> np.ndarray:
+    """Greyscale pixels (the stored values plus `offset`) to 8 bits as a viewer first shows them (see the module's
+    docstring), a block of rows at a time: the float temporaries stay small (a 64-megapixel X-ray in float32 would be
+    256 MB)."""
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0) - offset * slope
     window = _window(ds)
     if window:
         low, high = window[0] - window[1] / 2, window[0] + window[1] / 2

@@ -19,12 +19,12 @@ pi_heif.register_heif_opener()
 PHONE_FORMATS = ("HEIF", "AVIF") if features.check("avif") else ("HEIF",)
 # PPM: binary Netpbm (PBM, PGM, PPM; datasets such as GTSRB ship it), the plain-text forms refused (open_image).
 # DICOM: extractor.dicom's plugin, last (its magic is at byte 128: tried once the others have said no).
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", *PHONE_FORMATS, "DICOM")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "JPEG2000", *PHONE_FORMATS, "DICOM")
 # The revision of the rules here that decide whether content is an image (raise it with a change that reads, or
 # refuses, some content otherwise). With the decoders' versions it is part of Limits.signature: content refused by one
 # decoder is remembered as bad for that decoder only, and tried again once by another. 3: HEIC/HEIF and AVIF read.
-# 4: binary Netpbm read. 5: DICOM read.
-DECODE_RULES = 5
+# 4: binary Netpbm read. 5: DICOM read. 6: JPEG 2000 read (files, and DICOM's frames).
+DECODE_RULES = 6
 # Our own pixel check (extractor.decode) is the limit; PIL's warning in between would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # PIL's own notes on damaged files (e.g. 'Corrupt EXIF data' of a cut TIFF) printed PIL's source path into an
@@ -34,7 +34,8 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 # workers hands them over loaded. Left to Image.open, each fresh worker imported them itself (WebP and TIFF through
 # Image.init(), every plugin Pillow has): ~0.25 s per worker at the start of every run, measured with 2 workers.
 Image.preinit()
-for _plugin in ("Bmp", "Gif", "Jpeg", "Png", "Ppm", "Tiff", "WebP", *(["Avif"] if "AVIF" in PHONE_FORMATS else [])):
+for _plugin in ("Bmp", "Gif", "Jpeg", "Jpeg2K", "Png", "Ppm", "Tiff", "WebP",
+                *(["Avif"] if "AVIF" in PHONE_FORMATS else [])):
     importlib.import_module(f"PIL.{_plugin}ImagePlugin")
 
 
@@ -68,7 +69,8 @@ def _phone_format(data: bytes) -> tuple[str, bool] | None:
 
 # the first bytes of each allowed format (WebP: RIFF, then WEBP at byte 8; BMP: BM, then 4 reserved zero bytes at 6)
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\xff\x4f\xff\x51", "JPEG2000"),
+               (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"))
 
 
 def _signed_format(data: bytes) -> str | None:

@@ -21,7 +21,7 @@ PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", 
 LABEL_COLUMNS = ("label", "labels", "class", "class_name", "breed", "category", "target", "y", "diagnosis", "dx",
                  "classid", "class_id")
 GUESS_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".heic", ".avif",
-                  ".ppm", ".pgm", ".dcm")
+                  ".ppm", ".pgm", ".dcm", ".jp2")
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,

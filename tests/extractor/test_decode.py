@@ -238,7 +238,8 @@ def _phone(img: Image.Image, fmt: str) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["float-tiff", "png16", "rgba-png", "rgb-png", "heic", "rgba-heic", "avif", "rgb-ppm",
-                                  "pgm16", "dicom16", "dicom8", "dicom-rgb", "dicom-jpeg-rgb"])
+                                  "pgm16", "dicom16", "dicom8", "dicom-rgb", "dicom-jpeg-rgb", "j2k-rgb", "j2k-grey16",
+                                  "j2k-rgb-reduced", "dicom-j2k16", "dicom-j2k-rgb"])
 def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, kind):
     import subprocess
     import sys
@@ -261,6 +262,8 @@ def test_decode_cost_is_read_from_the_header_and_bounds_the_real_peak(tmp_path, 
         data = _encoded(img, "PPM")
     elif kind.startswith("dicom"):
         data = _dicom(kind, side)
+    elif kind.startswith("j2k"):  # one level (decoded at full size) unless reduced: 2x the file's bytes then
+        data = _j2k(kind, side)
     else:
         data = _encoded(img, "TIFF", compression="tiff_adobe_deflate") if kind == "float-tiff" else _encoded(img, "PNG")
     (tmp_path / "img").write_bytes(data)
@@ -280,8 +283,20 @@ def _dicom(kind: str, side: tuple[int, int]) -> bytes:
         return dicom_bytes(noise[..., 0])
     if kind == "dicom-rgb":
         return dicom_bytes(noise, photometric="RGB")
+    if kind == "dicom-j2k16":
+        return dicom_bytes(noise[..., 0].astype(np.uint16) * 16, syntax="1.2.840.10008.1.2.4.90",
+                           encapsulated=_j2k("j2k-grey16", side), WindowCenter=2048, WindowWidth=4096)
+    if kind == "dicom-j2k-rgb":
+        return dicom_bytes(noise, photometric="YBR_RCT", syntax="1.2.840.10008.1.2.4.90",
+                           encapsulated=_j2k("j2k-rgb", side))
     return dicom_bytes(noise, photometric="YBR_FULL_422", syntax="1.2.840.10008.1.2.4.50",
                        encapsulated=_encoded(Image.fromarray(noise), "JPEG", quality=90))
+
+
+def _j2k(kind: str, side: tuple[int, int]) -> bytes:
+    noise = np.random.default_rng(0).integers(0, 255, (*side, 3), dtype=np.uint8)
+    img = Image.fromarray(noise[..., 0].astype(np.uint16) * 16) if kind == "j2k-grey16" else Image.fromarray(noise)
+    return _encoded(img, "JPEG2000", **({} if kind.endswith("reduced") else {"num_resolutions": 1}))
 
 
 def test_jpeg_cost_counts_its_reduced_decode():

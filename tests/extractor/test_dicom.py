@@ -1,7 +1,8 @@
 """DICOM (.dcm): chest X-ray and dermatology datasets ship it (RSNA Pneumonia: `<patientId>.dcm` beside a CSV of
 `patientId,...,Target`). Before, such a folder was 'N files were skipped (.dcm N)' and then 'holds no image'; a
 DICOM file given to predict was 'not a supported image'. Now one frame, greyscale (8/16 bits, windowed as a viewer
-shows it) or 8-bit RGB, uncompressed or JPEG Baseline, is read; other kinds are refused with what to do."""
+shows it) or 8-bit RGB, uncompressed or JPEG Baseline (JPEG 2000: test_jpeg2000.py), is read; other kinds are
+refused with what to do."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def test_a_jpeg_frame_of_another_size_than_its_header_is_refused():
 @pytest.mark.parametrize(("syntax", "named"), [
     (JPEG_LOSSLESS, "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])"),
     (RLE, "RLE Lossless"),
-    ("1.2.840.10008.1.2.4.90", "JPEG 2000 Image Compression (Lossless Only)"),
+    ("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless Image Compression"),
 ])
 def test_compressions_not_read_are_refused_by_name_with_what_to_do(syntax, named):
     data = dicom_bytes(np.zeros((8, 8), np.uint16), syntax=syntax, encapsulated=b"\0" * 16)

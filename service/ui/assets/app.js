@@ -735,7 +735,7 @@ function mistakesChanged(event) {
 const MAX_FILES = 16; // the server's default per request
 
 const predict = guarded(async (files) => {
-  const images = [...files].filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|bmp|gif|tiff?|heic|heif|avif|p[pgbn]m|dcm|dicom)$/i.test(f.name));
+  const images = [...files].filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|bmp|gif|tiff?|heic|heif|avif|p[pgbn]m|dcm|dicom|jp2|j2k)$/i.test(f.name));
   if (!images.length) {
     say("drop image files (JPEG, PNG, WebP, …)", "error");
     return;

@@ -39,8 +39,8 @@ def codestream(data: bytes) -> Codestream:
             size, precision, signed = (xsiz - xo, ysiz - yo), (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
         elif marker == COD and len(body) >= 6:
             levels.append(body[5])
-        elif marker == COC and len(body) >= (4 if components < 257 else 5):
-            levels.append(body[3 if components < 257 else 4])
+        elif marker == COC and len(body) >= (3 if components < 257 else 4):  # Ccoc (1 or 2 bytes), Scoc, levels
+            levels.append(body[2 if components < 257 else 3])
         at += 2 + length
     if size is None or not levels:
         raise ValueError("a JPEG 2000 codestream without its SIZ or COD segment")

@@ -70,6 +70,13 @@ def test_16_bit_greyscale_decodes_as_the_same_16_bit_png():
     assert np.array_equal(np.asarray(decode(encoded(grey), LIMITS)), np.asarray(decode(png.getvalue(), LIMITS)))
 
 
+def test_a_component_with_fewer_levels_bounds_the_reduction():
+    data = encoded(photo(), no_jp2=True)  # SOC, SIZ (3 components), COD (5 levels), ...
+    siz_end = 4 + int.from_bytes(data[4:6], "big")
+    coc = b"\xff\x53\x00\x09" + bytes([1, 0, 2, 4, 4, 0, 0])  # component 1: 2 levels, 64x64 code blocks
+    assert j2k.codestream(data[:siz_end] + coc + data[siz_end:]) == j2k.Codestream((1200, 900), 8, False, 2)
+
+
 @pytest.mark.parametrize("cut", [40, 300])
 def test_a_damaged_jpeg_2000_is_a_recorded_failure(cut):
     data = encoded(photo(), no_jp2=True)[:cut]

@@ -118,13 +118,17 @@ class DicomImageFile(ImageFile.ImageFile):
             self._frame = next(generate_frames(pydicom.dcmread(self.fp).PixelData, number_of_frames=1))
         return self._frame
 
-    def _codestream(self) -> j2k.Codestream:
-        """The frame's JPEG 2000 header, checked against the DICOM header's size (the pixel limit was judged on it)."""
-        stream = j2k.codestream(self._compressed_frame())
+    def _check_frame(self, kind: str, size: tuple[int, int]) -> None:
+        """A compressed frame must have the header's size: the pixel limit was judged on the header, and a frame
+        claiming less would decode more."""
         full = (int(self._dataset.Columns), int(self._dataset.Rows))
-        if stream.size != full:
-            raise ValueError(f"its JPEG 2000 frame is {stream.size[0]}x{stream.size[1]}, the header says "
-                             f"{full[0]}x{full[1]}")
+        if size != full:
+            raise ValueError(f"its {kind} frame is {size[0]}x{size[1]}, the header says {full[0]}x{full[1]}")
+
+    def _codestream(self) -> j2k.Codestream:
+        """The frame's JPEG 2000 header, checked against the DICOM header's size."""
+        stream = j2k.codestream(self._compressed_frame())
+        self._check_frame("JPEG 2000", stream.size)
         return stream
 
     def load(self):
@@ -143,9 +147,7 @@ class DicomImageFile(ImageFile.ImageFile):
             return self._jpeg_2000()
         if self._dataset.file_meta.TransferSyntaxUID == JPEG_BASELINE:
             image = Image.open(io.BytesIO(self._compressed_frame()), formats=("JPEG",))
-            if image.size != self.size:
-                raise ValueError(f"its JPEG frame is {image.size[0]}x{image.size[1]}, the header says "
-                                 f"{self.size[0]}x{self.size[1]}")
+            self._check_frame("JPEG", image.size)
             image.load()
             image = image.convert(self.mode) if image.mode != self.mode else image
             if self.mode == "RGB" or as_stored(self._dataset):

@@ -12,6 +12,7 @@ import PIL
 from PIL import Image, features
 
 from extractor import dicom  # noqa: F401  (registers its plugin)
+from extractor.j2k import J2K_SIGNATURE, JP2_SIGNATURE
 
 # Phones' formats: HEIC/HEIF (iPhones' default) through pi-heif, libheif with its HEVC decoder only (LGPL; no
 # encoder), whose Pillow format is HEIF; AVIF through Pillow's own plugin, where its build has libavif.
@@ -69,8 +70,8 @@ def _phone_format(data: bytes) -> tuple[str, bool] | None:
 
 # the first bytes of each allowed format (WebP: RIFF, then WEBP at byte 8; BMP: BM, then 4 reserved zero bytes at 6)
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\xff\x4f\xff\x51", "JPEG2000"),
-               (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"))
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (J2K_SIGNATURE, "JPEG2000"),
+               (JP2_SIGNATURE, "JPEG2000"))
 
 
 def _signed_format(data: bytes) -> str | None:

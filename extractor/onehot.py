@@ -31,8 +31,8 @@ def marked_columns(rows: list[dict], columns: Iterable[str]) -> list[str]:
 
 def class_columns(rows: list[dict], columns: list[str], path_col: str, csv_path: Path) -> list[str]:
     """The class columns of a one-hot CSV: the columns besides the path holding only 0 and 1, when there are two or
-    more (a single one is a binary label, as `has_cactus`) and at least half the rows mark one of them alone; [] when
-    the file is not one-hot. A file whose rows mostly mark several is multi-label: refused, saying what to do."""
+    more (a single one is a binary label, as `has_cactus`); [] when the file is not one-hot. A file of which more than
+    half the rows mark several is multi-label: refused, saying what to do."""
     classes = marked_columns(rows, (c for c in columns if c != path_col))
     if len(classes) < 2 or not rows:
         return []
